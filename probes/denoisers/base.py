@@ -1,0 +1,80 @@
+"""The denoiser interface every model is wrapped into.
+
+A denoiser maps a noisy input ``x = x0 + sigma * n`` (variance-exploding scale, whatever the model
+was trained on) to its estimate of the clean ``x0``. ``cond`` is the model's own conditioning
+object for a batch (class ids, prompts, a leaf mask for a mixture), or ``None`` for unconditional.
+Mapping taxonomy nodes to ``cond`` is the job of a :class:`probes.conditioning.Conditioner`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def batch_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
+    """Sigma as a float tensor of shape ``[batch]`` on ``x``'s device (scalars are broadcast)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                            device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
+    return sigma
+
+
+def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a ``[batch]`` tensor to broadcast against ``x``."""
+    return v.reshape(v.shape[0], *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+class Denoiser(torch.nn.Module):
+    """Base class: subclasses implement :meth:`forward` and set ``sigma_min``/``sigma_max``."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def forward(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class GuidedDenoiser(Denoiser):
+    """Classifier-free guidance ``D_u + w (D_c - D_u)``, optionally only for sigma in ``(lo, hi]``.
+
+    ``w = 1`` is the plain conditional model; ``w = 0`` the unconditional one. Outside the guidance
+    interval the conditional prediction is used (as in Kynkaanniemi et al. 2024). With ``cond=None``
+    the unconditional prediction is returned unguided.
+    """
+
+    def __init__(self, inner: Denoiser, scale: float, interval: tuple[float, float] | None = None):
+        super().__init__()
+        self.inner = inner
+        self.scale = float(scale)
+        self.interval = interval
+        self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
+
+    def forward(self, x, sigma, cond=None):
+        if cond is None or self.scale == 1.0:
+            return self.inner(x, sigma, cond)
+        sigma = batch_sigma(sigma, x)
+        # One batched call for both branches, as diffusers pipelines do.
+        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), _pair(cond))
+        uncond, condl = both.chunk(2)
+        guided = uncond + self.scale * (condl - uncond)
+        if self.interval is None:
+            return guided
+        lo, hi = self.interval
+        inside = expand_like((sigma > lo) & (sigma <= hi), x)
+        return torch.where(inside.bool(), guided, condl)
+
+
+def _pair(cond):
+    """Conditioning for ``cat([x, x])``: unconditional first, then ``cond``."""
+    if isinstance(cond, torch.Tensor):
+        if cond.dtype == torch.bool:  # leaf masks: all-True means unconditional
+            return torch.cat([torch.ones_like(cond), cond])
+        return torch.cat([torch.full_like(cond, -1), cond])  # class ids: -1 means unconditional
+    if isinstance(cond, (list, tuple)):
+        return [None] * len(cond) + list(cond)  # prompts: None means the empty prompt
+    raise TypeError(f"cannot build unconditional pair for conditioning of type {type(cond).__name__}")

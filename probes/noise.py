@@ -1,0 +1,64 @@
+"""The noise axis: sigma of the variance-exploding process ``x_sigma = x0 + sigma * n``.
+
+Everything inside the toolkit is indexed by sigma. These helpers convert to the other common axes
+and build sigma grids. Grids are *descending* (sampling order, noisiest first) and contain no zero;
+samplers append the final ``sigma = 0`` themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def vp_time(sigma):
+    """Ornstein-Uhlenbeck / VP time ``t = 0.5 * log(1 + sigma^2)``."""
+    if isinstance(sigma, torch.Tensor):
+        return 0.5 * torch.log1p(sigma**2)
+    return 0.5 * math.log1p(sigma**2)
+
+
+def sigma_from_vp_time(t):
+    """Inverse of :func:`vp_time`."""
+    if isinstance(t, torch.Tensor):
+        return torch.sqrt(torch.expm1(2 * t))
+    return math.sqrt(math.expm1(2 * t))
+
+
+def log_snr(sigma):
+    """Log signal-to-noise ratio ``lambda = -2 log sigma``."""
+    if isinstance(sigma, torch.Tensor):
+        return -2 * torch.log(sigma)
+    return -2 * math.log(sigma)
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Sigmas of a discrete DDPM schedule: ``sigma_k = sqrt((1 - abar_k) / abar_k)``."""
+    ac = alphas_cumprod.double()
+    return ((1 - ac) / ac).sqrt()
+
+
+def geometric_grid(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
+    """``steps`` sigmas evenly spaced in log sigma, descending from sigma_max to sigma_min."""
+    if not (sigma_max > sigma_min > 0) or steps < 2:
+        raise ValueError("geometric_grid needs sigma_max > sigma_min > 0 and steps >= 2")
+    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), steps, dtype=torch.float64)
+
+
+def karras_grid(sigma_max: float, sigma_min: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """The EDM (Karras et al. 2022) schedule, descending, without the final zero."""
+    if not (sigma_max > sigma_min > 0) or steps < 2:
+        raise ValueError("karras_grid needs sigma_max > sigma_min > 0 and steps >= 2")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def make_grid(kind: str, sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
+    """Grid by name: ``geometric`` (log-uniform) or ``karras``."""
+    if kind == "geometric":
+        return geometric_grid(sigma_max, sigma_min, steps)
+    if kind == "karras":
+        return karras_grid(sigma_max, sigma_min, steps)
+    raise ValueError(f"unknown sigma grid {kind!r}; expected 'geometric' or 'karras'")
