@@ -1,1 +1,59 @@
-def main(): pass
+"""The ``probes`` command.
+
+Each subcommand lives next to the code it drives and registers itself here. User errors
+(:class:`~probes.errors.ProbesError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from probes import __version__
+from probes.errors import ProbesError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probes.models.digits import add_train_commands
+    from probes.run import add_run_commands
+    from probes.taxonomy.cli import add_taxonomy_commands
+
+    parser = argparse.ArgumentParser(
+        prog="probes",
+        description="When does a diffusion model decide what it is drawing, and at which level of meaning? "
+        "Entropy of class posteriors along sampling, restricted to the levels of a taxonomy, "
+        "summarised as a decision-time tree.",
+        epilog="Start with: probes run recipes/digits.yaml --out runs/digits",
+    )
+    parser.add_argument("--version", action="version", version=f"probes {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_run_commands(sub)
+    add_taxonomy_commands(sub)
+    add_train_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from probes._compat import patch_torchvision
+
+    patch_torchvision()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # A command group without its subcommand prints that group's help.
+        (getattr(args, "group_parser", None) or parser).print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ProbesError as err:
+        print(f"probes: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probes: interrupted; finished batches are kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

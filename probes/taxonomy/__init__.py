@@ -1,0 +1,90 @@
+"""Taxonomies: rooted trees over leaf classes, from YAML or WordNet (docs/taxonomies.md).
+
+``load_taxonomy(source)`` accepts
+
+* a YAML file (nested form or WordNet-backed form): ``"taxonomies/digits-shape.yaml"``;
+* the name of a taxonomy shipped in the repository's ``taxonomies/`` folder: ``"digits-shape"``;
+* a file written by :func:`write_taxonomy` (``.json``, ``.graphml``, ``.nwk``/``.newick``);
+* a WordNet spec: ``"wordnet:imagenet-1k"`` or ``"wordnet:dog.n.01,cat.n.01,n02958343"``;
+* a :class:`Taxonomy` (returned as is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probes.errors import ProbesError
+from probes.taxonomy.export import (
+    from_newick,
+    from_node_link,
+    read_taxonomy,
+    to_newick,
+    to_node_link,
+    write_taxonomy,
+)
+from probes.taxonomy.tree import Taxonomy, collapse_chains
+from probes.taxonomy.yaml_source import from_nested, load_yaml_taxonomy, parse_yaml_taxonomy
+
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "taxonomies"
+WORDNET_PREFIX = "wordnet:"
+
+__all__ = [
+    "Taxonomy",
+    "load_taxonomy",
+    "shipped_taxonomies",
+    "from_nested",
+    "parse_yaml_taxonomy",
+    "load_yaml_taxonomy",
+    "wordnet_taxonomy",
+    "imagenet_taxonomy",
+    "to_node_link",
+    "from_node_link",
+    "to_newick",
+    "from_newick",
+    "write_taxonomy",
+    "read_taxonomy",
+    "collapse_chains",
+]
+
+
+def shipped_taxonomies() -> list[str]:
+    """Names of the YAML taxonomies in the repository's ``taxonomies/`` folder."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")) if SHIPPED_DIR.is_dir() else []
+
+
+def load_taxonomy(source) -> Taxonomy:
+    """A taxonomy from a path, a shipped name, a ``wordnet:`` spec or a Taxonomy (see above)."""
+    if isinstance(source, Taxonomy):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise ProbesError(f"taxonomy source must be a path or a spec string, got {type(source).__name__}")
+    text = str(source).strip()
+    if text.startswith(WORDNET_PREFIX):
+        from probes.taxonomy.wordnet import parse_wordnet_spec
+
+        return parse_wordnet_spec(text[len(WORDNET_PREFIX):])
+    path = Path(text)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        shipped = SHIPPED_DIR / f"{text}.yaml"
+        if shipped.is_file():
+            path = shipped
+        else:
+            known = ", ".join(shipped_taxonomies()) or "none"
+            raise ProbesError(f"{text}: no such taxonomy file or shipped taxonomy (shipped: {known})")
+    if path.suffix.lower() in (".yaml", ".yml") or not path.suffix:
+        return load_yaml_taxonomy(path)
+    return read_taxonomy(path)
+
+
+def wordnet_taxonomy(*args, **kwargs) -> Taxonomy:
+    """See :func:`probes.taxonomy.wordnet.wordnet_taxonomy` (imported lazily: nltk is slow)."""
+    from probes.taxonomy.wordnet import wordnet_taxonomy as build
+
+    return build(*args, **kwargs)
+
+
+def imagenet_taxonomy(*args, **kwargs) -> Taxonomy:
+    """See :func:`probes.taxonomy.wordnet.imagenet_taxonomy`."""
+    from probes.taxonomy.wordnet import imagenet_taxonomy as build
+
+    return build(*args, **kwargs)

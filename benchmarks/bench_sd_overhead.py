@@ -1,0 +1,200 @@
+"""Probing overhead on Stable Diffusion: a probed run's wall time over plain sampling.
+
+* plain (pipeline): ``pipe(prompts, num_inference_steps=N, guidance_scale=w)``, images decoded
+  once at the end, as a user samples;
+* plain (loop): the same DDIM sampler over :class:`StableDiffusionDenoiser` with guidance on the
+  sigma axis (``probes.sampling.sample``), plus the final decode: the toolkit's own sampling cost;
+* probed: the loop recording its trajectory, plus the ``plugin`` estimator (latent decode of the
+  recorded x0 estimates every ``--stride``-th grid point at ``--decode-size`` latent pixels, then
+  a CLIP zero-shot classifier), plus the final decode.
+
+Same prompts, seeds, steps and scheduler grid in all three. The ratio printed is probed / plain
+(pipeline); the target is below 1.5 at the default settings.
+
+Default: the tiny offline pipeline on CPU (random weights; proportions differ from SD 1.5, so the
+figure is about the toolkit's own overhead). ``--full``: SD 1.5's architecture (UNet 860M, VAE
+84M, CLIP ViT-L text encoder) at 512x512 with random weights in fp16 on CUDA, with an open_clip
+ViT-B-32 classifier; skipped with a message without a GPU.
+
+    python benchmarks/bench_sd_overhead.py [--steps 25] [--batch 4] [--stride 4] [--decode-size 8]
+    python benchmarks/bench_sd_overhead.py --full --steps 50 --batch 4 --stride 5 --decode-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from probes._compat import patch_torchvision  # noqa: E402
+
+patch_torchvision()
+
+import networkx as nx  # noqa: E402
+import torch  # noqa: E402
+
+from probes.classifiers.clip import ClipZeroShotClassifier, register_tiny_clip  # noqa: E402
+from probes.denoisers import GuidedDenoiser  # noqa: E402
+from probes.models.stable_diffusion import DecodedClassifier, LatentDecoder, StableDiffusionDenoiser  # noqa: E402
+from probes.models.tiny_sd import SD_SCHEDULE, build_clip_tokenizer, build_tiny_pipeline  # noqa: E402
+from probes.taxonomy import Taxonomy  # noqa: E402
+
+LEAVES = {"animal": ["cat", "dog", "bird"], "vehicle": ["car", "airplane", "boat"]}
+
+
+def toy_taxonomy() -> Taxonomy:
+    g = nx.DiGraph()
+    for parent, children in LEAVES.items():
+        g.add_edge("thing", parent)
+        for child in children:
+            g.add_edge(parent, child)
+    return Taxonomy(g, name="bench")
+
+
+def full_pipeline(device: str, dtype: torch.dtype):
+    """SD 1.5's architecture (config values of stable-diffusion-v1-5) with random weights."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1))
+    scheduler = PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--full", action="store_true", help="SD 1.5-size random-weight pipeline, fp16 on CUDA")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (tiny: 25, full: 50)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--stride", type=int, default=4, help="plugin: probe every k-th grid point")
+    p.add_argument("--decode-size", type=int, default=None,
+                   help="latent side before decoding (default: half the latent side)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="store_true", help="also time stride 1 and full-size decoding")
+    args = p.parse_args(argv)
+
+    if args.full:
+        if not torch.cuda.is_available():
+            print("bench_sd_overhead --full: skipped, no CUDA device (it times SD 1.5's architecture in fp16 "
+                  "at 512x512; run it on a GPU machine)")
+            return 0
+        device, dtype = "cuda", torch.float16
+        pipe = full_pipeline(device, dtype)
+        import open_clip  # noqa: F401
+
+        clip_name, steps = "ViT-B-32", args.steps or 50
+    else:
+        device, dtype = "cpu", torch.float32
+        pipe = build_tiny_pipeline(seed=0)
+        clip_name, steps = register_tiny_clip(), args.steps or 25
+    torch.manual_seed(args.seed)
+
+    from probes.estimators import PluginEstimator, ProbeContext
+    from probes.sampling import sample
+
+    tax = toy_taxonomy()
+    prompts = [f"a photo of a {leaf}" for leaf in tax.leaves][: args.batch]
+    prompts += prompts[: args.batch - len(prompts)] if len(prompts) < args.batch else []
+    latent = pipe.unet.config.sample_size
+    decode_size = args.decode_size or latent // 2
+    denoiser = StableDiffusionDenoiser(pipe)
+    guided = GuidedDenoiser(denoiser, args.guidance)
+    image_classifier = ClipZeroShotClassifier.create(tax, clip_name, templates="photo", device=device,
+                                                     cache_dir=None, precision="fp16" if args.full else "fp32")
+
+    # The pipeline's own grid: DDIM-style timesteps of its scheduler, sigma_k = sqrt((1-abar)/abar).
+    pipe.scheduler.set_timesteps(steps)
+    ac = pipe.scheduler.alphas_cumprod.double()
+    ts = pipe.scheduler.timesteps.long().cpu()
+    sigmas = ((1 - ac[ts]) / ac[ts]).sqrt()
+    final_decoder = LatentDecoder(pipe.vae)
+
+    def noise():
+        g = torch.Generator(device="cpu").manual_seed(args.seed)
+        return torch.randn((args.batch, 4, latent, latent), generator=g).to(device)
+
+    def plain_pipeline():
+        with torch.no_grad():
+            return pipe(prompts, num_inference_steps=steps, guidance_scale=args.guidance, latents=noise().to(dtype),
+                        output_type="pt").images
+
+    def plain_loop():
+        traj = sample(guided, noise() * float((1 + sigmas[0] ** 2).sqrt()), sigmas, method="ddim", cond=prompts,
+                      record=False)
+        with torch.no_grad():
+            return final_decoder(traj.x0)
+
+    def probed(stride, size):
+        def run():
+            traj = sample(guided, noise() * float((1 + sigmas[0] ** 2).sqrt()), sigmas, method="ddim", cond=prompts)
+            clf = DecodedClassifier(LatentDecoder(pipe.vae, decode_size=size), image_classifier)
+            ctx = ProbeContext(taxonomy=tax, denoiser=guided, classifier=clf, batch_size=args.batch)
+            out = PluginEstimator(sigma_stride=stride).estimate(traj, ctx)
+            with torch.no_grad():
+                final_decoder(traj.x0)
+            return out
+        return run
+
+    # warm-up (kernels, prompt-embedding cache, allocator)
+    plain_pipeline(), plain_loop(), probed(args.stride, decode_size)()
+    t_pipe, _ = timed(plain_pipeline, device, args.repeats)
+    t_loop, _ = timed(plain_loop, device, args.repeats)
+    settings = [(args.stride, decode_size)]
+    if args.sweep:
+        settings += [(1, decode_size), (1, None), (args.stride, None)]
+    kind = "SD 1.5 architecture, fp16, CUDA" if args.full else "tiny SD pipeline, CPU"
+    print(f"{kind}: batch {args.batch}, {steps} DDIM steps, guidance {args.guidance}, "
+          f"latents {latent}x{latent}, CLIP {clip_name}, {torch.get_num_threads()} threads")
+    print(f"  plain sampling (pipeline call)  {t_pipe:8.3f} s")
+    print(f"  plain sampling (probes loop)    {t_loop:8.3f} s   ({t_loop / t_pipe:.2f}x pipeline)")
+    for stride, size in settings:
+        t_probe, out = timed(probed(stride, size), device, args.repeats)
+        where = f"every {stride}{'th' if stride > 1 else ''} sigma" if stride > 1 else "every sigma"
+        px = (size or latent) * pipe.vae_scale_factor
+        print(f"  probed: plugin {where:<15} decode {size or latent:>3} latent px ({px} px images), "
+              f"{out.log_probs.shape[1]} probes/sample  {t_probe:8.3f} s   "
+              f"overhead {t_probe / t_pipe:.2f}x pipeline, {t_probe / t_loop:.2f}x loop")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

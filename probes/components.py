@@ -1,0 +1,251 @@
+"""From a recipe to the objects a run needs: taxonomy, denoisers, conditioner, classifier, data.
+
+Each model kind has one builder below; it is the only place that knows how that family is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from probes.classifiers.base import Classifier
+from probes.conditioning import Conditioner
+from probes.denoisers.base import Denoiser, GuidedDenoiser
+from probes.errors import ProbesError
+from probes.recipe import Recipe
+from probes.taxonomy import Taxonomy, load_taxonomy
+
+DataSampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Components:
+    """Everything a run probes with.
+
+    ``denoiser`` is the model's plain (unconditional, unguided) denoiser: estimators read posteriors
+    with it, so they never see the condition a sample was generated from. ``generator`` is what
+    draws the trajectories (conditional and guided when the recipe says so).
+    """
+
+    taxonomy: Taxonomy
+    denoiser: Denoiser
+    generator: Denoiser
+    conditioner: Optional[Conditioner]
+    classifier: Optional[Classifier]
+    prior: torch.Tensor
+    shape: tuple[int, ...]
+    sigma_max: float
+    sigma_min: float
+    exact_model: Any = None
+    data: Optional[DataSampler] = None
+    generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
+    device: torch.device = torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ProbesError(f"device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProbesError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_components(recipe: Recipe) -> Components:
+    taxonomy = load_taxonomy(recipe.resolve_path(recipe.taxonomy))
+    device = resolve_device(recipe.device)
+    builder = {
+        "gmm": _build_gmm,
+        "digits": _build_digits,
+        "stable-diffusion": _build_stable_diffusion,
+        "tiny-stable-diffusion": _build_stable_diffusion,
+    }[recipe.model.kind]
+    parts = builder(recipe, taxonomy, device)
+    parts.prior = _prior(recipe, taxonomy, parts.prior)
+    parts.generator = _generator(recipe, parts)
+    parts.generation_cond = _generation_cond(recipe, parts)
+    return parts
+
+
+# --- shared pieces ----------------------------------------------------------------------------
+
+
+def _prior(recipe: Recipe, taxonomy: Taxonomy, default: torch.Tensor) -> torch.Tensor:
+    leaves = taxonomy.leaves
+    if recipe.prior is None:
+        return default
+    if recipe.prior == "uniform":
+        return torch.full((len(leaves),), 1.0 / len(leaves), dtype=torch.float64)
+    unknown = sorted(set(recipe.prior) - set(leaves))
+    if unknown:
+        raise ProbesError(f"prior: {unknown[0]!r} is not a leaf of the taxonomy")
+    w = torch.tensor([float(recipe.prior.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ProbesError("prior: weights must be non-negative and not all zero")
+    return w / w.sum()
+
+
+def _uniform(taxonomy: Taxonomy) -> torch.Tensor:
+    return torch.full((len(taxonomy.leaves),), 1.0 / len(taxonomy.leaves), dtype=torch.float64)
+
+
+def _generator(recipe: Recipe, parts: Components) -> Denoiser:
+    guidance = recipe.sampling.guidance
+    if recipe.sampling.condition == "none":
+        if guidance.scale != 1.0:
+            raise ProbesError("sampling.guidance: guidance needs conditional sampling (sampling.condition)")
+        return parts.denoiser
+    if guidance.scale == 1.0 and guidance.interval is None:
+        return parts.denoiser
+    return GuidedDenoiser(parts.denoiser, guidance.scale, guidance.interval)
+
+
+def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tensor], Any]:
+    """Conditioning for samples with global indices ``idx`` (the leaf or prompt cycles with it)."""
+    condition = recipe.sampling.condition
+    leaves = parts.taxonomy.leaves
+    if condition == "none":
+        return lambda idx: None
+    if condition == "leaf":
+        if parts.conditioner is None:
+            raise ProbesError("sampling.condition: this model cannot be conditioned on leaves")
+        parts.conditioner([leaves[0]])  # fail now, not in the middle of the run
+        return lambda idx: parts.conditioner([leaves[i % len(leaves)] for i in idx.tolist()])
+    if recipe.model.kind not in ("stable-diffusion", "tiny-stable-diffusion"):
+        raise ProbesError("sampling.condition: prompt lists need a text-conditional model")
+    prompts = []
+    for prompt in condition:
+        if "{leaf}" in prompt:
+            prompts += [prompt.replace("{leaf}", parts.taxonomy.node_attrs(leaf).get("label", leaf)) for leaf in leaves]
+        else:
+            prompts.append(prompt)
+    return lambda idx: [prompts[i % len(prompts)] for i in idx.tolist()]
+
+
+def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor) -> Optional[torch.Tensor]:
+    """The known leaf of each generated sample (leaf-conditional sampling), else ``None``."""
+    if recipe.sampling.condition == "leaf":
+        return idx % len(taxonomy.leaves)
+    return None
+
+
+# --- model families ---------------------------------------------------------------------------
+
+
+def _build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+    from probes.models.gmm import GaussianMixture
+
+    cfg = recipe.model
+    leaves = taxonomy.leaves
+    weights = None
+    if cfg.weights is not None:
+        unknown = sorted(set(cfg.weights) - set(leaves))
+        if unknown:
+            raise ProbesError(f"model.weights: {unknown[0]!r} is not a leaf of the taxonomy")
+        weights = torch.tensor([float(cfg.weights.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
+    if cfg.means is not None:
+        missing = [leaf for leaf in leaves if leaf not in cfg.means]
+        extra = sorted(set(cfg.means) - set(leaves))
+        if missing or extra:
+            raise ProbesError(f"model.means: {'no mean for leaf ' + repr(missing[0]) if missing else repr(extra[0]) + ' is not a leaf'}")
+        rows = [cfg.means[leaf] for leaf in leaves]
+        if len({len(r) for r in rows}) != 1 or (cfg.dim is not None and len(rows[0]) != cfg.dim):
+            raise ProbesError("model.means: every mean must have the same length (model.dim)")
+        gmm = GaussianMixture.from_means(leaves, torch.tensor(rows, dtype=torch.float64), cfg.std, weights)
+    else:
+        h = cfg.hierarchy
+        if len(h.separations) < taxonomy.max_depth:
+            raise ProbesError(f"model.hierarchy.separations: need one per level ({taxonomy.max_depth}), "
+                              f"got {len(h.separations)}")
+        gmm = GaussianMixture.hierarchical(taxonomy, cfg.dim, h.separations, std=cfg.std, seed=h.seed,
+                                           axis_aligned=h.axis_aligned, share_level_axes=h.share_level_axes)
+        if weights is not None:
+            gmm = GaussianMixture.from_means(leaves, gmm.means, cfg.std, weights)
+    classifier = None
+    if recipe.classifier is not None:
+        if recipe.classifier.kind != "exact":
+            raise ProbesError("classifier.kind: Gaussian-mixture models use the 'exact' classifier")
+        classifier = gmm.classifier()
+    scale = float(gmm.largest_eigenvalue()) ** 0.5
+    return Components(
+        taxonomy=taxonomy, denoiser=gmm.denoiser(), generator=None, conditioner=gmm.conditioner(taxonomy),
+        classifier=classifier, prior=gmm.weights.double(), shape=(gmm.dim,), sigma_max=20.0 * scale,
+        sigma_min=0.02 * cfg.std, exact_model=gmm, data=lambda n, g: gmm.sample(n, generator=g), device=device,
+    )
+
+
+def _build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+    from probes.models import digits
+
+    path = recipe.resolve_path(recipe.model.path) if recipe.model.path else None
+    denoiser = digits.load_digits_denoiser(path) if path else digits.load_digits_denoiser()
+    classifier = None
+    cfg = recipe.classifier
+    if cfg is not None:
+        if cfg.kind != "digits":
+            raise ProbesError("classifier.kind: the digits model is read with the 'digits' classifier")
+        kwargs = {"temperature": cfg.temperature}
+        if cfg.path:
+            kwargs["path"] = recipe.resolve_path(cfg.path)
+        classifier = digits.load_digits_classifier(taxonomy, **kwargs)
+    x_test, y_test = digits.load_digits_split("test")
+
+    def data(n, g):
+        idx = torch.randint(len(x_test), (n,), generator=g)
+        return x_test[idx], y_test[idx]
+
+    return Components(
+        taxonomy=taxonomy, denoiser=denoiser.to(device), generator=None,
+        conditioner=digits.digits_conditioner(taxonomy), classifier=classifier.to(device) if classifier else None,
+        prior=_uniform(taxonomy), shape=(1, 8, 8), sigma_max=80.0, sigma_min=0.02, data=data, device=device,
+    )
+
+
+def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+    from probes.models import stable_diffusion as sd
+
+    cfg = recipe.model
+    if cfg.kind == "tiny-stable-diffusion":
+        from probes.models.tiny_sd import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(seed=cfg.seed, prediction_type=cfg.prediction_type, sample_size=cfg.sample_size)
+    else:
+        pipe = sd.load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
+    pipe = pipe.to(device)
+    denoiser = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt)
+    classifier = None
+    if recipe.classifier is not None:
+        image_classifier = _image_classifier(recipe, taxonomy, device)
+        classifier = sd.DecodedClassifier(sd.LatentDecoder(pipe.vae, decode_size=cfg.decode_size), image_classifier)
+    latent = pipe.unet.config.sample_size
+    return Components(
+        taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=sd.prompt_conditioner(taxonomy),
+        classifier=classifier, prior=_uniform(taxonomy), shape=(pipe.unet.config.in_channels, latent, latent),
+        sigma_max=denoiser.sigma_max, sigma_min=denoiser.sigma_min, device=device,
+    )
+
+
+def _image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
+    cfg = recipe.classifier
+    if cfg.kind == "clip":
+        from probes.classifiers.clip import ClipZeroShotClassifier
+
+        pretrained = cfg.pretrained
+        if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
+            pretrained = recipe.resolve_path(pretrained)
+        return ClipZeroShotClassifier.create(taxonomy, cfg.model, pretrained=pretrained, templates=cfg.templates,
+                                             temperature=cfg.temperature, device=str(device))
+    if cfg.kind == "imagenet":
+        from probes.classifiers.imagenet import ImageNetClassifier
+
+        pretrained = cfg.pretrained
+        if isinstance(pretrained, str):
+            pretrained = recipe.resolve_path(pretrained)
+        return ImageNetClassifier.create(taxonomy, cfg.name, source=cfg.source, pretrained=pretrained,
+                                         temperature=cfg.temperature).to(device)
+    raise ProbesError(f"classifier.kind: {cfg.kind!r} does not classify images of this model")

@@ -1,0 +1,268 @@
+"""Decision sigmas: where a node's entropy contribution changes fastest as sigma falls.
+
+For each internal node n, the rate is ``dC_n / dlog sigma`` of the mean curve ``C_n(sigma)``
+(taken against **log sigma**; the peak position depends on the variable differentiated against).
+C_n falls from its prior value to ~0 as sigma falls, so the rate is positive where the model is
+deciding between n's children.
+
+* **decision sigma**: the argmax of the rate on the grid, refined by fitting a parabola through
+  the peak and its two neighbours in log sigma. A peak on the first or last grid point is still
+  reported, flagged ``at_edge`` (the true peak may lie outside the grid).
+* **window** ``[lo, hi]``: the contiguous range of sigma around the peak where the rate exceeds half
+  its peak, the edges interpolated linearly in log sigma. If the rate stays above half at the end
+  of the grid, that edge is the grid's end and ``window_clipped`` is set.
+* **interval**: a bootstrap percentile interval (95% by default) of the decision sigma, resampling
+  samples with replacement (``n_boot`` multinomial weight vectors applied to the per-sample curves
+  in one matrix product; percentiles taken in log sigma).
+
+The same is done for level cuts with the rate of ``H_l``. Nodes whose curve is flat (peak rate not
+above ``flat_tol``) or has fewer than three finite points get no decision (``None``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from probes import noise
+from probes.errors import ProbesError
+
+from .engine import EntropyCurves
+
+FLAT_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision of one node (``kind="node"``) or level cut (``kind="level"``, name = depth).
+
+    Sigmas are noise levels; ``vp_time`` and ``log_snr`` restate ``decision_sigma``; ``peak_rate``
+    is in nats per unit log sigma; ``n_boot`` counts the bootstrap resamples that found a peak;
+    ``grid`` is the (smallest, largest) sigma of the grid the curves were on.
+    """
+
+    name: str
+    kind: str
+    decision_sigma: float
+    window: tuple[float, float]
+    interval: tuple[float, float] | None
+    peak_rate: float
+    at_edge: bool
+    window_clipped: bool
+    vp_time: float
+    log_snr: float
+    n_boot: int = 0
+    grid: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["window"] = [float(v) for v in self.window]
+        d["interval"] = None if self.interval is None else [float(v) for v in self.interval]
+        d["grid"] = None if self.grid is None else [float(v) for v in self.grid]
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Rates and peaks (vectorised over leading axes)
+# --------------------------------------------------------------------------------------------
+
+
+def _ascending(sigmas: np.ndarray) -> np.ndarray:
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if np.any(~np.isfinite(sigmas)) or np.any(sigmas <= 0):
+        raise ProbesError("decisions: sigmas must be finite and positive")
+    order = np.argsort(sigmas, kind="stable")
+    if np.any(np.diff(sigmas[order]) <= 0):
+        raise ProbesError("decisions: the sigma grid has repeated values")
+    return order
+
+
+def rates(sigmas, values) -> tuple[np.ndarray, np.ndarray]:
+    """``d values / d log sigma`` along the last axis.
+
+    ``values`` is ``[..., S]`` on ``sigmas`` ``[S]`` in any order. Returns ``(sigma_ascending [S],
+    rate [..., S])`` with sigma sorted ascending. Non-uniform grids are handled (second-order
+    central differences in log sigma, one-sided at the ends).
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    order = _ascending(sigmas)
+    v = np.asarray(values, dtype=np.float64)[..., order]
+    s = sigmas[order]
+    if len(s) < 2:
+        return s, np.full(v.shape, np.nan)
+    return s, np.gradient(v, np.log(s), axis=-1)
+
+
+def _refine(x: np.ndarray, r: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parabolic refinement of the argmax ``i`` of ``r [..., S]`` on coordinates ``x [S]``.
+
+    Returns (x_peak, r_peak); points at the grid edge are returned unrefined.
+    """
+    S = len(x)
+    if S < 3:
+        return x[i], np.take_along_axis(r, i[..., None], -1)[..., 0]
+    ic = np.clip(i, 1, S - 2)
+    x0, x1, x2 = x[ic - 1], x[ic], x[ic + 1]
+    y0 = np.take_along_axis(r, (ic - 1)[..., None], -1)[..., 0]
+    y1 = np.take_along_axis(r, ic[..., None], -1)[..., 0]
+    y2 = np.take_along_axis(r, (ic + 1)[..., None], -1)[..., 0]
+    d1 = (y1 - y0) / (x1 - x0)
+    d2 = (y2 - y1) / (x2 - x1)
+    a = (d2 - d1) / (x2 - x0)
+    b = d1 - a * (x0 + x1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xv = np.where(a < 0, -b / (2 * a), x1)
+    xv = np.clip(xv, x0, x2)
+    yv = y0 + d1 * (xv - x0) + a * (xv - x0) * (xv - x1)
+    yv = np.maximum(yv, y1)
+    inner = (i > 0) & (i < S - 1)
+    edge_y = np.take_along_axis(r, i[..., None], -1)[..., 0]
+    return np.where(inner, xv, x[i]), np.where(inner, yv, edge_y)
+
+
+def _peaks(x: np.ndarray, r: np.ndarray, flat_tol: float):
+    """Vectorised peak of ``r [..., S]``: (x_peak, r_peak, argmax); x_peak NaN if flat/NaN."""
+    bad = ~np.all(np.isfinite(r), axis=-1)
+    rr = np.where(np.isfinite(r), r, -np.inf)
+    i = np.argmax(rr, axis=-1)
+    xp, yp = _refine(x, np.where(np.isfinite(r), r, 0.0), i)
+    flat = bad | ~(yp > flat_tol)
+    return np.where(flat, np.nan, xp), np.where(flat, np.nan, yp), i
+
+
+def _window(x: np.ndarray, r: np.ndarray, i: int, half: float) -> tuple[float, float, bool]:
+    """Log-sigma edges of the contiguous region around ``i`` where ``r > half``."""
+    S = len(x)
+    clipped = False
+    j = i
+    while j > 0 and r[j - 1] > half:
+        j -= 1
+    if j == 0:
+        lo, clipped = x[0], True
+    else:
+        f = (half - r[j - 1]) / (r[j] - r[j - 1])
+        lo = x[j - 1] + f * (x[j] - x[j - 1])
+    k = i
+    while k < S - 1 and r[k + 1] > half:
+        k += 1
+    if k == S - 1:
+        hi, clipped = x[-1], True
+    else:
+        f = (r[k] - half) / (r[k] - r[k + 1])
+        hi = x[k] + f * (x[k + 1] - x[k])
+    return float(lo), float(hi), clipped
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+# --------------------------------------------------------------------------------------------
+
+
+def _decide_family(
+    kind: str,
+    names: list,
+    x_all: np.ndarray,
+    per_sample: np.ndarray,
+    weights: np.ndarray | None,
+    flat_tol: float,
+    ci: float,
+) -> dict:
+    """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = log sigma)."""
+    N, S, K = per_sample.shape
+    finite = np.isfinite(per_sample)
+    filled = np.where(finite, per_sample, 0.0)
+    count = finite.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, filled.sum(0) / np.maximum(count, 1), np.nan)  # [S, K]
+
+    boot = None
+    if weights is not None:
+        B = weights.shape[0]
+        num = weights @ filled.reshape(N, S * K)
+        den = weights @ finite.reshape(N, S * K).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.where(den > 0, num / den, np.nan).reshape(B, S, K)
+
+    out: dict = {}
+    # group nodes by which sigma points are usable, so each group is one vectorised call
+    usable = np.isfinite(mean)  # [S, K]
+    groups: dict[bytes, list[int]] = {}
+    for k in range(K):
+        groups.setdefault(usable[:, k].tobytes(), []).append(k)
+    for key, ks in groups.items():
+        pts = np.flatnonzero(usable[:, ks[0]])
+        if len(pts) < 3:
+            for k in ks:
+                out[names[k]] = None
+            continue
+        x = x_all[pts]
+        m = mean[pts][:, ks].T  # [G, P]
+        r = np.gradient(m, x, axis=-1)
+        xp, yp, idx = _peaks(x, r, flat_tol)
+        if boot is not None:
+            bm = np.transpose(boot[:, pts][:, :, ks], (0, 2, 1))  # [B, G, P]
+            bxp, _, _ = _peaks(x, np.gradient(bm, x, axis=-1), flat_tol)
+        for g, k in enumerate(ks):
+            if not np.isfinite(xp[g]):
+                out[names[k]] = None
+                continue
+            i = int(idx[g])
+            lo, hi, clipped = _window(x, r[g], i, 0.5 * yp[g])
+            interval, n_valid = None, 0
+            if boot is not None:
+                vals = bxp[:, g]
+                vals = vals[np.isfinite(vals)]
+                n_valid = int(len(vals))
+                if n_valid >= 2:
+                    q = 100 * (1 - ci) / 2
+                    a, b = np.percentile(vals, [q, 100 - q])
+                    interval = (float(math.exp(a)), float(math.exp(b)))
+            sigma = float(math.exp(xp[g]))
+            out[names[k]] = Decision(
+                name=str(names[k]),
+                kind=kind,
+                decision_sigma=sigma,
+                window=(float(math.exp(lo)), float(math.exp(hi))),
+                interval=interval,
+                peak_rate=float(yp[g]),
+                at_edge=bool(i == 0 or i == len(x) - 1),
+                window_clipped=bool(clipped),
+                vp_time=float(noise.vp_time(sigma)),
+                log_snr=float(noise.log_snr(sigma)),
+                n_boot=n_valid,
+                grid=(float(math.exp(x_all[0])), float(math.exp(x_all[-1]))),
+            )
+    return {n: out[n] for n in names}
+
+
+def decide(
+    curves: EntropyCurves,
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+    flat_tol: float = FLAT_TOL,
+) -> dict:
+    """Decision sigma, half-peak window and bootstrap interval for every internal node and level.
+
+    Returns ``{"nodes": {node: Decision | None}, "levels": {depth: Decision | None}}`` in the
+    order of ``curves.node_names`` and ``curves.level_names``. Rates are ``d/dlog sigma`` of the
+    sample-mean curves; ``n_boot=0`` skips the bootstrap (intervals are then None).
+    """
+    if not 0 < ci < 1:
+        raise ProbesError(f"decide: ci must be in (0, 1); got {ci}")
+    order = _ascending(curves.sigmas)
+    x = np.log(curves.sigmas[order])
+    N = curves.n_samples
+    weights = None
+    if n_boot and n_boot > 0 and N > 0:
+        rng = np.random.default_rng(seed)
+        weights = rng.multinomial(N, np.full(N, 1.0 / N), size=int(n_boot)).astype(np.float64)
+    nodes = _decide_family(
+        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci
+    )
+    levels = _decide_family(
+        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci
+    )
+    return {"nodes": nodes, "levels": levels}

@@ -1,0 +1,536 @@
+"""Entropy of class posteriors restricted to a taxonomy.
+
+Given ``log p(y | x_sigma)`` over the taxonomy's leaves for N samples along S noise levels, the
+engine computes, per sample and per sigma:
+
+* ``log p(v | x)`` for every node v, as the log-sum-exp of its children, level by level from the
+  deepest level up;
+* the **node contribution** of every internal node n with children c::
+
+      C_n(x) = p(n | x) * H( p(c | x, Y in n) ) = -sum_c p(c|x) * (log p(c|x) - log p(n|x))
+
+* the **level entropies** ``H_l(x) = -sum_cells p(cell | x) log p(cell | x)`` for l = 1..max_depth,
+  where the cells of level l are the nodes at depth l plus the leaves shallower than l (they stay
+  their own cell). ``H_max_depth`` is ``H(Y | x)``.
+
+The level entropies are computed from the cells directly, not from the C_n, so the chain rule
+``H_l = sum of C_n over internal nodes with depth < l`` is an independent check of both. Everything
+is accumulated in float64 (inputs may be float32), with ``0 log 0 = 0`` for ``-inf`` log-probs.
+
+Curves are per sample; averages over samples (and their standard errors) are taken by
+:class:`EntropyCurves`. Mutual information is measured against a prior over the leaves. When none
+is given, the prior is the mean posterior over all samples and sigmas: by the martingale property
+of the posterior along the noising process, ``E_x[p(y | x_sigma)] = p(y)`` at every sigma, so the
+pooled mean posterior is an estimate of the class distribution the samples were drawn from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from probes.errors import ProbesError
+
+NORMALISATION_TOL = 1e-3
+_AUTO_CHUNK_ELEMENTS = 2**24  # float64 elements per chunk for the node table (~128 MiB)
+
+
+# --------------------------------------------------------------------------------------------
+# The curves
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float64(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _nan_mean(a: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN where no sample is finite (no warnings)."""
+    ok = np.isfinite(a)
+    count = ok.sum(axis=0)
+    total = np.where(ok, a, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _nan_stderr(a: np.ndarray) -> np.ndarray:
+    """Standard error of the mean over axis 0 (sample std, ddof=1, over sqrt(count)).
+
+    NaN entries are ignored; the result is NaN where fewer than two samples are finite.
+    """
+    ok = np.isfinite(a)
+    count = ok.sum(axis=0)
+    mean = _nan_mean(a)
+    dev = np.where(ok, a - mean, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (dev**2).sum(axis=0) / np.maximum(count - 1, 1)
+        return np.where(count >= 2, np.sqrt(var / np.maximum(count, 1)), np.nan)
+
+
+@dataclass(eq=False)
+class EntropyCurves:
+    """Per-sample entropy curves along the sigma grid, restricted to a taxonomy.
+
+    Arrays are float64 numpy arrays (torch tensors are accepted and converted):
+
+    * ``sigmas`` ``[S]``: the noise levels, in the order given (runs use descending order).
+    * ``level_names`` ``[D]``: depths ``1..max_depth``; ``levels[..., -1]`` is ``H(Y | x)``.
+    * ``node_names`` ``[K]``: the internal nodes (taxonomy pre-order, root first).
+    * ``levels`` ``[N, S, D]``: per-sample level entropies (nats).
+    * ``nodes`` ``[N, S, K]``: per-sample node contributions ``C_n`` (nats);
+      ``nodes.sum(-1) == levels[..., -1]``.
+    * ``prior_levels`` ``[D]``: level entropies of the prior over leaves (``H(cell_l)``); None
+      becomes NaN (mutual information is then unavailable).
+    * ``prior_nodes`` ``[K]`` or None: node contributions of the prior.
+    * ``prior`` ``[L]`` or None: the prior over leaves itself; ``prior_weight`` is the number of
+      (sample, sigma) posteriors it averages when it is the default mean posterior (0 when given).
+
+    Any entry may be NaN (an estimator that cannot resolve a level or node at some sigma): means
+    and standard errors skip NaN samples and are NaN where no sample is finite.
+    Construct directly from arrays, or with :func:`tree_entropy` from log-posteriors.
+    """
+
+    sigmas: np.ndarray
+    level_names: list[int]
+    node_names: list[str]
+    levels: np.ndarray
+    nodes: np.ndarray
+    prior_levels: np.ndarray | None
+    prior_nodes: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    prior_weight: float = 0.0
+    _index: "_TreeIndex | None" = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.sigmas = _as_float64(self.sigmas).reshape(-1)
+        self.levels = _as_float64(self.levels)
+        self.nodes = _as_float64(self.nodes)
+        if self.prior_levels is None:
+            self.prior_levels = np.full(len(self.level_names), np.nan)
+        self.prior_levels = _as_float64(self.prior_levels).reshape(-1)
+        if self.prior_nodes is not None:
+            self.prior_nodes = _as_float64(self.prior_nodes).reshape(-1)
+        if self.prior is not None:
+            self.prior = _as_float64(self.prior).reshape(-1)
+        self.level_names = [int(x) for x in self.level_names]
+        self.node_names = [str(x) for x in self.node_names]
+        S, D, K = len(self.sigmas), len(self.level_names), len(self.node_names)
+        if self.levels.ndim != 3 or self.levels.shape[1:] != (S, D):
+            raise ProbesError(
+                f"EntropyCurves: levels must be [N, {S}, {D}] (samples, sigmas, levels); "
+                f"got {list(self.levels.shape)}"
+            )
+        if self.nodes.ndim != 3 or self.nodes.shape[1:] != (S, K):
+            raise ProbesError(
+                f"EntropyCurves: nodes must be [N, {S}, {K}] (samples, sigmas, nodes); "
+                f"got {list(self.nodes.shape)}"
+            )
+        if self.nodes.shape[0] != self.levels.shape[0]:
+            raise ProbesError(
+                f"EntropyCurves: levels has {self.levels.shape[0]} samples but nodes has "
+                f"{self.nodes.shape[0]}"
+            )
+        if self.prior_levels.shape != (D,):
+            raise ProbesError(f"EntropyCurves: prior_levels must have {D} entries")
+        if self.prior_nodes is not None and self.prior_nodes.shape != (K,):
+            raise ProbesError(f"EntropyCurves: prior_nodes must have {K} entries")
+
+    @classmethod
+    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None) -> "EntropyCurves":
+        """Curves from per-sample level entropies ``[N, S, D]`` and node contributions
+        ``[N, S, K]`` computed elsewhere (e.g. by the I-MMSE estimator; NaN where unresolved).
+
+        Levels are ``1..taxonomy.max_depth`` and nodes ``taxonomy.internal_nodes``. The prior's
+        entropies come from ``prior`` (``[L]`` probabilities over the leaves); without one they
+        are NaN and mutual information is unavailable.
+        """
+        index = _TreeIndex(taxonomy)
+        if prior is None:
+            prior_p, prior_levels, prior_nodes = None, None, None
+        else:
+            prior_p = _check_prior(prior, index.n_leaves)
+            prior_levels, prior_nodes = index.prior_entropies(prior_p)
+        return cls(
+            sigmas=sigmas,
+            level_names=list(range(1, index.max_depth + 1)),
+            node_names=list(index.internal),
+            levels=levels,
+            nodes=nodes,
+            prior_levels=prior_levels,
+            prior_nodes=prior_nodes,
+            prior=prior_p,
+            _index=index,
+        )
+
+    # -- summaries -----------------------------------------------------------------------------
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.levels.shape[0])
+
+    def level_mean(self) -> np.ndarray:
+        """Mean level entropy over samples, ``[S, D]``."""
+        return _nan_mean(self.levels)
+
+    def level_stderr(self) -> np.ndarray:
+        """Standard error of :meth:`level_mean` (std over samples / sqrt(N)), ``[S, D]``."""
+        return _nan_stderr(self.levels)
+
+    def node_mean(self) -> np.ndarray:
+        """Mean node contribution ``C_n`` over samples, ``[S, K]``."""
+        return _nan_mean(self.nodes)
+
+    def node_stderr(self) -> np.ndarray:
+        """Standard error of :meth:`node_mean`, ``[S, K]``."""
+        return _nan_stderr(self.nodes)
+
+    def level_count(self) -> np.ndarray:
+        """Number of finite samples behind each level mean, ``[S, D]``."""
+        return np.isfinite(self.levels).sum(axis=0)
+
+    def node_count(self) -> np.ndarray:
+        """Number of finite samples behind each node mean, ``[S, K]``."""
+        return np.isfinite(self.nodes).sum(axis=0)
+
+    def mutual_information(self) -> np.ndarray:
+        """``I(cell_l ; x_sigma) = H(cell_l) - H(cell_l | x_sigma)`` per level, ``[S, D]``."""
+        return self.prior_levels[None, :] - self.level_mean()
+
+    def node_mutual_information(self) -> np.ndarray | None:
+        """Information about node n's split, ``C_n(prior) - C_n(sigma)``, ``[S, K]`` (or None)."""
+        if self.prior_nodes is None:
+            return None
+        return self.prior_nodes[None, :] - self.node_mean()
+
+    # -- reshaping -----------------------------------------------------------------------------
+
+    def subset_sigmas(self, idx) -> "EntropyCurves":
+        """Curves on a subset (or reordering) of the sigma grid; the prior is kept as is."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return EntropyCurves(
+            sigmas=self.sigmas[idx],
+            level_names=list(self.level_names),
+            node_names=list(self.node_names),
+            levels=self.levels[:, idx],
+            nodes=self.nodes[:, idx],
+            prior_levels=self.prior_levels.copy(),
+            prior_nodes=None if self.prior_nodes is None else self.prior_nodes.copy(),
+            prior=None if self.prior is None else self.prior.copy(),
+            prior_weight=self.prior_weight,
+            _index=self._index,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["EntropyCurves"]) -> "EntropyCurves":
+        """Join batches along the sample axis.
+
+        All parts must share the sigma grid, levels and nodes. If their priors differ (each batch's
+        default prior is its own mean posterior), the pooled prior is the average of the parts'
+        priors weighted by ``prior_weight`` and its entropies are recomputed; parts without a
+        leaf prior must agree on ``prior_levels``.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ProbesError("EntropyCurves.concat: nothing to concatenate")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.sigmas.shape != first.sigmas.shape or not np.allclose(
+                p.sigmas, first.sigmas, rtol=1e-9, atol=0
+            ):
+                raise ProbesError("EntropyCurves.concat: parts have different sigma grids")
+            if p.level_names != first.level_names or p.node_names != first.node_names:
+                raise ProbesError("EntropyCurves.concat: parts have different levels or nodes")
+        levels = np.concatenate([p.levels for p in parts], axis=0)
+        nodes = np.concatenate([p.nodes for p in parts], axis=0)
+
+        def same(get):
+            vals = [get(p) for p in parts]
+            if any(v is None for v in vals):
+                return all(v is None for v in vals)
+            return all(np.allclose(v, vals[0], rtol=1e-12, atol=1e-12, equal_nan=True) for v in vals)
+
+        prior, weight = first.prior, first.prior_weight
+        prior_levels, prior_nodes = first.prior_levels, first.prior_nodes
+        if same(lambda p: p.prior) and same(lambda p: p.prior_levels):
+            weight = sum(p.prior_weight for p in parts)
+        elif all(p.prior is not None and p._index is not None for p in parts):
+            w = np.array([p.prior_weight for p in parts], dtype=np.float64)
+            if not np.all(w > 0):
+                raise ProbesError(
+                    "EntropyCurves.concat: parts were given different explicit priors; "
+                    "pass the same prior to every batch"
+                )
+            prior = (w[:, None] * np.stack([p.prior for p in parts])).sum(0) / w.sum()
+            weight = float(w.sum())
+            prior_levels, prior_nodes = first._index.prior_entropies(prior)
+        else:
+            raise ProbesError(
+                "EntropyCurves.concat: parts have different prior level entropies and no leaf "
+                "prior to pool; compute them with the same prior"
+            )
+        return EntropyCurves(
+            sigmas=first.sigmas.copy(),
+            level_names=list(first.level_names),
+            node_names=list(first.node_names),
+            levels=levels,
+            nodes=nodes,
+            prior_levels=np.array(prior_levels, dtype=np.float64),
+            prior_nodes=None if prior_nodes is None else np.array(prior_nodes, dtype=np.float64),
+            prior=None if prior is None else np.array(prior, dtype=np.float64),
+            prior_weight=weight,
+            _index=first._index,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Tree index: the taxonomy as padded index tensors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    """Internal nodes of one depth whose children are gathered together (padded with -inf)."""
+
+    parents: torch.Tensor  # [G] row of each parent in the node table
+    internal_pos: torch.Tensor  # [G] position of each parent in taxonomy.internal_nodes
+    children: torch.Tensor  # [G, width] child rows, padded with the -inf row
+
+
+class _TreeIndex:
+    """Row layout of the node table and the index tensors that walk it.
+
+    Rows of the node table: leaves ``0..L-1`` (taxonomy order), internal nodes ``L..L+K-1``
+    (pre-order), and one padding row ``L+K`` that always holds ``-inf``. Upward groups are ordered
+    deepest first; within a depth, parents are sorted by fan-out and cut into groups whose padded
+    size stays within 2x of their real number of children (few groups, little padding, even for
+    trees with a few very wide nodes).
+    """
+
+    def __init__(self, taxonomy):
+        leaves = list(taxonomy.leaves)
+        internal = list(taxonomy.internal_nodes)
+        self.leaves, self.internal = leaves, internal
+        self.n_leaves, self.n_internal = len(leaves), len(internal)
+        self.max_depth = int(taxonomy.max_depth)
+        if self.n_internal == 0 or self.max_depth < 1:
+            raise ProbesError("tree_entropy: the taxonomy has no internal node to split the leaves")
+        col = {n: i for i, n in enumerate(leaves)}
+        col.update({n: self.n_leaves + i for i, n in enumerate(internal)})
+        self.pad = self.n_leaves + self.n_internal
+        self.width = self.pad + 1
+        depth = {n: int(taxonomy.depth(n)) for n in col}
+        self.node_depth = [depth[n] for n in internal]
+
+        by_depth: dict[int, list[tuple[int, str]]] = {}
+        for pos, n in enumerate(internal):
+            by_depth.setdefault(depth[n], []).append((pos, n))
+        self.groups: list[_Group] = []
+        for d in sorted(by_depth, reverse=True):
+            rows = []
+            for pos, n in by_depth[d]:
+                kids = [col[c] for c in taxonomy.children(n)]
+                if not kids:
+                    raise ProbesError(f"tree_entropy: internal node {n!r} has no children")
+                rows.append((pos, n, kids))
+            rows.sort(key=lambda r: -len(r[2]))  # widest first; cut where padding would pass 2x
+            start, real = 0, 0
+            for i, (_, _, kids) in enumerate(rows):
+                width = len(rows[start][2])
+                if i > start and (i - start + 1) * width > 2 * (real + len(kids)):
+                    self.groups.append(self._group(rows[start:i], col))
+                    start, real = i, 0
+                real += len(kids)
+            self.groups.append(self._group(rows[start:], col))
+
+        # Cells of each level cut as a 0/1 matrix: H_l = -sum over cells of p log p.
+        leaf_set = set(leaves)
+        cells = torch.zeros(self.width, self.max_depth, dtype=torch.float64)
+        for lvl in range(1, self.max_depth + 1):
+            for n, c in col.items():
+                if depth[n] == lvl or (n in leaf_set and depth[n] < lvl):
+                    cells[c, lvl - 1] = 1.0
+        self.cells_t = cells.T.contiguous()  # [D, width]
+
+    def _group(self, rows, col) -> _Group:
+        width = max(len(k) for _, _, k in rows)
+        children = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        for r, (_, _, kids) in enumerate(rows):
+            children[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+        return _Group(
+            parents=torch.tensor([col[n] for _, n, _ in rows], dtype=torch.long),
+            internal_pos=torch.tensor([p for p, _, _ in rows], dtype=torch.long),
+            children=children,
+        )
+
+    def compute(self, log_p_leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Leaf log-probs ``[L, M]`` (float64, one column per posterior) -> (levels ``[D, M]``,
+        nodes ``[K, M]``).
+
+        Columns are posteriors so that gathering a node's children copies whole rows and every
+        reduction over children runs along contiguous memory.
+        """
+        M = log_p_leaves.shape[1]
+        table = torch.empty((self.width, M), dtype=torch.float64)
+        table[: self.n_leaves] = log_p_leaves
+        table[self.n_leaves :] = -math.inf
+        contrib = torch.empty((self.n_internal, M), dtype=torch.float64)
+        for g in self.groups:
+            lc = table[g.children]  # [G, width, M] children's log p
+            top = torch.nan_to_num(lc.amax(dim=1), neginf=0.0)  # [G, M]; 0 where p(n|x) = 0
+            e = torch.exp(lc - top.unsqueeze(1))  # p(c|x) / max_c p(c|x), in [0, 1]; -inf -> 0
+            total = e.sum(dim=1)  # >= 1, or 0 where p(n|x) = 0
+            log_total = torch.log(total)
+            ln = log_total + top  # log p(n|x)
+            table[g.parents] = ln
+            # H(p(c | x, Y in n)) with r = e / total: -sum r log r = log total - sum(e log e) / total
+            h = log_total - torch.special.xlogy(e, e).sum(dim=1) / total
+            contrib[g.internal_pos] = torch.nan_to_num(torch.exp(ln) * h, nan=0.0)
+        p = torch.exp(table)
+        levels = -(self.cells_t @ torch.special.xlogy(p, p))  # cells read off directly
+        return levels, contrib
+
+    def prior_entropies(self, prior) -> tuple[np.ndarray, np.ndarray]:
+        """Level entropies ``[D]`` and node contributions ``[K]`` of a distribution over leaves."""
+        p = torch.as_tensor(np.asarray(prior, dtype=np.float64))
+        with torch.no_grad():
+            lp = torch.where(p > 0, torch.log(p.clamp_min(1e-300)), torch.tensor(-math.inf, dtype=torch.float64))
+            levels, nodes = self.compute(lp[:, None])
+        return levels[:, 0].numpy(), nodes[:, 0].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+def _check_chunk(chunk: torch.Tensor, sigmas: np.ndarray, start: int) -> torch.Tensor:
+    """Raise on NaN, +inf or rows that do not sum to 1; return the rows' log-normalisers."""
+    bad = torch.isnan(chunk)
+    if bad.any():
+        n, s = [int(i) for i in torch.nonzero(bad)[0, :2]]
+        raise ProbesError(
+            f"log-probabilities contain NaN at sigma={sigmas[s]:.6g} (sample {start + n}) "
+            "(estimator output)"
+        )
+    pos = chunk == math.inf
+    if pos.any():
+        n, s = [int(i) for i in torch.nonzero(pos)[0, :2]]
+        raise ProbesError(
+            f"log-probabilities contain +inf at sigma={sigmas[s]:.6g} (sample {start + n}) "
+            "(estimator output)"
+        )
+    log_total = torch.logsumexp(chunk, dim=-1, keepdim=True)  # [n, S, 1]
+    total = log_total.squeeze(-1).exp()
+    off = (total - 1.0).abs() > NORMALISATION_TOL
+    if off.any():
+        n, s = [int(i) for i in torch.nonzero(off)[0]]
+        raise ProbesError(
+            f"log-probabilities do not normalise at sigma={sigmas[s]:.6g} (sample {start + n}): "
+            f"probabilities sum to {float(total[n, s]):.6g}, expected 1 within {NORMALISATION_TOL:g} "
+            "(estimator output)"
+        )
+    return log_total
+
+
+def _check_prior(prior, n_leaves: int) -> np.ndarray:
+    p = _as_float64(prior).reshape(-1)
+    if p.shape != (n_leaves,):
+        raise ProbesError(f"entropy prior: must have {n_leaves} entries (one per leaf), got {p.size}")
+    if np.isnan(p).any() or (p < 0).any():
+        raise ProbesError("entropy prior: has negative or NaN entries")
+    if abs(p.sum() - 1.0) > NORMALISATION_TOL:
+        raise ProbesError(f"entropy prior: sums to {p.sum():.6g}, expected 1")
+    return p / p.sum()
+
+
+def tree_entropy(
+    log_probs,
+    taxonomy,
+    sigmas,
+    prior=None,
+    chunk: int | None = None,
+) -> EntropyCurves:
+    """Level entropies and node contributions of ``p(y | x_sigma)`` over a taxonomy.
+
+    Parameters
+    ----------
+    log_probs : ``[N, S, L]`` tensor (or array) of natural-log posteriors over ``taxonomy.leaves``
+        for N samples at S noise levels. float32 or float64; ``-inf`` marks probability zero.
+    taxonomy : a :class:`probes.taxonomy.Taxonomy`.
+    sigmas : ``[S]`` noise levels, kept in the order given.
+    prior : ``[L]`` probabilities over the leaves for the mutual-information baseline, or None for
+        the mean posterior over all samples and sigmas (an estimate of p(y): the posterior is a
+        martingale along the noising process, so ``E_x[p(y | x_sigma)] = p(y)`` at every sigma).
+    chunk : samples processed at a time (bounds memory); None picks one from the problem size.
+
+    Raises :class:`ProbesError` if the log-probabilities contain NaN or +inf, or a row does not sum
+    to 1 within 1e-3, naming the sigma and sample. Rows within the tolerance are renormalised in
+    float64 before use (float32 rounding would otherwise break the chain rule at ~1e-7 nats).
+    """
+    lp = log_probs if isinstance(log_probs, torch.Tensor) else torch.as_tensor(np.asarray(log_probs))
+    lp = lp.detach()
+    sig = _as_float64(sigmas).reshape(-1)
+    if lp.ndim != 3:
+        raise ProbesError(
+            f"tree_entropy: log_probs must be [samples, sigmas, leaves]; got shape {list(lp.shape)}"
+        )
+    N, S, L = lp.shape
+    if len(sig) != S:
+        raise ProbesError(f"tree_entropy: {len(sig)} sigmas for log_probs with {S} sigma columns")
+    index = _TreeIndex(taxonomy)
+    if L != index.n_leaves:
+        raise ProbesError(
+            f"tree_entropy: log_probs has {L} leaf columns but the taxonomy has {index.n_leaves} leaves"
+        )
+    if N == 0:
+        raise ProbesError("tree_entropy: no samples")
+    if chunk is None:
+        chunk = max(1, _AUTO_CHUNK_ELEMENTS // max(1, S * index.width))
+    chunk = max(1, int(chunk))
+
+    D, K = index.max_depth, index.n_internal
+    levels = torch.empty((N, S, D), dtype=torch.float64)
+    nodes = torch.empty((N, S, K), dtype=torch.float64)
+    prior_sum = torch.zeros(L, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, N, chunk):
+            block = lp[start : start + chunk].to(device="cpu", dtype=torch.float64)
+            n = block.shape[0]
+            # rows sum to 1 within the tolerance; renormalise in float64 so that the chain rule
+            # holds to float64 precision even for float32 estimator output
+            block = block - _check_chunk(block, sig, start)
+            lv, nd = index.compute(block.reshape(n * S, L).T)
+            levels[start : start + n] = lv.T.reshape(n, S, D)
+            nodes[start : start + n] = nd.T.reshape(n, S, K)
+            if prior is None:
+                prior_sum += torch.exp(block).sum(dim=(0, 1))
+
+    if prior is None:
+        weight = float(N * S)
+        prior_p = (prior_sum / weight).numpy()
+        prior_p = prior_p / prior_p.sum()
+    else:
+        weight = 0.0
+        prior_p = _check_prior(prior, L)
+    prior_levels, prior_nodes = index.prior_entropies(prior_p)
+
+    return EntropyCurves(
+        sigmas=sig,
+        level_names=list(range(1, D + 1)),
+        node_names=list(index.internal),
+        levels=levels.numpy(),
+        nodes=nodes.numpy(),
+        prior_levels=prior_levels,
+        prior_nodes=prior_nodes,
+        prior=prior_p,
+        prior_weight=weight,
+        _index=index,
+    )

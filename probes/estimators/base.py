@@ -1,0 +1,170 @@
+"""What every estimator shares: the context it reads, the output it writes, call counting.
+
+An estimator turns a :class:`~probes.sampling.Trajectory` into estimates along its sigma grid:
+``log p(leaf | x_sigma)`` ``[B, S', L]`` for the posterior estimators, or per-sample level entropies
+and node contributions directly (``immse``). Costs are counted in *sample-evaluations*: a denoiser
+or classifier call on a batch of B inputs counts B.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from probes.errors import ProbesError
+
+
+@dataclass
+class ProbeContext:
+    """Everything an estimator may need besides the trajectory. Each estimator names the fields it
+    requires and raises a :class:`ProbesError` when one is missing.
+
+    Attributes:
+        taxonomy: the :class:`probes.taxonomy.Taxonomy` whose leaves index every ``[..., L]`` tensor.
+        sigmas: the run's grid (``immse`` integrates on it; others use the trajectory's own grid).
+        denoiser: the generation denoiser (possibly guided): rollout completions, plug-in.
+        cond_denoiser: the unguided base denoiser for class-conditional calls (``bayes``,
+            ``immse``); defaults to ``denoiser``.
+        conditioner: taxonomy node names -> ``cond`` for ``cond_denoiser``.
+        classifier: clean input -> leaf log-probabilities (``plugin``, ``rollout``).
+        prior: ``[L]`` leaf probabilities; uniform when ``None`` (``bayes`` starts from it,
+            ``immse`` takes its entropies as the values at ``sigmas[0]``).
+        sampler: sampling method for rollout completions (must be stochastic).
+        sample_pairs: ``f(n, generator) -> (x0 [n, ...], leaf_index [n])``: labelled clean data
+            for ``immse``.
+        exact_model: a :class:`probes.models.gmm.GaussianMixture` for the ``exact`` estimator.
+        batch_size: rows per internal denoiser/classifier call (bounds memory).
+    """
+
+    taxonomy: Any
+    sigmas: torch.Tensor | None = None
+    denoiser: Callable | None = None
+    cond_denoiser: Callable | None = None
+    conditioner: Callable | None = None
+    classifier: Callable | None = None
+    prior: torch.Tensor | None = None
+    sampler: str = "ancestral"
+    sample_pairs: Callable | None = None
+    exact_model: Any = None
+    batch_size: int = 4096
+
+    def __post_init__(self):
+        if self.cond_denoiser is None:
+            self.cond_denoiser = self.denoiser
+        n_leaves = len(self.taxonomy.leaves)
+        if self.prior is None:
+            self.prior = torch.full((n_leaves,), 1.0 / n_leaves, dtype=torch.float64)
+        self.prior = torch.as_tensor(self.prior, dtype=torch.float64)
+        if self.prior.shape != (n_leaves,) or (self.prior < 0).any() or abs(float(self.prior.sum()) - 1) > 1e-6:
+            raise ProbesError(f"probe context: prior must be {n_leaves} non-negative probabilities summing to 1")
+        if self.batch_size < 1:
+            raise ProbesError("probe context: batch_size must be at least 1")
+
+    def require(self, field: str, estimator: str, why: str):
+        value = getattr(self, field)
+        if value is None:
+            raise ProbesError(f"estimator {estimator!r} needs ctx.{field}: {why}")
+        return value
+
+
+@dataclass
+class EstimatorOutput:
+    """Estimates on the sigma grid ``sigmas [S']`` for a batch of B samples.
+
+    ``log_probs`` ``[B, S', L]`` for posterior estimators; ``levels`` ``[B, S', D]`` and
+    ``nodes`` ``[B, S', K]`` (per-sample, NaN where the estimator cannot resolve them) with the
+    prior's ``prior_levels [D]``/``prior_nodes [K]`` for estimators of entropies (``immse``).
+    """
+
+    name: str
+    sigmas: torch.Tensor
+    log_probs: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
+    nodes: torch.Tensor | None = None
+    denoiser_calls: int = 0
+    classifier_calls: int = 0
+    prior_levels: torch.Tensor | None = None
+    prior_nodes: torch.Tensor | None = None
+
+    def curves(self, taxonomy, prior=None):
+        """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``."""
+        from probes.entropy.engine import EntropyCurves, tree_entropy
+
+        if self.log_probs is not None:
+            return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior)
+        return EntropyCurves(sigmas=self.sigmas, level_names=list(range(1, self.levels.shape[-1] + 1)),
+                             node_names=list(taxonomy.internal_nodes), levels=self.levels, nodes=self.nodes,
+                             prior_levels=self.prior_levels, prior_nodes=self.prior_nodes)
+
+
+class Estimator:
+    """Base class. Subclasses set ``name`` and implement :meth:`estimate`.
+
+    Args:
+        sigma_stride: evaluate every k-th grid point (``0, k, 2k, ...``) to save compute.
+    """
+
+    name = ""
+
+    def __init__(self, sigma_stride: int = 1):
+        if int(sigma_stride) != sigma_stride or sigma_stride < 1:
+            raise ProbesError(f"estimator {self.name!r}: sigma_stride must be a positive integer, got {sigma_stride}")
+        self.sigma_stride = int(sigma_stride)
+
+    def grid_index(self, n_sigmas: int) -> list[int]:
+        return list(range(0, n_sigmas, self.sigma_stride))
+
+    def estimate(self, traj, ctx: ProbeContext, generator: torch.Generator | None = None) -> EstimatorOutput:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({opts})"
+
+
+def options_of(cls) -> list[str]:
+    """Keyword options an estimator class accepts (its ``__init__`` parameters)."""
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p != "self"]
+
+
+def needs_states(traj, name: str):
+    if traj is None or traj.states is None:
+        raise ProbesError(f"estimator {name!r} needs a trajectory with recorded states (sample with record=True)")
+    return traj.states
+
+
+class Counter:
+    """Wraps a denoiser or classifier and counts sample-evaluations (a call on B inputs counts B)."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, *args):
+        self.calls += x.shape[0]
+        return self.fn(x, *args)
+
+
+def chunks(n: int, size: int):
+    """Slices covering ``range(n)`` in pieces of at most ``size``."""
+    size = max(1, int(size))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def take_cond(cond, rows: slice):
+    """The conditioning of a slice of the batch (``None`` stays ``None``)."""
+    if cond is None:
+        return None
+    return cond[rows]
+
+
+def tile_cond(cond, k: int):
+    """Conditioning for ``x.repeat(k, ...)`` (the batch stacked k times)."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor):
+        return cond.repeat(k, *([1] * (cond.ndim - 1)))
+    return list(cond) * k

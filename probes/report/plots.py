@@ -1,0 +1,190 @@
+"""Figures for the run directory (matplotlib, Agg backend, PNG at 150 dpi).
+
+* :func:`plot_curves`: level entropies against sigma, one panel per estimator.
+* :func:`plot_tree`: the decision-time tree, each internal node at the height of its decision sigma.
+* :func:`plot_rates`: ``dC_n / dlog sigma`` per node with the decisions marked.
+
+Sigma axes are logarithmic and run from the largest sigma on the left to the smallest on the right,
+the order in which sampling visits them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from probes.entropy.decisions import rates  # noqa: E402
+from probes.entropy.engine import EntropyCurves  # noqa: E402
+from probes.report.rundir import _split as _split_both, tree_heights  # noqa: E402
+
+DPI = 150
+SIGMA_LABEL = r"noise level $\sigma$ (log scale; sampling runs left to right)"
+MAX_LABELLED_LEAVES = 40
+MAX_LABELLED_INTERNAL = 40
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _sigma_axis(ax, sigmas) -> None:
+    ax.set_xscale("log")
+    lo, hi = float(np.min(sigmas)), float(np.max(sigmas))
+    ax.set_xlim(hi, lo)  # descending: sampling order
+    ax.set_xlabel(SIGMA_LABEL)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _level_label(level: int, depth: int) -> str:
+    return f"level {level} (leaves)" if level == depth else f"level {level}"
+
+
+def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
+    """Level entropies ``H_l(sigma)`` (nats) per estimator, shaded +-1 standard error.
+
+    One panel per estimator (alphabetical), at most three a row, sharing the y axis; dotted lines
+    mark each level's prior entropy ``H(cell_l)`` where known.
+    """
+    names = sorted(curves_by_estimator)
+    if not names:
+        raise ValueError("plot_curves: no curves to plot")
+    n = len(names)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols + 0.6, 3.8 * rows + 0.3), sharey=True, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    cmap = plt.get_cmap("viridis")
+    for ax, est in zip(axes.flat, names):
+        c = curves_by_estimator[est]
+        order = np.argsort(-c.sigmas)
+        sig = c.sigmas[order]
+        mean, se = c.level_mean()[order], c.level_stderr()[order]
+        D = len(c.level_names)
+        for k, level in enumerate(c.level_names):
+            color = cmap(k / max(1, D - 1) * 0.9)
+            ax.plot(sig, mean[:, k], color=color, lw=1.6, label=_level_label(level, D))
+            band = np.nan_to_num(se[:, k])
+            ax.fill_between(sig, mean[:, k] - band, mean[:, k] + band, color=color, alpha=0.2, lw=0)
+            if np.isfinite(c.prior_levels[k]):
+                ax.axhline(c.prior_levels[k], color=color, lw=0.8, ls=":")
+        _sigma_axis(ax, sig)
+        ax.set_title(f"{est} (N = {c.n_samples})")
+    for row in axes:
+        row[0].set_ylabel(r"conditional entropy $H_l(\sigma)$ [nats]")
+    axes[0][0].set_ylim(bottom=0)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if len(labels) > 12:
+        handles, labels = handles[:: math.ceil(len(labels) / 12)], labels[:: math.ceil(len(labels) / 12)]
+    axes.flat[n - 1].legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.9,
+                       title="dotted: prior", title_fontsize=7)
+    return _save(fig, path)
+
+
+def _label(taxonomy, n) -> str:
+    return str(taxonomy.graph.nodes[n].get("label", n))
+
+
+def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: str | None = None) -> Path:
+    """The decision-time tree: internal nodes at their decision sigma (log y axis), leaves at the
+    bottom (at ``sigma_min``, the grid's smallest sigma), elbow lines parent -> child, and each
+    node's half-peak window as a vertical bar. Undecided nodes are drawn hollow at their highest
+    child's height. Labels (the ``label`` attribute) are drawn for trees of up to 40 leaves.
+    """
+    nodes = _split_both(decisions)[1]
+    height = {n: 10.0**h for n, h in tree_heights(taxonomy, decisions, sigma_min).items()}
+    leaves = list(taxonomy.leaves)
+    L = len(leaves)
+    xpos = {leaf: float(i) for i, leaf in enumerate(leaves)}
+    for n in reversed(taxonomy.nodes):
+        kids = taxonomy.children(n)
+        if kids:
+            xpos[n] = 0.5 * (min(xpos[c] for c in kids) + max(xpos[c] for c in kids))
+
+    big = L > MAX_LABELLED_LEAVES
+    width = min(16.0, max(6.0, 0.32 * L + 2.0))
+    fig, ax = plt.subplots(figsize=(width, 5.5))
+    lw = 0.5 if big else 1.2
+    for p in taxonomy.internal_nodes:
+        for c in taxonomy.children(p):
+            ax.plot([xpos[c], xpos[c], xpos[p]], [height[c], height[p], height[p]],
+                    color="0.35", lw=lw, solid_capstyle="butt")
+    decided = [n for n in taxonomy.internal_nodes if nodes.get(n) is not None]
+    undecided = [n for n in taxonomy.internal_nodes if nodes.get(n) is None]
+    if decided:
+        xs = np.array([xpos[n] for n in decided])
+        ys = np.array([height[n] for n in decided])
+        lo = np.array([nodes[n].window[0] for n in decided])
+        hi = np.array([nodes[n].window[1] for n in decided])
+        ax.errorbar(xs, ys, yerr=[np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)], fmt="none",
+                    ecolor="tab:blue", alpha=0.45, lw=2.5 if not big else 1.0,
+                    label="half-peak window")
+        edge = np.array([bool(nodes[n].at_edge) for n in decided])
+        ax.scatter(xs[~edge], ys[~edge], s=10 if big else 36, color="tab:blue", zorder=3,
+                   label="decision $\\sigma$")
+        if edge.any():
+            ax.scatter(xs[edge], ys[edge], s=10 if big else 36, marker="^", color="tab:orange",
+                       zorder=3, label="peak at grid edge")
+    if undecided:
+        ax.scatter([xpos[n] for n in undecided], [height[n] for n in undecided], s=10 if big else 36,
+                   facecolors="white", edgecolors="0.3", zorder=3, label="undecided")
+    ax.set_yscale("log")
+    ax.set_ylabel(r"decision noise level $\sigma$ (log scale)")
+    ax.set_xlim(-0.8, L - 0.2)
+    if not big:
+        ax.set_xticks(range(L))
+        ax.set_xticklabels([_label(taxonomy, n) for n in leaves], rotation=60, ha="right", fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{L} leaves (labels omitted)")
+    if len(taxonomy.internal_nodes) <= MAX_LABELLED_INTERNAL and not big:
+        for n in taxonomy.internal_nodes:
+            ax.annotate(_label(taxonomy, n), (xpos[n], height[n]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8, color="0.15")
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    ax.set_title(title or f"decision-time tree: {getattr(taxonomy, 'name', '')}".rstrip(": "))
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    return _save(fig, path)
+
+
+def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, title: str | None = None) -> Path:
+    """``dC_n / dlog sigma`` of the mean node curves, decisions marked with their windows.
+
+    Shows the ``max_nodes`` decided nodes with the largest peak rates (all of them when fewer), in
+    nats per unit log sigma.
+    """
+    nodes = _split_both(decisions)[1]
+    s, r = rates(curves.sigmas, curves.node_mean().T)  # r [K, S] ascending sigma
+    index = {n: k for k, n in enumerate(curves.node_names)}
+    decided = [n for n in curves.node_names if nodes.get(n) is not None]
+    decided.sort(key=lambda n: -nodes[n].peak_rate)
+    shown = decided[:max_nodes]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    for j, n in enumerate(shown):
+        d = nodes[n]
+        color = cmap(j % cmap.N)
+        ax.plot(s, r[index[n]], color=color, lw=1.4, label=str(n))
+        ax.axvspan(d.window[0], d.window[1], color=color, alpha=0.07, lw=0)
+        ax.plot([d.decision_sigma], [d.peak_rate], marker="o", color=color, ms=5)
+    ax.axhline(0, color="0.5", lw=0.6)
+    _sigma_axis(ax, s)
+    ax.set_ylabel(r"rate $dC_n / d\log\sigma$ [nats per unit $\log\sigma$]")
+    extra = "" if len(decided) <= max_nodes else f" (top {max_nodes} of {len(decided)} by peak rate)"
+    ax.set_title(title or f"where each node decides{extra}")
+    if shown:
+        ax.legend(loc="upper right", fontsize=7, ncol=2 if len(shown) > 6 else 1, framealpha=0.9,
+                  title="node (dot: decision; band: window)", title_fontsize=7)
+    return _save(fig, path)

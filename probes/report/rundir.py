@@ -1,0 +1,311 @@
+"""Writers for the run directory: ``run.json``, ``curves.csv``, ``decisions.csv``, ``tree.*``.
+
+These files are the product's output and their formats are stable; ``docs/outputs.md`` documents
+every column and attribute. All files are written atomically (a temporary file in the same folder,
+then ``os.replace``), so a reader never sees half a file.
+
+CSV conventions: comma-separated, a header row, ``\\n`` line ends, floats in Python's shortest
+round-trip form, missing values (NaN, undecided nodes) as empty fields, booleans ``true``/``false``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from probes import noise
+from probes.entropy.decisions import Decision
+from probes.entropy.engine import EntropyCurves
+
+CURVES_COLUMNS = [
+    "estimator", "sigma", "vp_time", "log_snr", "kind", "name",
+    "entropy", "stderr", "mutual_info", "n_samples",
+]
+DECISIONS_COLUMNS = [
+    "estimator", "kind", "name", "decision_sigma", "window_lo", "window_hi",
+    "interval_lo", "interval_hi", "vp_time", "log_snr", "peak_rate", "at_edge",
+]
+VERSION_PACKAGES = {
+    "probes": "probes",
+    "torch": "torch",
+    "numpy": "numpy",
+    "networkx": "networkx",
+    "matplotlib": "matplotlib",
+    "diffusers": "diffusers",
+    "transformers": "transformers",
+    "open_clip": "open_clip_torch",
+    "timm": "timm",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _fmt(x) -> str:
+    """A float in shortest round-trip form; NaN / None as an empty field."""
+    if x is None:
+        return ""
+    x = float(x)
+    if not math.isfinite(x):
+        return "" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return repr(x)
+
+
+def _write_csv(path, columns: list[str], rows) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# curves.csv and decisions.csv
+# --------------------------------------------------------------------------------------------
+
+
+def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
+    """The mean entropy curves of every estimator as one long table (see docs/outputs.md).
+
+    Row order: estimator (alphabetical), kind (``level`` rows, then ``node`` rows), name (levels by
+    depth; nodes in taxonomy pre-order, root first), sigma descending (sampling order).
+    """
+    rows = []
+    for est in sorted(curves_by_estimator):
+        c = curves_by_estimator[est]
+        order = np.argsort(-c.sigmas, kind="stable")
+        sig = c.sigmas[order]
+        vp = [noise.vp_time(float(s)) for s in sig]
+        ls = [noise.log_snr(float(s)) for s in sig]
+        families = [
+            ("level", [str(n) for n in c.level_names], c.level_mean(), c.level_stderr(),
+             c.mutual_information(), c.level_count()),
+            ("node", list(c.node_names), c.node_mean(), c.node_stderr(),
+             c.node_mutual_information(), c.node_count()),
+        ]
+        for kind, names, mean, se, mi, count in families:
+            mean, se, count = mean[order], se[order], count[order]
+            mi = None if mi is None else mi[order]
+            for k, name in enumerate(names):
+                for i in range(len(sig)):
+                    rows.append([
+                        est, _fmt(sig[i]), _fmt(vp[i]), _fmt(ls[i]), kind, name,
+                        _fmt(mean[i, k]), _fmt(se[i, k]),
+                        "" if mi is None else _fmt(mi[i, k]), str(int(count[i, k])),
+                    ])
+    return _write_csv(path, CURVES_COLUMNS, rows)
+
+
+def _split(decisions) -> tuple[Mapping, Mapping]:
+    """(levels, nodes) from a ``decide()`` result or a plain ``{node: Decision}`` mapping."""
+    if (
+        isinstance(decisions, Mapping)
+        and decisions
+        and set(decisions) <= {"nodes", "levels"}
+        and all(isinstance(v, Mapping) for v in decisions.values())
+    ):
+        return decisions.get("levels", {}) or {}, decisions.get("nodes", {}) or {}
+    return {}, decisions or {}
+
+
+def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> Path:
+    """Decisions of every estimator, one row per level and internal node (see docs/outputs.md).
+
+    ``decisions_by_estimator[name]`` is a :func:`probes.entropy.decide` result. Undecided nodes
+    (flat or unsupported curves) get a row with empty values. Row order: estimator (alphabetical),
+    ``level`` rows by depth, then ``node`` rows in the decide() (taxonomy pre-order) order.
+    """
+    rows = []
+    for est in sorted(decisions_by_estimator):
+        levels, nodes = _split(decisions_by_estimator[est])
+        for kind, family in (("level", levels), ("node", nodes)):
+            for name, d in family.items():
+                if d is None:
+                    rows.append([est, kind, str(name)] + [""] * (len(DECISIONS_COLUMNS) - 3))
+                    continue
+                interval = d.interval or (None, None)
+                rows.append([
+                    est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
+                    _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
+                    _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
+                ])
+    return _write_csv(path, DECISIONS_COLUMNS, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The decision-time tree
+# --------------------------------------------------------------------------------------------
+
+
+def _leaf_sigma(decisions: Mapping[str, Decision | None], sigma_min: float | None) -> float:
+    if sigma_min is not None:
+        return float(sigma_min)
+    grid = [d.grid[0] for d in decisions.values() if d is not None and d.grid is not None]
+    if grid:
+        return float(min(grid))
+    vals = [min(d.window[0], d.decision_sigma) for d in decisions.values() if d is not None]
+    return min(vals) if vals else 1.0
+
+
+def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[str, float]:
+    """Height of every node in log10 sigma, as drawn and as used for Newick branch lengths.
+
+    Decided internal nodes sit at ``log10(decision_sigma)``; leaves at ``log10(sigma_min)`` (by
+    default the grid's smallest sigma, as recorded in the decisions); an undecided internal node at
+    its highest child's height.
+    """
+    _, nodes = _split(decisions)
+    base = math.log10(_leaf_sigma(nodes, sigma_min))
+    height: dict[str, float] = {}
+    for n in reversed(taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)):
+        kids = taxonomy.children(n)
+        if not kids:
+            height[n] = base
+            continue
+        d = nodes.get(n)
+        height[n] = math.log10(d.decision_sigma) if d is not None else max(height[c] for c in kids)
+    return height
+
+
+def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
+    """A copy of the taxonomy with decision attributes on every decided internal node.
+
+    Attributes: ``decision_sigma``, ``window`` ``[lo, hi]``, ``interval`` ``[lo, hi]`` (absent
+    without a bootstrap), ``decision_vp_time``, ``decision_log_snr``, ``peak_rate``, ``at_edge``.
+    Undecided nodes carry none of them. The graph also records ``leaf_sigma``.
+    """
+    _, nodes = _split(decisions)
+    tax = taxonomy.copy()
+    for n in tax.internal_nodes:
+        d = nodes.get(n)
+        if d is None:
+            continue
+        attrs = tax.graph.nodes[n]
+        attrs["decision_sigma"] = float(d.decision_sigma)
+        attrs["window"] = [float(d.window[0]), float(d.window[1])]
+        if d.interval is not None:
+            attrs["interval"] = [float(d.interval[0]), float(d.interval[1])]
+        attrs["decision_vp_time"] = float(d.vp_time)
+        attrs["decision_log_snr"] = float(d.log_snr)
+        attrs["peak_rate"] = float(d.peak_rate)
+        attrs["at_edge"] = bool(d.at_edge)
+    tax.graph.graph["leaf_sigma"] = _leaf_sigma(nodes, sigma_min)
+    return tax
+
+
+def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> dict[str, Path]:
+    """Write the decision-time tree as ``tree.json``, ``tree.graphml`` and ``tree.nwk``.
+
+    ``decisions`` is a :func:`probes.entropy.decide` result (or ``{node: Decision}``);
+    ``sigma_min`` is where leaves sit in the Newick tree (default: the grid's smallest sigma, as
+    recorded in the decisions). Newick branch
+    lengths are ``log10(sigma_parent) - log10(sigma_child)`` with the heights of
+    :func:`tree_heights` (negative where a child decides at a larger sigma than its parent).
+    Returns ``{"json": path, "graphml": path, "newick": path}``.
+    """
+    from probes.taxonomy.export import write_taxonomy
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tax = decision_tree(taxonomy, decisions, sigma_min)
+    height = tree_heights(taxonomy, decisions, sigma_min)
+    paths = {}
+    for fmt, name in (("json", "tree.json"), ("graphml", "tree.graphml"), ("newick", "tree.nwk")):
+        final = out_dir / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            if fmt == "newick":
+                write_taxonomy(tax, tmp, fmt, branch_length=lambda p, c: height[p] - height[c])
+            else:
+                write_taxonomy(tax, tmp, fmt)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        paths[fmt] = final
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# run.json
+# --------------------------------------------------------------------------------------------
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a run depends on (None where not installed), and Python."""
+    out: dict[str, str | None] = {}
+    for key, dist in VERSION_PACKAGES.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def _jsonable(obj):
+    """Plain JSON values: numpy/torch scalars and arrays to Python, NaN/inf to null, paths to str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Decision):
+        return _jsonable(obj.to_dict())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensors
+        return _jsonable(obj.detach().cpu().tolist())
+    return obj
+
+
+def write_run_json(path, payload: Mapping) -> Path:
+    """Write ``payload`` as ``run.json`` with a ``versions`` entry added (see docs/outputs.md).
+
+    Keys set in ``payload["versions"]`` are kept; NaN and infinities become ``null`` so the file is
+    strict JSON. The write is atomic.
+    """
+    data = dict(payload)
+    versions = package_versions()
+    versions.update(dict(payload.get("versions") or {}))
+    data["versions"] = versions
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)

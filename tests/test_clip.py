@@ -1,0 +1,138 @@
+"""CLIP zero-shot over taxonomy leaves, on a tiny random open_clip architecture."""
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from probes.classifiers import clip as clip_mod
+from probes.classifiers.clip import (ClipZeroShotClassifier, leaf_texts, node_names, register_tiny_clip,
+                                     resolve_templates)
+from probes.errors import ProbesError
+from probes.taxonomy import Taxonomy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return register_tiny_clip()
+
+
+@pytest.fixture(scope="module")
+def tax():
+    g = nx.DiGraph()
+    g.add_node("car", prompts=["a red car", "a blue car"])
+    g.add_node("kitty", label="cat", aliases=["kitten"])
+    g.add_edges_from([("root", "animal"), ("animal", "kitty"), ("animal", "golden_retriever"), ("root", "car")])
+    return Taxonomy(g, name="toy")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny, tmp_path_factory):
+    """A local checkpoint file for the tiny architecture (what a user's downloaded weights are)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_leaf_texts_and_templates(tax):
+    texts = leaf_texts(tax, ["a photo of a {}.", "art of the {}."])
+    assert texts["car"] == ["a red car", "a blue car"]  # prompts are used as they are
+    assert texts["kitty"] == ["a photo of a cat.", "art of the cat.", "a photo of a kitten.", "art of the kitten."]
+    assert texts["golden_retriever"] == ["a photo of a golden retriever.", "art of the golden retriever."]
+    assert len(resolve_templates("imagenet")) == 80 and len(resolve_templates("simple")) == 7
+    assert resolve_templates("photo") == ["a photo of a {}."]
+    assert resolve_templates(None) == resolve_templates("imagenet")
+    with pytest.raises(ProbesError, match="has no"):
+        resolve_templates(["a photo of a cat"])
+    with pytest.raises(ProbesError):
+        resolve_templates("fancy")
+
+
+def test_imagenet_leaves_use_curated_names():
+    assert node_names("tabby.n.01", {"label": "tabby.n.01", "wnid": "n02123045"})[0] == "tabby cat"
+    assert node_names("x", {"label": "x", "synset": "nonexistent.n.99"}) == ["nonexistent"]
+
+
+def test_scores_shapes_normalisation_and_temperature(tiny, tax):
+    clf = ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None)
+    assert clf.leaves == tax.leaves
+    torch.testing.assert_close(clf.text_features.norm(dim=-1), torch.ones(3))
+    x = torch.rand(4, 3, 50, 70) * 2 - 1
+    with torch.no_grad():
+        logits = clf.logits(x)
+        lp = clf(x)
+        img = clf.image_features(x)
+    assert logits.shape == lp.shape == (4, 3)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(4))
+    scale = clf.model.logit_scale.exp()
+    torch.testing.assert_close(logits, scale * img @ clf.text_features.t())
+    clf.temperature = 0.25
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), torch.log_softmax(logits / 0.25, -1))
+    sharp = ClipZeroShotClassifier.create(tax, tiny, templates="photo", temperature=0.5, cache_dir=None)
+    assert sharp.temperature == 0.5
+
+
+def test_text_embeddings_are_per_leaf_means(tiny, tax):
+    clf = ClipZeroShotClassifier.create(tax, tiny, templates=["a photo of a {}.", "a {}."], cache_dir=None)
+    texts = clf.texts["kitty"]
+    assert len(texts) == 4
+    with torch.no_grad():
+        emb = F.normalize(clf.model.encode_text(clf.tokenizer(texts)), dim=-1).mean(0)
+    torch.testing.assert_close(clf.text_features[clf.leaves.index("kitty")], F.normalize(emb, dim=0))
+
+
+def test_preprocessing_resizes_crops_and_normalises(tiny, tax):
+    clf = ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None)
+    grey = torch.zeros(2, 3, 48, 96)  # 0 in [-1, 1] is mid grey
+    out = clf.preprocess(grey)
+    assert out.shape == (2, 3, 32, 32)
+    expected = (0.5 - clf.mean) / clf.std
+    torch.testing.assert_close(out, expected.expand_as(out))
+    # centre crop keeps the middle of a wide image
+    wide = -torch.ones(1, 3, 32, 96)
+    wide[..., 32:64] = 1
+    torch.testing.assert_close(clf.preprocess(wide), ((1 - clf.mean) / clf.std).expand(1, 3, 32, 32))
+
+
+def test_text_encoder_runs_once(tiny, tax, checkpoint, tmp_path, monkeypatch):
+    path, reference = checkpoint
+    monkeypatch.setattr(clip_mod, "_TEXT_CACHE", {})
+    first = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
+    assert first.text_encoder_calls == 1  # all 16 texts in one batch
+    calls = []
+    original = first.model.encode_text
+    first.model.encode_text = lambda *a, **k: calls.append(1) or original(*a, **k)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        first(x), first(x)
+    assert calls == []
+    # the loaded weights are the checkpoint's
+    with torch.no_grad():
+        torch.testing.assert_close(first.model.encode_image(first.preprocess(x)), reference.encode_image(first.preprocess(x)))
+    # same model and texts: memory cache, then disk cache
+    again = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
+    assert again.text_encoder_calls == 0
+    monkeypatch.setattr(clip_mod, "_TEXT_CACHE", {})
+    from_disk = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
+    assert from_disk.text_encoder_calls == 0 and len(list(tmp_path.glob("clip-text-*.pt"))) == 1
+    torch.testing.assert_close(from_disk.text_features, first.text_features)
+    # different texts: computed anew
+    other = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="photo", cache_dir=tmp_path)
+    assert other.text_encoder_calls == 1
+
+
+def test_missing_weights_and_unknown_models(tiny, tax, tmp_path):
+    with pytest.raises(ProbesError) as err:
+        ClipZeroShotClassifier.create(tax, tiny, pretrained=str(tmp_path / "missing.pt"))
+    assert "missing.pt" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ProbesError, match="not an open_clip architecture"):
+        ClipZeroShotClassifier.create(tax, "ViT-Q-99")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ProbesError, match="cannot load"):
+        ClipZeroShotClassifier.create(tax, tiny, pretrained=str(bad))

@@ -1,0 +1,112 @@
+"""Decision sigmas, half-peak windows and bootstrap intervals on curves with known answers."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from probes import noise
+from probes.entropy import Decision, EntropyCurves, decide, rates
+
+HALF = math.log(3 + 2 * math.sqrt(2))  # the logistic derivative is at half max at u = +-HALF
+
+
+def sigmoid(u):
+    return 1 / (1 + np.exp(-u))
+
+
+def curves_from(nodes, sigmas, levels=None):
+    """EntropyCurves from per-sample node curves [N, S, K] (levels default to their cumsum)."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    if levels is None:
+        levels = nodes.sum(-1, keepdims=True)
+    return EntropyCurves(
+        sigmas=sigmas,
+        level_names=list(range(1, levels.shape[-1] + 1)),
+        node_names=[f"n{k}" for k in range(nodes.shape[-1])],
+        levels=levels,
+        nodes=nodes,
+        prior_levels=np.full(levels.shape[-1], math.log(2)),
+    )
+
+
+def test_sigmoid_peak_and_window_exact():
+    sigmas = noise.geometric_grid(100.0, 0.01, 121).numpy()  # descending, as runs use
+    s0, w = 1.3, 0.4
+    c = sigmoid((np.log(sigmas) - math.log(s0)) / w)
+    curves = curves_from(c[None, :, None], sigmas)
+    d = decide(curves, n_boot=0)["nodes"]["n0"]
+    assert isinstance(d, Decision)
+    assert d.decision_sigma == pytest.approx(s0, rel=2e-3)
+    assert d.peak_rate == pytest.approx(0.25 / w, rel=1e-2)
+    assert d.window[0] == pytest.approx(s0 * math.exp(-w * HALF), rel=1e-2)
+    assert d.window[1] == pytest.approx(s0 * math.exp(w * HALF), rel=1e-2)
+    assert not d.at_edge and not d.window_clipped and d.interval is None
+    assert d.vp_time == pytest.approx(noise.vp_time(d.decision_sigma))
+    assert d.log_snr == pytest.approx(-2 * math.log(d.decision_sigma))
+    json.dumps(d.to_dict())
+
+
+def test_nonuniform_grid_and_order_independence():
+    sigmas = noise.karras_grid(80.0, 0.002, 90).numpy()
+    s0, w = 0.5, 0.6
+    c = sigmoid((np.log(sigmas) - math.log(s0)) / w)
+    a = decide(curves_from(c[None, :, None], sigmas), n_boot=0)["nodes"]["n0"]
+    perm = np.random.default_rng(0).permutation(len(sigmas))
+    b = decide(curves_from(c[None, perm, None], sigmas[perm]), n_boot=0)["nodes"]["n0"]
+    assert a.decision_sigma == pytest.approx(s0, rel=1e-2)
+    assert a.window[0] == pytest.approx(s0 * math.exp(-w * HALF), rel=2e-2)
+    assert a.window[1] == pytest.approx(s0 * math.exp(w * HALF), rel=2e-2)
+    assert b.decision_sigma == pytest.approx(a.decision_sigma, rel=1e-12)
+
+
+def test_rates_against_log_sigma():
+    sigmas = np.array([8.0, 4.0, 2.0, 1.0])
+    s, r = rates(sigmas, 3 * np.log(sigmas))
+    np.testing.assert_allclose(s, [1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(r, 3.0)
+
+
+def test_bootstrap_interval_covers_truth():
+    rng = np.random.default_rng(1)
+    sigmas = noise.geometric_grid(50.0, 0.02, 60).numpy()
+    truths = [0.3, 2.0]
+    per_sample = []
+    for s0 in truths:
+        shift = 0.25 * rng.standard_normal((80, 1))  # per-sample decision jitter, symmetric in log
+        curve = sigmoid((np.log(sigmas)[None] - math.log(s0) - shift) / 0.5)
+        per_sample.append(curve + 0.05 * rng.standard_normal(curve.shape))
+    nodes = np.stack(per_sample, -1)
+    out = decide(curves_from(nodes, sigmas), n_boot=300, seed=3)
+    for k, s0 in enumerate(truths):
+        d = out["nodes"][f"n{k}"]
+        lo, hi = d.interval
+        assert lo < s0 < hi, (s0, d.interval)
+        assert lo <= d.decision_sigma <= hi
+        assert hi / lo < 2.0  # informative, not the whole grid
+        assert d.n_boot == 300
+    again = decide(curves_from(nodes, sigmas), n_boot=300, seed=3)
+    assert again["nodes"]["n0"].interval == out["nodes"]["n0"].interval
+
+
+def test_edge_flat_and_nan_nodes():
+    sigmas = noise.geometric_grid(10.0, 0.1, 40).numpy()
+    x = np.log(sigmas)
+    edge = sigmoid((x - math.log(30.0)) / 0.3)  # transition above the grid
+    flat = np.full_like(x, 0.7)
+    nan = np.full_like(x, np.nan)
+    partial = sigmoid((x - math.log(1.0)) / 0.3)
+    partial_ps = np.stack([partial, partial, partial], 0)
+    partial_ps[:, :3] = np.nan  # unsupported at the three noisiest sigmas
+    nodes = np.stack(
+        [np.tile(edge, (3, 1)), np.tile(flat, (3, 1)), np.tile(nan, (3, 1)), partial_ps], -1
+    )
+    out = decide(curves_from(nodes, sigmas, levels=nodes[..., :1]), n_boot=20)
+    d = out["nodes"]["n0"]
+    assert d.at_edge and d.decision_sigma == pytest.approx(10.0) and d.window_clipped
+    assert out["nodes"]["n1"] is None
+    assert out["nodes"]["n2"] is None
+    assert out["nodes"]["n3"].decision_sigma == pytest.approx(1.0, rel=2e-2)
+    assert list(out["levels"]) == [1]
+    assert out["levels"][1].name == "1" and out["levels"][1].kind == "level"

@@ -1,0 +1,211 @@
+"""The entropy engine against hand-computed cases, the chain rule, priors and input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from probes.entropy import EntropyCurves, tree_entropy
+from probes.errors import ProbesError
+
+from test_entropy_trees import make_taxonomy
+
+FOUR = {"A": ["a1", "a2"], "B": ["b1", "b2"]}
+UNEVEN = {"x": None, "P": {"p1": None, "R": ["r1", "r2", "r3"]}, "Q": ["q1", "q2"], "y": None}
+
+
+def h(*ps):
+    return -sum(p * math.log(p) for p in ps if p > 0)
+
+
+def log(p):
+    return torch.log(torch.tensor(p, dtype=torch.float64))
+
+
+def random_log_probs(n, s, l, seed=0, zeros=True):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, s, l, generator=g, dtype=torch.float64) * 2
+    if zeros:
+        logits[torch.rand(n, s, l, generator=g) < 0.2] = -math.inf
+        logits[..., 0] = torch.where(torch.isinf(logits).all(-1), 0.0, logits[..., 0])
+    return torch.log_softmax(logits, -1)
+
+
+def test_hand_computed_two_level_tree():
+    tax = make_taxonomy(FOUR)
+    assert tax.leaves == ["a1", "a2", "b1", "b2"]
+    rows = [
+        [0.5, 0.25, 0.25, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+        [0.25, 0.25, 0.25, 0.25],
+        [0.1, 0.2, 0.3, 0.4],
+    ]
+    lp = log(rows).unsqueeze(0)  # one sample, four "sigmas"
+    c = tree_entropy(lp, tax, [4.0, 3.0, 2.0, 1.0])
+    assert c.level_names == [1, 2]
+    assert c.node_names == ["root", "A", "B"]
+    expect_levels = [
+        [h(0.75, 0.25), h(0.5, 0.25, 0.25)],
+        [0.0, 0.0],
+        [math.log(2), math.log(4)],
+        [h(0.3, 0.7), h(0.1, 0.2, 0.3, 0.4)],
+    ]
+    expect_nodes = [
+        [h(0.75, 0.25), 0.75 * h(2 / 3, 1 / 3), 0.0],
+        [0.0, 0.0, 0.0],
+        [math.log(2), 0.5 * math.log(2), 0.5 * math.log(2)],
+        [h(0.3, 0.7), 0.3 * h(1 / 3, 2 / 3), 0.7 * h(3 / 7, 4 / 7)],
+    ]
+    np.testing.assert_allclose(c.levels[0], expect_levels, atol=1e-12)
+    np.testing.assert_allclose(c.nodes[0], expect_nodes, atol=1e-12)
+    assert c.levels.dtype == np.float64 and np.isfinite(c.levels).all()
+
+
+def test_chain_rule_on_uneven_tree():
+    tax = make_taxonomy(UNEVEN)
+    assert tax.max_depth == 3
+    lp = random_log_probs(7, 5, len(tax.leaves), seed=1)
+    c = tree_entropy(lp, tax, torch.linspace(5, 1, 5))
+    p = lp.exp()
+    leaf_entropy = -torch.where(p > 0, p * lp, torch.zeros(())).sum(-1).numpy()
+    np.testing.assert_allclose(c.levels[..., -1], leaf_entropy, atol=1e-10)
+    np.testing.assert_allclose(c.nodes.sum(-1), leaf_entropy, atol=1e-10)
+    depth = np.array([tax.depth(n) for n in c.node_names])
+    for lvl in c.level_names:
+        np.testing.assert_allclose(
+            c.levels[..., lvl - 1], c.nodes[..., depth < lvl].sum(-1), atol=1e-10
+        )
+    # every level against the taxonomy's own level cuts
+    for lvl in c.level_names:
+        cut = tax.level_cut(lvl)
+        cells = {}
+        for i, leaf in enumerate(tax.leaves):
+            cells[cut[leaf]] = cells.get(cut[leaf], 0) + p[..., i]
+        pc = torch.stack(list(cells.values()), -1)
+        hl = -torch.where(pc > 0, pc * pc.log(), torch.zeros(())).sum(-1)
+        np.testing.assert_allclose(c.levels[..., lvl - 1], hl.numpy(), atol=1e-12)
+    # level 1 cells: x, P, Q, y; a leaf shallower than the level stays its own cell
+    idx = {n: i for i, n in enumerate(tax.leaves)}
+    cells = [["x"], ["p1", "r1", "r2", "r3"], ["q1", "q2"], ["y"]]
+    pc = torch.stack([p[..., [idx[v] for v in cell]].sum(-1) for cell in cells], -1)
+    h1 = -torch.where(pc > 0, pc * pc.log(), torch.zeros(())).sum(-1)
+    np.testing.assert_allclose(c.levels[..., 0], h1.numpy(), atol=1e-12)
+
+
+def test_float32_input_and_chunking_agree():
+    tax = make_taxonomy(UNEVEN)
+    lp = random_log_probs(9, 4, len(tax.leaves), seed=2)
+    a = tree_entropy(lp, tax, [4.0, 3.0, 2.0, 1.0])
+    b = tree_entropy(lp.float(), tax, [4.0, 3.0, 2.0, 1.0], chunk=2)
+    c = tree_entropy(lp, tax, [4.0, 3.0, 2.0, 1.0], chunk=1)
+    np.testing.assert_allclose(a.levels, c.levels, atol=1e-14)
+    np.testing.assert_allclose(a.nodes, c.nodes, atol=1e-14)
+    np.testing.assert_allclose(a.levels, b.levels, atol=1e-5)
+    assert b.levels.dtype == np.float64
+    # float32 rows are renormalised in float64: the chain rule still holds to float64 precision
+    np.testing.assert_allclose(b.nodes.sum(-1), b.levels[..., -1], atol=1e-12)
+
+
+def test_means_and_stderr():
+    tax = make_taxonomy(FOUR)
+    lp = random_log_probs(11, 3, 4, seed=3)
+    c = tree_entropy(lp, tax, [3.0, 2.0, 1.0])
+    assert c.n_samples == 11
+    np.testing.assert_allclose(c.level_mean(), c.levels.mean(0))
+    np.testing.assert_allclose(c.level_stderr(), c.levels.std(0, ddof=1) / math.sqrt(11))
+    np.testing.assert_allclose(c.node_mean(), c.nodes.mean(0))
+    np.testing.assert_allclose(c.node_stderr(), c.nodes.std(0, ddof=1) / math.sqrt(11))
+
+
+def test_default_prior_is_mean_posterior():
+    tax = make_taxonomy(FOUR)
+    lp = random_log_probs(6, 3, 4, seed=4)
+    c = tree_entropy(lp, tax, [3.0, 2.0, 1.0])
+    prior = lp.exp().mean((0, 1)).numpy()
+    np.testing.assert_allclose(c.prior, prior, atol=1e-14)
+    pa, pb = prior[:2].sum(), prior[2:].sum()
+    np.testing.assert_allclose(c.prior_levels, [h(pa, pb), h(*prior)], atol=1e-12)
+    np.testing.assert_allclose(c.mutual_information(), c.prior_levels - c.level_mean())
+    # given prior
+    u = tree_entropy(lp, tax, [3.0, 2.0, 1.0], prior=torch.full((4,), 0.25))
+    np.testing.assert_allclose(u.prior_levels, [math.log(2), math.log(4)], atol=1e-12)
+    np.testing.assert_allclose(u.prior_nodes, [math.log(2), 0.5 * math.log(2), 0.5 * math.log(2)])
+    with pytest.raises(ProbesError, match="prior"):
+        tree_entropy(lp, tax, [3.0, 2.0, 1.0], prior=torch.full((4,), 0.5))
+
+
+def test_concat_pools_default_priors():
+    tax = make_taxonomy(UNEVEN)
+    lp = random_log_probs(10, 3, len(tax.leaves), seed=5)
+    s = [3.0, 2.0, 1.0]
+    whole = tree_entropy(lp, tax, s)
+    joined = EntropyCurves.concat([tree_entropy(lp[:3], tax, s), tree_entropy(lp[3:], tax, s)])
+    np.testing.assert_allclose(joined.levels, whole.levels)
+    np.testing.assert_allclose(joined.nodes, whole.nodes)
+    np.testing.assert_allclose(joined.prior_levels, whole.prior_levels, atol=1e-12)
+    np.testing.assert_allclose(joined.prior_nodes, whole.prior_nodes, atol=1e-12)
+    assert joined.n_samples == 10
+    with pytest.raises(ProbesError, match="sigma"):
+        EntropyCurves.concat([whole, tree_entropy(lp, tax, [4.0, 2.0, 1.0])])
+
+
+def test_subset_sigmas():
+    tax = make_taxonomy(FOUR)
+    lp = random_log_probs(4, 5, 4, seed=6)
+    c = tree_entropy(lp, tax, [5.0, 4.0, 3.0, 2.0, 1.0])
+    sub = c.subset_sigmas([0, 2, 4])
+    np.testing.assert_allclose(sub.sigmas, [5.0, 3.0, 1.0])
+    np.testing.assert_allclose(sub.levels, c.levels[:, [0, 2, 4]])
+    np.testing.assert_allclose(sub.prior_levels, c.prior_levels)
+
+
+def test_nan_and_normalisation_errors():
+    tax = make_taxonomy(FOUR)
+    lp = random_log_probs(3, 3, 4, seed=7)
+    bad = lp.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ProbesError, match=r"NaN at sigma=1 .*estimator output"):
+        tree_entropy(bad, tax, [3.0, 2.0, 1.0])
+    bad = lp.clone()
+    bad[0, 1] += 0.1
+    with pytest.raises(ProbesError, match=r"do not normalise at sigma=2"):
+        tree_entropy(bad, tax, [3.0, 2.0, 1.0])
+    with pytest.raises(ProbesError, match="leaf columns"):
+        tree_entropy(lp[..., :3], tax, [3.0, 2.0, 1.0])
+    with pytest.raises(ProbesError, match="sigmas"):
+        tree_entropy(lp, tax, [3.0, 2.0])
+
+
+def test_direct_construction_with_nan():
+    S, D, K = 4, 2, 3
+    levels = np.random.default_rng(0).random((5, S, D))
+    nodes = np.random.default_rng(1).random((5, S, K))
+    nodes[:, :, 2] = np.nan  # unsupported node
+    levels[0, 0, 0] = np.nan  # one sample missing one point
+    c = EntropyCurves(
+        sigmas=np.array([4.0, 3.0, 2.0, 1.0]),
+        level_names=[1, 2],
+        node_names=["root", "A", "B"],
+        levels=levels,
+        nodes=nodes,
+        prior_levels=[math.log(2), math.log(4)],
+    )
+    assert np.isnan(c.node_mean()[:, 2]).all() and np.isnan(c.node_stderr()[:, 2]).all()
+    assert np.isfinite(c.node_mean()[:, :2]).all()
+    np.testing.assert_allclose(c.level_mean()[0, 0], levels[1:, 0, 0].mean())
+    assert c.level_count()[0, 0] == 4
+    with pytest.raises(ProbesError, match="nodes must be"):
+        EntropyCurves([1.0], [1], ["root"], np.zeros((2, 1, 1)), np.zeros((2, 2, 1)), [0.0])
+
+
+def test_from_per_sample_uses_taxonomy_and_prior():
+    tax = make_taxonomy(FOUR)
+    levels = np.full((3, 2, 2), 0.5)
+    nodes = np.full((3, 2, 3), np.nan)
+    c = EntropyCurves.from_per_sample([2.0, 1.0], tax, levels, nodes, prior=np.full(4, 0.25))
+    assert c.node_names == ["root", "A", "B"] and c.level_names == [1, 2]
+    np.testing.assert_allclose(c.prior_levels, [math.log(2), math.log(4)])
+    np.testing.assert_allclose(c.mutual_information(), [[math.log(2) - 0.5, math.log(4) - 0.5]] * 2)
+    bare = EntropyCurves.from_per_sample(torch.tensor([2.0, 1.0]), tax, torch.tensor(levels), nodes)
+    assert np.isnan(bare.prior_levels).all() and bare.node_mutual_information() is None

@@ -1,0 +1,170 @@
+"""`probes run` end to end on Gaussian mixtures: files, resume, refusal to clobber, bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+import yaml
+
+import probes.run as run_module
+from probes.cli import main
+from probes.errors import ProbesError
+from probes.run import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_recipe(tmp_path: Path, **changes) -> Path:
+    recipe = {
+        "name": "gmm-small",
+        "seed": 3,
+        "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "model": {"kind": "gmm", "dim": 4, "std": 0.5,
+                  "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True}},
+        "classifier": {"kind": "exact"},
+        "sampling": {"samples": 96, "batch_size": 32, "steps": 24, "sigma_max": 60.0, "sigma_min": 0.05,
+                     "method": "ancestral"},
+        "estimators": ["exact", "plugin", "bayes"],
+        "analysis": {"n_boot": 50},
+    }
+    for key, value in changes.items():
+        recipe[key] = value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_the_documented_directory(tmp_path):
+    out = tmp_path / "run"
+    result = run_recipe(write_recipe(tmp_path), out, progress=False)
+    for name in ["run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png",
+                 "tree.png", "rates.png"]:
+        assert (out / name).stat().st_size > 0, name
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "complete" and state["n_samples"] == 96
+    assert state["recipe"]["seed"] == 3 and "torch" in state["versions"]
+    assert state["estimators"]["bayes"]["denoiser_calls"] == 96 * 23 * 4  # 4 leaves x (S - 1) steps
+
+    rows = read_csv(out / "curves.csv")
+    assert list(rows[0]) == ["estimator", "sigma", "vp_time", "log_snr", "kind", "name", "entropy", "stderr",
+                             "mutual_info", "n_samples"]
+    assert {r["estimator"] for r in rows} == {"exact", "plugin", "bayes"}
+
+    tree = nx.node_link_graph(json.loads((out / "tree.json").read_text()), edges="edges")
+    coarse, fine = tree.nodes["root"], tree.nodes["left"]
+    # The coarse split (separation 6) is decided at a larger sigma than the fine one (separation 2).
+    assert coarse["decision_sigma"] > 2 * fine["decision_sigma"]
+    lo, hi = coarse["window"]
+    assert lo < coarse["decision_sigma"] < hi
+    assert "root" in result["summary"] and "sigma=" in result["summary"]
+
+
+def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
+    recipe = write_recipe(tmp_path)
+    run_recipe(recipe, tmp_path / "full", progress=False)
+
+    partial = tmp_path / "partial"
+    state = run_recipe(recipe, partial, progress=False, stop_after_batches=1)
+    assert state["status"] == "interrupted"
+    assert len(list((partial / "batches").glob("batch_*.pt"))) == 1
+    with pytest.raises(ProbesError, match="holds an unfinished run .1 batches done.; pass --resume"):
+        run_recipe(recipe, partial, progress=False)
+    run_recipe(recipe, partial, progress=False, resume=True)
+    assert (tmp_path / "full" / "curves.csv").read_text() == (partial / "curves.csv").read_text()
+    assert (tmp_path / "full" / "decisions.csv").read_text() == (partial / "decisions.csv").read_text()
+
+
+def test_finished_and_foreign_directories_are_not_clobbered(tmp_path):
+    recipe = write_recipe(tmp_path, sampling={"samples": 32, "batch_size": 32, "steps": 12})
+    out = tmp_path / "run"
+    run_recipe(recipe, out, progress=False)
+    with pytest.raises(ProbesError, match="already holds a finished run; pass --overwrite"):
+        run_recipe(recipe, out, progress=False)
+    run_recipe(recipe, out, progress=False, overwrite=True)
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    with pytest.raises(ProbesError, match="not a probes run directory"):
+        run_recipe(recipe, foreign, progress=False)
+    with pytest.raises(ProbesError, match="refusing to delete"):
+        run_recipe(recipe, foreign, progress=False, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "precious"
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    out = tmp_path / "run"
+    run_recipe(write_recipe(tmp_path), out, progress=False, stop_after_batches=1)
+    changed = write_recipe(tmp_path, seed=4)
+    with pytest.raises(ProbesError, match="recipe changed"):
+        run_recipe(changed, out, progress=False, resume=True)
+
+
+def test_nan_from_the_model_names_the_step_and_keeps_finished_batches(tmp_path, monkeypatch):
+    build = run_module.build_components
+
+    def poisoned(recipe):
+        parts = build(recipe)
+        inner, calls = parts.generator, {"n": 0}
+
+        def denoise(x, sigma, cond=None):
+            calls["n"] += 1
+            y = inner(x, sigma, cond)
+            return y * float("nan") if calls["n"] > 30 else y  # the second batch goes bad
+
+        parts.generator = denoise
+        return parts
+
+    monkeypatch.setattr(run_module, "build_components", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(ProbesError, match=r"sampling batch 1: the model's denoiser produced NaN/inf at sigma="):
+        run_recipe(write_recipe(tmp_path), out, progress=False)
+    assert (out / "batches" / "batch_00000.pt").exists()
+    monkeypatch.setattr(run_module, "build_components", build)
+    run_recipe(write_recipe(tmp_path), out, progress=False, resume=True)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"estimators": ["plugin", "magic"]}, "unknown estimator 'magic'"),
+        ({"estimators": [{"name": "rollout", "kk": 3}]}, "estimator 'rollout' has no option 'kk'"),
+        ({"taxonomy": "missing.yaml"}, "missing.yaml"),
+        ({"model": {"kind": "gmm", "std": 1.0, "means": {"left-a": [0.0], "left-b": [1.0]}}}, "model.means: no mean"),
+        ({"classifier": {"kind": "digits"}}, "classifier.kind: Gaussian-mixture models use the 'exact' classifier"),
+    ],
+)
+def test_cli_reports_bad_recipes_in_one_line(tmp_path, capsys, changes, message):
+    code = main(["run", str(write_recipe(tmp_path, **changes)), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("probes: error: ") and message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_cli_run_prints_the_decision_tree(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, sampling={"samples": 32, "batch_size": 32, "steps": 12})
+    assert main(["run", str(recipe), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "decision-time tree" in out and "├── left" in out
+
+
+def test_guided_leaf_conditional_run(tmp_path):
+    """Guidance moves the coarse decision to larger sigma (information is injected earlier)."""
+    sampling = {"samples": 128, "batch_size": 64, "steps": 24, "sigma_max": 60.0, "sigma_min": 0.05,
+                "condition": "leaf"}
+    decisions = {}
+    for scale in (1.0, 4.0):
+        recipe = write_recipe(tmp_path, sampling={**sampling, "guidance": {"scale": scale}}, estimators=["exact"])
+        state = run_recipe(recipe, tmp_path / f"w{scale}", progress=False)
+        decisions[scale] = state["decisions"]["exact"]["nodes"]["root"]["decision_sigma"]
+    assert decisions[4.0] > 1.3 * decisions[1.0]
