@@ -9,14 +9,16 @@
   a CLIP zero-shot classifier), plus the final decode.
 
 Same prompts, seeds, steps and scheduler grid in all three. The ratio printed is probed / plain
-(pipeline); the target is below 1.5 at the default settings.
+(pipeline); the target is below 1.5 at the default settings. On CPU the clock is the process's CPU
+time with one thread (``--threads``), which stays steady on a busy shared machine; on CUDA it is
+wall time with synchronisation.
 
 Default: the tiny offline pipeline on CPU (random weights; proportions differ from SD 1.5, so the
 figure is about the toolkit's own overhead). ``--full``: SD 1.5's architecture (UNet 860M, VAE
 84M, CLIP ViT-L text encoder) at 512x512 with random weights in fp16 on CUDA, with an open_clip
 ViT-B-32 classifier; skipped with a message without a GPU.
 
-    python benchmarks/bench_sd_overhead.py [--steps 25] [--batch 4] [--stride 4] [--decode-size 8]
+    python benchmarks/bench_sd_overhead.py [--steps 20] [--batch 4] [--stride 4] [--decode-size 8]
     python benchmarks/bench_sd_overhead.py --full --steps 50 --batch 4 --stride 5 --decode-size 32
 """
 
@@ -87,21 +89,27 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+#: What is timed: wall time on CUDA; on CPU the process's CPU time, which a busy shared machine
+#: does not inflate (run with one thread, the default on CPU, so that it equals compute time).
+CLOCK = {"cpu": time.process_time, "cuda": time.perf_counter}
+
+
 def timed(fn, device: str, repeats: int) -> tuple[float, object]:
+    clock = CLOCK["cuda" if device.startswith("cuda") else "cpu"]
     times, out = [], None
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times), out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="SD 1.5-size random-weight pipeline, fp16 on CUDA")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (tiny: 25, full: 50)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (tiny: 20, full: 50)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--stride", type=int, default=4, help="plugin: probe every k-th grid point")
@@ -110,6 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", action="store_true", help="also time stride 1 and full-size decoding")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (CPU runs only)")
     args = p.parse_args(argv)
 
     if args.full:
@@ -119,13 +128,12 @@ def main(argv=None) -> int:
             return 0
         device, dtype = "cuda", torch.float16
         pipe = full_pipeline(device, dtype)
-        import open_clip  # noqa: F401
-
         clip_name, steps = "ViT-B-32", args.steps or 50
     else:
         device, dtype = "cpu", torch.float32
+        torch.set_num_threads(args.threads)
         pipe = build_tiny_pipeline(seed=0)
-        clip_name, steps = register_tiny_clip(), args.steps or 25
+        clip_name, steps = register_tiny_clip(), args.steps or 20
     torch.manual_seed(args.seed)
 
     from probes.estimators import PluginEstimator, ProbeContext
@@ -174,25 +182,52 @@ def main(argv=None) -> int:
             return out
         return run
 
-    # warm-up (kernels, prompt-embedding cache, allocator)
-    plain_pipeline(), plain_loop(), probed(args.stride, decode_size)()
-    t_pipe, _ = timed(plain_pipeline, device, args.repeats)
-    t_loop, _ = timed(plain_loop, device, args.repeats)
     settings = [(args.stride, decode_size)]
     if args.sweep:
         settings += [(1, decode_size), (1, None), (args.stride, None)]
+    runs = {"pipeline": plain_pipeline, "loop": plain_loop}
+    runs.update({setting: probed(*setting) for setting in settings})
+    for fn in runs.values():  # warm-up: kernels, prompt-embedding cache, allocator
+        fn()
+    # Interleaved repeats, so that load changes on a shared machine hit every variant alike.
+    times = {key: [] for key in runs}
+    outputs = {}
+    for _ in range(args.repeats):
+        for key, fn in runs.items():
+            t, outputs[key] = timed(fn, device, 1)
+            times[key].append(t)
+    med = {key: statistics.median(v) for key, v in times.items()}
+
+    # Per-component cost (one batch each), for a load-independent view of the same ratio.
+    x = noise()
+    with torch.no_grad():
+        t_unet, _ = timed(lambda: guided(x, float(sigmas[1]), prompts), device, max(5, args.repeats))
+        t_final, _ = timed(lambda: final_decoder(x), device, max(5, args.repeats))
+
     kind = "SD 1.5 architecture, fp16, CUDA" if args.full else "tiny SD pipeline, CPU"
     print(f"{kind}: batch {args.batch}, {steps} DDIM steps, guidance {args.guidance}, "
-          f"latents {latent}x{latent}, CLIP {clip_name}, {torch.get_num_threads()} threads")
-    print(f"  plain sampling (pipeline call)  {t_pipe:8.3f} s")
-    print(f"  plain sampling (probes loop)    {t_loop:8.3f} s   ({t_loop / t_pipe:.2f}x pipeline)")
+          f"latents {latent}x{latent}, CLIP {clip_name}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}, {'wall' if device.startswith('cuda') else 'CPU'} time")
+    print(f"  plain sampling (pipeline call)  {med['pipeline']:8.3f} s")
+    print(f"  plain sampling (probes loop)    {med['loop']:8.3f} s   ({med['loop'] / med['pipeline']:.2f}x pipeline)")
+    probe_cost = {}
     for stride, size in settings:
-        t_probe, out = timed(probed(stride, size), device, args.repeats)
-        where = f"every {stride}{'th' if stride > 1 else ''} sigma" if stride > 1 else "every sigma"
+        n_probe = outputs[(stride, size)].log_probs.shape[1]
+        if size not in probe_cost:
+            clf = DecodedClassifier(LatentDecoder(pipe.vae, decode_size=size), image_classifier)
+            with torch.no_grad():
+                probe_cost[size], _ = timed(lambda: clf(x), device, max(5, args.repeats))
+        t_probe_call = probe_cost[size]
+        model = (steps * t_unet + t_final + n_probe * t_probe_call) / (steps * t_unet + t_final)
+        where = f"every {stride}th sigma" if stride > 1 else "every sigma"
         px = (size or latent) * pipe.vae_scale_factor
-        print(f"  probed: plugin {where:<15} decode {size or latent:>3} latent px ({px} px images), "
-              f"{out.log_probs.shape[1]} probes/sample  {t_probe:8.3f} s   "
-              f"overhead {t_probe / t_pipe:.2f}x pipeline, {t_probe / t_loop:.2f}x loop")
+        t = med[(stride, size)]
+        print(f"  probed: plugin {where:<15} decode {size or latent:>3} latent px ({px:>3} px), "
+              f"{n_probe:>2} probes/sample  {t:8.3f} s   overhead {t / med['pipeline']:.2f}x pipeline, "
+              f"{t / med['loop']:.2f}x loop; from component costs {model:.2f}x")
+    costs = ", ".join(f"decode {size or latent} + classify {t * 1e3:.1f} ms" for size, t in probe_cost.items())
+    print(f"  component costs per batch: guided UNet step {t_unet * 1e3:.1f} ms, final decode "
+          f"{t_final * 1e3:.1f} ms, {costs}")
     return 0
 
 

@@ -181,6 +181,8 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     summary = analyse_run(out, recipe, parts.taxonomy, [e.name for e in estimators], n_batches,
                           prior=parts.prior if known_prior else None)
     payload.update(summary["payload"])
+    if parts.exact_model is not None:
+        summary["text"] += "\n" + _theory_text(payload, parts, recipe.primary_estimator)
     payload["status"] = "complete"
     payload["timings"] = {
         "build_s": round(t_built, 3),
@@ -191,6 +193,22 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     write_run_json(out / "run.json", payload)
     payload["summary"] = summary["text"]
     return payload
+
+
+def _theory_text(payload: dict, parts: Components, primary: str) -> str:
+    """Speciation times from the mixture's covariance, next to the measured decisions."""
+    from probes.models.gmm import speciation_by_node
+    from probes.noise import vp_time
+
+    theory = speciation_by_node(parts.exact_model, parts.taxonomy)
+    payload["theory"] = theory
+    lines = ["theory (t_S = 0.5 log Lambda of each node's sub-mixture, VP time) vs measured decision:"]
+    for node, row in theory.items():
+        measured = payload["decisions"][primary]["nodes"].get(node) or {}
+        sigma = measured.get("decision_sigma")
+        got = f"t={vp_time(sigma):.3f} (sigma={sigma:.3g})" if sigma else "undecided"
+        lines.append(f"  {node}: t_S={row['speciation_time']:.3f}, measured {got}")
+    return "\n".join(lines)
 
 
 def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: int, idx: torch.Tensor, bar) -> dict:

@@ -16,9 +16,9 @@ from probes.models.digits import (
     load_digits_denoiser, load_digits_split, read_checksums, sample_digits, sha256_file, verify_checksums)
 
 # Measured on the shipped weights (data/digits/metrics.json) minus a margin.
-MAX_X0_MSE_SIGMA_005 = 0.01       # measured ~0.0026 (conditional and unconditional)
-MIN_CLASSIFIER_ACCURACY = 0.96     # measured 0.989
-MIN_SAMPLE_ACCURACY = 0.80         # measured 0.96 (10 per digit, 30 steps, guidance 1)
+MAX_X0_MSE_SIGMA_005 = 0.005      # measured 0.0013 (conditional), 0.0012 (unconditional)
+MIN_CLASSIFIER_ACCURACY = 0.96     # measured 0.986 (355 of 360)
+MIN_SAMPLE_ACCURACY = 0.90         # measured 0.99 / 1.00 / 0.99 (seeds 0-2; 10 per digit, 30 steps, guidance 1)
 
 
 class Tax:
@@ -181,7 +181,7 @@ def test_class_conditional_samples_show_their_digit(denoiser, classifier):
         acc = (classifier(x).argmax(-1) == labels).float().mean()
     assert acc > MIN_SAMPLE_ACCURACY
     again = sample_digits(denoiser, labels[:5], steps=30, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again, x[:5])  # deterministic given the generator
+    assert torch.allclose(again, x[:5], atol=1e-4)  # deterministic given the generator (up to batch-size rounding)
 
 
 def test_shipped_metrics_record_quality():

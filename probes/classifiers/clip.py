@@ -170,10 +170,14 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
     }
     from probes.models.tiny_sd import _cache_dir
 
-    directory = _cache_dir() / "open_clip_configs" / f"{name}-{os.getpid()}"
+    directory = _cache_dir() / "open_clip_configs"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(directory / f"{name}.json")
+    path = directory / f"{name}.json"
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(config))
+    os.replace(tmp, path)  # atomic: concurrent processes write the same content
+    # open_clip re-reads every registered path on each registration, so the file stays in place.
+    open_clip.add_model_config(path)
     return name
 
 

@@ -152,19 +152,3 @@ def chunks(n: int, size: int):
     """Slices covering ``range(n)`` in pieces of at most ``size``."""
     size = max(1, int(size))
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def take_cond(cond, rows: slice):
-    """The conditioning of a slice of the batch (``None`` stays ``None``)."""
-    if cond is None:
-        return None
-    return cond[rows]
-
-
-def tile_cond(cond, k: int):
-    """Conditioning for ``x.repeat(k, ...)`` (the batch stacked k times)."""
-    if cond is None:
-        return None
-    if isinstance(cond, torch.Tensor):
-        return cond.repeat(k, *([1] * (cond.ndim - 1)))
-    return list(cond) * k

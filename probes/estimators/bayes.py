@@ -45,12 +45,12 @@ class BayesEstimator(Estimator):
         idx = self.grid_index(n_sigmas)
         col = {i: j for j, i in enumerate(idx)}
         out = torch.empty(batch, len(idx), n_leaves, dtype=torch.float32)
-        log_prior = ctx.prior.log()
+        log_prior = ctx.prior.log().to(states.device)
         for rows in chunks(batch, ctx.batch_size // n_leaves):
             b = rows.stop - rows.start
             cond = conditioner([leaf for leaf in leaves for _ in range(b)])  # leaf-major, matches repeat
             lp = log_prior.expand(b, n_leaves).clone()
-            out[rows, 0] = lp.float()
+            out[rows, 0] = lp.float().cpu()
             for i in range(n_sigmas - 1):
                 s, t = sig[i], sig[i + 1]
                 a, var = t**2 / s**2, (1 - t**2 / s**2) * t**2
@@ -62,5 +62,5 @@ class BayesEstimator(Estimator):
                 sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [L, b]
                 lp = torch.log_softmax(lp - sq.T / (2 * var), dim=-1)
                 if i + 1 in col:
-                    out[rows, col[i + 1]] = lp.float()
+                    out[rows, col[i + 1]] = lp.float().cpu()
         return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=out, denoiser_calls=denoiser.calls)

@@ -28,4 +28,4 @@ class ExactEstimator(Estimator):
         states = needs_states(traj, self.name)
         idx = self.grid_index(len(traj.sigmas))
         log_probs = torch.stack([model.log_posterior(states[i], float(traj.sigmas[i])) for i in idx], dim=1)
-        return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=log_probs.float())
+        return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=log_probs.float().cpu())

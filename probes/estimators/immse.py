@@ -66,7 +66,7 @@ class IMMSEEstimator(Estimator):
         tree = _Tree(ctx.taxonomy, conditioner)
 
         x0, y = draw(n, generator)
-        y = torch.as_tensor(y, dtype=torch.long)
+        y = torch.as_tensor(y, dtype=torch.long).cpu()
         path = forward_path(x0, sigmas, generator)  # state j is x0 + sigma_j n_j
         gaps = self._gaps(path.states, sigmas, y, tree, denoiser, conditioner, ctx.batch_size)
 
@@ -119,7 +119,7 @@ class IMMSEEstimator(Estimator):
                     with torch.no_grad():
                         d_node = denoiser(x[sel_t], s, conditioner([names[b] for b in sel])).double()
                     diff = (d_all[sel_t] - d_node).reshape(len(sel), -1)
-                    gaps[rows.start + sel_t, j, depth - 1] = (diff**2).sum(-1)
+                    gaps[rows.start + sel_t, j, depth - 1] = (diff**2).sum(-1).cpu()
         return gaps
 
 

@@ -7,8 +7,7 @@ import math
 import torch
 
 from probes.errors import ProbesError
-from probes.estimators.base import (Counter, Estimator, EstimatorOutput, ProbeContext, chunks,
-                                    needs_states, take_cond, tile_cond)
+from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks, needs_states
 from probes.sampling import STOCHASTIC_METHODS, check_method, sample_from
 
 
@@ -27,10 +26,13 @@ class RolloutEstimator(Estimator):
     Args:
         k: completions per sample and grid point.
         method: completion sampler (stochastic: ``ancestral`` or ``euler_maruyama``); ``None``
-            uses ``ctx.sampler``.
+            uses ``ctx.sampler`` when it is stochastic and ``ancestral`` otherwise.
         substeps: completions split every grid interval into this many log-uniform steps.
 
-    Needs: ``ctx.denoiser`` (the generation denoiser, called with the trajectory's ``cond``),
+    Completions are unconditional (``cond=None``) even on conditionally generated trajectories:
+    like every estimator, rollout reads the posterior of the unconditional model at the states.
+
+    Needs: ``ctx.denoiser`` (the generation denoiser; guidance is inactive without ``cond``),
     ``ctx.classifier``, a trajectory with recorded states.
     """
 
@@ -45,7 +47,7 @@ class RolloutEstimator(Estimator):
         self.method = method
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:
-        method = self.method or ctx.sampler
+        method = self.method or (ctx.sampler if ctx.sampler in STOCHASTIC_METHODS else "ancestral")
         check_method(method)
         if method not in STOCHASTIC_METHODS:
             raise ProbesError(f"estimator 'rollout' needs a stochastic completion sampler "
@@ -62,10 +64,9 @@ class RolloutEstimator(Estimator):
             for rows in chunks(batch, ctx.batch_size // k):
                 x = states[i, rows]
                 xk = x.repeat(k, *([1] * (x.ndim - 1)))  # [k * b, ...], completion-major
-                cond = tile_cond(take_cond(traj.cond, rows), k)
-                x0 = sample_from(denoiser, xk, tail, method, cond, generator)
+                x0 = sample_from(denoiser, xk, tail, method, None, generator)
                 with torch.no_grad():
-                    lp = classifier(x0).float().reshape(k, x.shape[0], -1)
+                    lp = classifier(x0).float().cpu().reshape(k, x.shape[0], -1)
                 if out is None:
                     out = torch.empty(batch, len(idx), lp.shape[-1], dtype=torch.float32)
                 out[rows, j] = torch.logsumexp(lp, dim=0) - math.log(k)

@@ -389,3 +389,25 @@ def _directions(dim: int, n: int, seed: int, axis_aligned: bool) -> torch.Tensor
     extra = torch.randn(n - k, dim, generator=gen, dtype=torch.float64)
     extra = extra / extra.norm(dim=1, keepdim=True)
     return torch.cat([q.T, extra])
+
+
+def speciation_by_node(gmm: GaussianMixture, taxonomy) -> dict[str, dict]:
+    """Theory per internal node: ``t_S = 0.5 log Lambda`` of the mixture restricted to its leaves.
+
+    Restricting to the leaves under a node gives the data distribution conditioned on that node,
+    whose covariance's largest eigenvalue sets when its children separate (the root's entry is
+    the whole mixture's speciation time). ``sigma_S`` is None where ``Lambda <= 1`` (no
+    speciation on the VP clock).
+    """
+    index = {leaf: i for i, leaf in enumerate(gmm.leaves)}
+    table = {}
+    for node in taxonomy.internal_nodes:
+        rows = [index[leaf] for leaf in taxonomy.leaves_under(node)]
+        sub = GaussianMixture(gmm.means[rows], gmm.std, gmm.weights[rows] / gmm.weights[rows].sum())
+        lam = sub.largest_eigenvalue()
+        table[node] = {
+            "lambda": lam,
+            "speciation_time": 0.5 * math.log(lam),
+            "speciation_sigma": math.sqrt(lam - 1) if lam > 1 else None,
+        }
+    return table

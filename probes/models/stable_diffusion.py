@@ -140,6 +140,7 @@ class StableDiffusionDenoiser(Denoiser):
         config = pipe.scheduler.config
         self.prediction_type = getattr(config, "prediction_type", None) or "epsilon"
         self.inner = DiscreteScheduleDenoiser(self._model_fn, pipe.scheduler.alphas_cumprod, self.prediction_type)
+        self.inner.to(pipe.unet.device)  # the schedule lives where the latents are
         self.sigma_min, self.sigma_max = self.inner.sigma_min, self.inner.sigma_max
         self._embeddings: dict[str, torch.Tensor] = {}
         self.encoder_calls = 0  # text-encoder batches run (for tests and profiling)

@@ -299,10 +299,11 @@ def _readme(out: Path, m: dict) -> str:
 A class-conditional diffusers `UNet2DModel` ({m['diffusion']['params']:,} parameters; class 10 is the
 null label for classifier-free guidance) with a 1000-step linear `DDPMScheduler` (epsilon
 prediction), and a small CNN classifier ({m['classifier']['params']:,} parameters), both trained on
-scikit-learn's 8x8 digits ({m['setup']['data']}). Produced by `probes.models.train_digits` with
+scikit-learn's 8x8 digits ({m['setup']['data']}).
+Produced by `probes.models.train_digits` with
 seed {m['seed']}; see `docs/digits.md`.
 
-Reproduce: `probes train digits --out data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
+Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
 
 ## Quality
 
@@ -324,7 +325,7 @@ Reproduce: `probes train digits --out data/digits --seed {m['seed']} --steps {m[
 
 Training: classifier {m['classifier']['epochs']} epochs in {m['classifier']['train_seconds']} s;
 diffusion {m['diffusion']['steps']} steps of batch {m['diffusion']['batch_size']} in
-{m['diffusion']['train_seconds']} s (CPU, {m['versions']['threads']} threads, torch {m['versions']['torch']},
+{m['diffusion']['train_seconds']} s (CPU, torch threads: {m['versions']['threads']}, torch {m['versions']['torch']},
 diffusers {m['versions']['diffusers']}).
 
 ## Files (`SHA256SUMS`, verified on load)
