@@ -233,8 +233,10 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
 def _image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
     cfg = recipe.classifier
     if cfg.kind == "clip":
-        from probes.classifiers.clip import ClipZeroShotClassifier
+        from probes.classifiers.clip import TINY_CLIP, ClipZeroShotClassifier, register_tiny_clip
 
+        if cfg.model == TINY_CLIP:
+            register_tiny_clip()
         pretrained = cfg.pretrained
         if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
             pretrained = recipe.resolve_path(pretrained)

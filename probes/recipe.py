@@ -206,6 +206,10 @@ class Recipe(Strict):
             raise ValueError(f"estimators are listed twice: {names}")
         if self.analysis.primary is not None and self.analysis.primary not in names:
             raise ValueError(f"analysis.primary {self.analysis.primary!r} is not among the estimators {names}")
+        if "bayes" in names and self.sampling.source == "model" and self.sampling.method != "ancestral":
+            # The Bayes update scores each step with the ancestral (DDPM posterior) Gaussian kernel.
+            raise ValueError(f"the bayes estimator needs sampling.method: ancestral (or sampling.source: data), "
+                             f"not {self.sampling.method!r}")
         return self
 
     @property

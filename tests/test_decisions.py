@@ -110,3 +110,19 @@ def test_edge_flat_and_nan_nodes():
     assert out["nodes"]["n3"].decision_sigma == pytest.approx(1.0, rel=2e-2)
     assert list(out["levels"]) == [1]
     assert out["levels"][1].name == "1" and out["levels"][1].kind == "level"
+
+
+
+def test_window_surrounds_the_peak_on_a_noisy_rate():
+    """A spiky rate whose parabolic refinement overshoots the grid maximum by more than a factor
+    two (neighbours strongly negative) still gets a window lo <= x[argmax] <= hi."""
+    import numpy as np
+
+    from probes.entropy.decisions import _half_peak_window, _peaks
+
+    x = np.linspace(0.0, 4.0, 9)
+    r = np.array([0.0, 0.1, -30.0, 1.0, 0.95, -30.0, 0.1, 0.0, 0.0])
+    _, peak, i = _peaks(x, r[None], 1e-9)
+    assert peak[0] > 2 * r[i[0]]  # the overshoot this guards against
+    lo, hi, _ = _half_peak_window(x, r, int(i[0]), float(peak[0]))
+    assert lo <= x[i[0]] <= hi

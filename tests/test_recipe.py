@@ -30,6 +30,7 @@ def test_defaults_and_estimator_shorthand():
         ({"estimators": ["plugin", "plugin"]}, "estimators are listed twice"),
         ({"analysis": {"primary": "bayes"}}, "analysis.primary 'bayes' is not among the estimators"),
         ({"sampling": {"samples": 0}}, "sampling.samples:"),
+        ({"estimators": ["bayes"], "sampling": {"method": "heun"}}, "bayes estimator needs sampling.method: ancestral"),
     ],
 )
 def test_errors_name_the_field(change, expected):

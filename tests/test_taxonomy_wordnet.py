@@ -126,8 +126,11 @@ def test_keep_chains_and_policies(wn):
     assert any(len(full.children(n)) == 1 for n in full.internal_nodes)
     assert set(collapsed.internal_nodes) <= set(full.internal_nodes)
     assert "canine.n.02" in full.ancestors("beagle.n.01")  # deepest: taxonomic parent
-    first = wordnet_taxonomy(leaves, keep_chains=True, policy="first")
-    assert "domestic_animal.n.01" in first.ancestors("beagle.n.01")  # WordNet's first-listed
+    # greyhound.n.01 lists racer.n.03 first; its taxonomic parent hound.n.01 is deeper.
+    first = wordnet_taxonomy(leaves + ["greyhound.n.01"], keep_chains=True, policy="first")
+    assert first.parent("greyhound.n.01") == "racer.n.03"
+    deepest = wordnet_taxonomy(leaves + ["greyhound.n.01"], keep_chains=True)
+    assert deepest.parent("greyhound.n.01") == "hound.n.01"
     most = wordnet_taxonomy(leaves, keep_chains=True, policy="most-leaves")
     assert most.leaves == leaves
     with pytest.raises(ProbesError, match="unknown hypernym policy"):

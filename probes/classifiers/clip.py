@@ -329,8 +329,11 @@ class ClipZeroShotClassifier(Classifier):
                 stat = path.stat()
                 cache_key = f"{model_name}:{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
         try:
-            model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
-                                                                device=str(device), precision=precision)
+            # Random weights (no ``pretrained``) are drawn from a fixed seed so runs reproduce.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
+                                                                    device=str(device), precision=precision)
             tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as err:  # open_clip and torch.load fail in many ways on a bad file or no network
             raise ProbesError(f"classifier: cannot load open_clip {model_name} with pretrained={pretrained!r} "

@@ -155,6 +155,17 @@ def _window(x: np.ndarray, r: np.ndarray, i: int, half: float) -> tuple[float, f
     return float(lo), float(hi), clipped
 
 
+def _half_peak_window(x: np.ndarray, r: np.ndarray, i: int, peak: float) -> tuple[float, float, bool]:
+    """The window where ``r`` exceeds half of ``peak`` (the refined maximum at grid index ``i``).
+
+    On noisy rates the parabola through the top three points can overshoot the grid maximum by
+    more than a factor two; the level then falls back to half the grid maximum, so the window
+    always surrounds grid point ``i``.
+    """
+    half = 0.5 * peak if 0.5 * peak < r[i] else 0.5 * r[i]
+    return _window(x, r, i, half)
+
+
 # --------------------------------------------------------------------------------------------
 # Decisions
 # --------------------------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def _decide_family(
                 out[names[k]] = None
                 continue
             i = int(idx[g])
-            lo, hi, clipped = _window(x, r[g], i, 0.5 * yp[g])
+            lo, hi, clipped = _half_peak_window(x, r[g], i, yp[g])
             interval, n_valid = None, 0
             if boot is not None:
                 vals = bxp[:, g]

@@ -9,8 +9,8 @@ consistent with every other leaf's:
   path up to ``entity.n.01`` (``Synset.max_depth()``); ties go to the hypernym over more requested
   leaves, then to WordNet's first-listed one. Taxonomic categories sit deeper than role
   categories, so ``dog.n.01`` goes under ``canine.n.02`` (next to wolves and foxes) rather than
-  ``domestic_animal.n.01`` (which WordNet lists first), ``domestic_cat.n.01`` under ``cat.n.01``,
-  ``greyhound.n.01`` under ``hound.n.01`` rather than ``racer.n.03``.
+  ``domestic_animal.n.01``, ``domestic_cat.n.01`` under ``cat.n.01``, and ``greyhound.n.01``
+  under ``hound.n.01`` rather than ``racer.n.03`` (which WordNet lists first).
 * ``"most-leaves"``: the hypernym under which the most requested leaves lie (counting every
   WordNet path); ties go to WordNet's first-listed hypernym. Groups a class with the relatives it
   shares most, but a broad role category can win (on ImageNet-1k the domestic cats follow the
