@@ -226,8 +226,12 @@ class Recipe(Strict):
         return str((self._base_dir / value).resolve())
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe; errors are one line naming the file and field."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe; errors are one line naming the file and field.
+
+    ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML) applied before
+    validation, e.g. ``sampling.guidance.scale=3``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ProbesError(f"{path}: recipe file not found")
@@ -237,9 +241,31 @@ def load_recipe(path: str | Path) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ProbesError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+    for override in overrides or []:
+        apply_override(data, override, source=str(path))
     recipe = recipe_from_dict(data, source=str(path))
     recipe._base_dir = path.resolve().parent
     return recipe
+
+
+def apply_override(data: dict, override: str, source: str = "recipe") -> None:
+    """Set ``a.b.c=value`` in a recipe mapping (the value is read as YAML: numbers, lists, null)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ProbesError(f"--set {override!r}: expected key=value, e.g. sampling.guidance.scale=3")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ProbesError(f"--set {override!r}: the value is not valid YAML") from None
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ProbesError(f"{source}: --set {key}: {part!r} is not a mapping in the recipe")
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:

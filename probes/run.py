@@ -40,6 +40,8 @@ def add_run_commands(sub) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set sampling.guidance.scale=3 (repeatable)")
     p.add_argument("--samples", type=int, help="override sampling.samples")
     p.add_argument("--device", help="override the recipe's device (cpu, cuda, auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
@@ -47,7 +49,7 @@ def add_run_commands(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, overrides=args.overrides)
     if args.samples is not None:
         recipe.sampling.samples = args.samples
     if args.device:

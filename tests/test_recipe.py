@@ -71,3 +71,16 @@ def test_paths_resolve_against_the_recipe_file(tmp_path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml")))
 def test_shipped_recipes_validate(path):
     load_recipe(path)
+
+
+def test_overrides_set_nested_fields_and_are_validated(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("taxonomy: t.yaml\nmodel: {kind: digits}\n")
+    r = load_recipe(path, ["sampling.guidance.scale=3", "sampling.guidance.interval=[0.3, 3]", "seed=7"])
+    assert r.sampling.guidance.scale == 3.0 and r.sampling.guidance.interval == (0.3, 3.0) and r.seed == 7
+    with pytest.raises(ProbesError, match="sampling.guidence: unknown field .did you mean 'guidance'"):
+        load_recipe(path, ["sampling.guidence.scale=3"])
+    with pytest.raises(ProbesError, match="expected key=value"):
+        load_recipe(path, ["sampling.steps"])
+    with pytest.raises(ProbesError, match="--set model.kind.x: 'kind' is not a mapping"):
+        load_recipe(path, ["model.kind.x=1"])

@@ -158,8 +158,9 @@ def test_cli_run_prints_the_decision_tree(tmp_path, capsys):
     assert "decision-time tree" in out and "├── left" in out
 
 
-def test_guided_leaf_conditional_run(tmp_path):
-    """Guidance moves the coarse decision to larger sigma (information is injected earlier)."""
+def test_guided_leaf_conditional_run_and_compare(tmp_path, capsys):
+    """Guidance moves the coarse decision to larger sigma (information is injected earlier), and
+    `probes compare` locates the extra information above the unguided decision."""
     sampling = {"samples": 128, "batch_size": 64, "steps": 24, "sigma_max": 60.0, "sigma_min": 0.05,
                 "condition": "leaf"}
     decisions = {}
@@ -168,3 +169,22 @@ def test_guided_leaf_conditional_run(tmp_path):
         state = run_recipe(recipe, tmp_path / f"w{scale}", progress=False)
         decisions[scale] = state["decisions"]["exact"]["nodes"]["root"]["decision_sigma"]
     assert decisions[4.0] > 1.3 * decisions[1.0]
+
+    assert main(["compare", str(tmp_path / "w1.0"), str(tmp_path / "w4.0"), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "level 1: dI peaks at +" in text and "root:" in text
+    rows = read_csv(tmp_path / "cmp" / "compare.csv")
+    coarse = [r for r in rows if r["level"] == "1"]
+    peak = max(coarse, key=lambda r: float(r["delta_mutual_info"]))
+    assert float(peak["delta_mutual_info"]) > 0.1
+    assert decisions[1.0] < float(peak["sigma"]) < 60.0
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_compare_refuses_unfinished_runs(tmp_path):
+    recipe = write_recipe(tmp_path)
+    run_recipe(recipe, tmp_path / "a", progress=False, stop_after_batches=1)
+    with pytest.raises(ProbesError, match="the run is not finished"):
+        from probes.compare import compare_runs
+
+        compare_runs(tmp_path / "a", tmp_path / "a")
