@@ -65,7 +65,10 @@ def check_method(method: str) -> None:
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Standard normal noise shaped like ``x``, drawn on the generator's device and moved to x's,
+    so a CPU generator drives a GPU run and both give the same numbers."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def _run(denoiser, x, sigmas, method, cond, generator, record, progress):

@@ -25,7 +25,8 @@ class ProbeContext:
     Attributes:
         taxonomy: the :class:`probes.taxonomy.Taxonomy` whose leaves index every ``[..., L]`` tensor.
         sigmas: the run's grid (``immse`` integrates on it; others use the trajectory's own grid).
-        denoiser: the generation denoiser (possibly guided): rollout completions, plug-in.
+        denoiser: the denoiser posteriors are read with (rollout completions, plug-in). Runs pass
+            the model's plain denoiser, called with ``cond=None`` (unconditional, unguided).
         cond_denoiser: the unguided base denoiser for class-conditional calls (``bayes``,
             ``immse``); defaults to ``denoiser``.
         conditioner: taxonomy node names -> ``cond`` for ``cond_denoiser``.

@@ -32,7 +32,7 @@ class RolloutEstimator(Estimator):
     Completions are unconditional (``cond=None``) even on conditionally generated trajectories:
     like every estimator, rollout reads the posterior of the unconditional model at the states.
 
-    Needs: ``ctx.denoiser`` (the generation denoiser; guidance is inactive without ``cond``),
+    Needs: ``ctx.denoiser`` (called with ``cond=None``, so guidance never acts in completions),
     ``ctx.classifier``, a trajectory with recorded states.
     """
 
