@@ -6,6 +6,7 @@ Each model kind has one builder below; it is the only place that knows how that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -64,6 +65,7 @@ def build_components(recipe: Recipe) -> Components:
         "digits": _build_digits,
         "stable-diffusion": _build_stable_diffusion,
         "tiny-stable-diffusion": _build_stable_diffusion,
+        "edm2": _build_edm2,
     }[recipe.model.kind]
     parts = builder(recipe, taxonomy, device)
     parts.prior = _prior(recipe, taxonomy, parts.prior)
@@ -227,6 +229,56 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
         taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=sd.prompt_conditioner(taxonomy),
         classifier=classifier, prior=_uniform(taxonomy), shape=(pipe.unet.config.in_channels, latent, latent),
         sigma_max=denoiser.sigma_max, sigma_min=denoiser.sigma_min, device=device,
+    )
+
+
+# Estimators that read posteriors with the plain (unconditional) denoiser.
+_UNCONDITIONAL_READERS = ("plugin", "rollout", "immse")
+
+
+def _build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+    from probes.models import edm2
+    from probes.models.stable_diffusion import DecodedClassifier
+
+    cfg = recipe.model
+    net, encoder = edm2.load_edm2(recipe.resolve_path(cfg.path), key=cfg.key)
+    uncond = edm2.load_edm2(recipe.resolve_path(cfg.uncond_path), key=cfg.key)[0] if cfg.uncond_path else None
+    if uncond is None and net.label_dim:
+        # EDM2's class-conditional networks have no unconditional mode: say so before sampling.
+        readers = [e.name for e in recipe.estimators if e.name in _UNCONDITIONAL_READERS]
+        why = ("sampling.condition: none samples unconditionally" if recipe.sampling.condition == "none" else
+               "guidance mixes in the unconditional prediction" if recipe.sampling.guidance.scale != 1.0 else
+               f"estimator {readers[0]!r} reads posteriors with the unconditional model" if readers else None)
+        if why:
+            raise ProbesError(f"model.uncond_path: the EDM2 network {cfg.path} is class-conditional and has no "
+                              f"unconditional mode, but {why}; give model.uncond_path (an EDM2 "
+                              "edm2-img512-*-uncond-*.pkl) or use sampling.condition: leaf with the bayes estimator")
+    denoiser = edm2.EDM2Denoiser(net.to(device), uncond.to(device) if uncond is not None else None)
+    classifier = None
+    if recipe.classifier is not None:
+        image_classifier = _image_classifier(recipe, taxonomy, device)
+        if edm2.is_pixel_space(net, encoder):
+            if cfg.vae is not None:
+                raise ProbesError(f"model.vae: {cfg.path} works on pixels, not VAE latents; remove model.vae")
+            classifier = image_classifier
+        else:
+            if cfg.vae is not None:
+                local = recipe.resolve_path(cfg.vae)
+                vae = edm2.load_vae(local if Path(local).exists() else cfg.vae, device=device)
+                scale, bias = getattr(encoder, "scale", None), getattr(encoder, "bias", None)
+                decoder = edm2.EDM2LatentDecoder(vae=vae, scale=scale, bias=bias, decode_size=cfg.decode_size)
+            elif encoder is not None:
+                edm2.init_encoder(encoder, device)
+                decoder = edm2.EDM2LatentDecoder(encoder, decode_size=cfg.decode_size)
+            else:
+                raise ProbesError(f"model.vae: {cfg.path} works in VAE latents but holds no encoder; set model.vae to "
+                                  f"{edm2.VAE_NAME} (a hub id or a local copy)")
+            classifier = DecodedClassifier(decoder, image_classifier)
+    return Components(
+        taxonomy=taxonomy, denoiser=denoiser, generator=None,
+        conditioner=edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None,
+        classifier=classifier, prior=_uniform(taxonomy), shape=denoiser.shape, sigma_max=edm2.SIGMA_MAX,
+        sigma_min=edm2.SIGMA_MIN, device=device,
     )
 
 

@@ -82,8 +82,20 @@ class TinyStableDiffusionModel(Strict):
     decode_size: Optional[int] = Field(None, gt=0)
 
 
+class EDM2Model(Strict):
+    """An EDM2 network pickle from NVlabs' release (unpickling needs their code on PYTHONPATH)."""
+
+    kind: Literal["edm2"]
+    path: str
+    uncond_path: Optional[str] = Field(None, description="unconditional network: plain reads and guidance")
+    key: str = "ema"
+    vae: Optional[str] = Field(None, description="diffusers VAE (hub id or folder) instead of the pickle's encoder")
+    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
+
+
 ModelConfig = Annotated[
-    Union[GMMModel, DigitsModel, StableDiffusionModel, TinyStableDiffusionModel], Field(discriminator="kind")
+    Union[GMMModel, DigitsModel, StableDiffusionModel, TinyStableDiffusionModel, EDM2Model],
+    Field(discriminator="kind"),
 ]
 
 # --- classifiers ------------------------------------------------------------------------------
@@ -282,7 +294,7 @@ def describe_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # Discriminated unions put the chosen kind into the location: drop it for readability.
-    loc = [p for p in loc if p not in {"gmm", "digits", "stable-diffusion", "tiny-stable-diffusion", "exact",
+    loc = [p for p in loc if p not in {"gmm", "digits", "stable-diffusion", "tiny-stable-diffusion", "edm2", "exact",
                                        "clip", "imagenet"}]
     field = ".".join(loc) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
@@ -304,8 +316,8 @@ def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
     bad = loc[-1]
     names = set()
     for model in (Recipe, Sampling, Guidance, Analysis, GMMModel, GMMHierarchy, DigitsModel, StableDiffusionModel,
-                  TinyStableDiffusionModel, ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig,
-                  ImageNetClassifierConfig):
+                  TinyStableDiffusionModel, EDM2Model, ExactClassifierConfig, DigitsClassifierConfig,
+                  ClipClassifierConfig, ImageNetClassifierConfig):
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None

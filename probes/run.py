@@ -133,11 +133,13 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         recipe = load_recipe(recipe)
     out = Path(out)
     previous = prepare_out_dir(out, recipe, resume, overwrite)
-    (out / BATCH_DIR).mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()
     parts = build_components(recipe)
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
+    # Only now, with everything loaded, does the directory appear: a recipe that fails to build
+    # leaves nothing behind.
+    (out / BATCH_DIR).mkdir(parents=True, exist_ok=True)
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps)
     ctx = ProbeContext(

@@ -149,6 +149,7 @@ def test_cli_reports_bad_recipes_in_one_line(tmp_path, capsys, changes, message)
     assert code == 2
     assert err.startswith("probes: error: ") and message in err
     assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # a recipe that fails to build leaves nothing behind
 
 
 def test_cli_run_prints_the_decision_tree(tmp_path, capsys):
