@@ -38,14 +38,7 @@ GMM4 = GaussianMixture.hierarchical(TAX4, dim=8, separations=[3.0, 1.5], std=1.0
 GRID4 = geometric_grid(60.0, 0.02, 40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's intra-op threads only add contention on a shared machine (measured
-    100x slower per call with 2 threads under load)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def context(tax, gmm, grid, **kw):
