@@ -40,6 +40,10 @@ class Components:
     sigma_max: float
     sigma_min: float
     exact_model: Any = None
+    # What classifier-free guidance calls (``None``: ``denoiser``). Stable Diffusion's negative
+    # prompt lives here: it replaces the unconditional branch of guidance, not the plain model
+    # that posteriors are read with.
+    guidance_base: Optional[Denoiser] = None
     data: Optional[DataSampler] = None
     generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
     device: torch.device = torch.device("cpu")
@@ -102,9 +106,10 @@ def _generator(recipe: Recipe, parts: Components) -> Denoiser:
         if guidance.scale != 1.0:
             raise ProbesError("sampling.guidance: guidance needs conditional sampling (sampling.condition)")
         return parts.denoiser
+    base = parts.guidance_base or parts.denoiser
     if guidance.scale == 1.0 and guidance.interval is None:
-        return parts.denoiser
-    return GuidedDenoiser(parts.denoiser, guidance.scale, guidance.interval)
+        return base
+    return GuidedDenoiser(base, guidance.scale, guidance.interval)
 
 
 def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tensor], Any]:
@@ -219,7 +224,8 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
     else:
         pipe = sd.load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
     pipe = pipe.to(device)
-    denoiser = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt)
+    denoiser = sd.StableDiffusionDenoiser(pipe)
+    guidance_base = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt else None
     classifier = None
     if recipe.classifier is not None:
         image_classifier = _image_classifier(recipe, taxonomy, device)
@@ -227,6 +233,7 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
     latent = pipe.unet.config.sample_size
     return Components(
         taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=sd.prompt_conditioner(taxonomy),
+        guidance_base=guidance_base,
         classifier=classifier, prior=_uniform(taxonomy), shape=(pipe.unet.config.in_channels, latent, latent),
         sigma_max=denoiser.sigma_max, sigma_min=denoiser.sigma_min, device=device,
     )

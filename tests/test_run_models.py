@@ -70,3 +70,12 @@ def test_classifier_that_does_not_cover_the_taxonomy(tmp_path, capsys):
 def test_model_recipes_point_at_shipped_taxonomies(recipe):
     r = load_recipe(ROOT / "recipes" / recipe)
     assert Path(r.resolve_path(r.taxonomy)).is_file()
+
+
+def test_negative_prompt_shapes_generation_but_not_the_reading(tmp_path):
+    from probes.components import build_components
+
+    parts = build_components(load_recipe(ROOT / "recipes" / "sd15-tiny.yaml"))
+    assert parts.denoiser.negative_prompt is None  # posteriors: the empty-prompt prediction
+    assert parts.generator.inner.negative_prompt == "blurry"  # guidance's unconditional branch
+    assert parts.generator.inner.pipe is parts.denoiser.pipe  # one pipeline, loaded once
