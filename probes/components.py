@@ -196,11 +196,17 @@ def _build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     if cfg is not None:
         if cfg.kind != "digits":
             raise ProbesError("classifier.kind: the digits model is read with the 'digits' classifier")
-        kwargs = {"temperature": cfg.temperature}
+        kwargs = {"temperature": 1.0 if cfg.temperature == "calibrate" else cfg.temperature}
         if cfg.path:
             kwargs["path"] = recipe.resolve_path(cfg.path)
         classifier = digits.load_digits_classifier(taxonomy, **kwargs)
     x_test, y_test = digits.load_digits_split("test")
+    if cfg is not None and cfg.temperature == "calibrate":
+        # Fit the temperature on the held-out digits that belong to a leaf of the taxonomy.
+        leaf_of_digit = {digits.leaf_digit(taxonomy, leaf): i for i, leaf in enumerate(taxonomy.leaves)}
+        keep = torch.tensor([int(d) in leaf_of_digit for d in y_test])
+        labels = torch.tensor([leaf_of_digit[int(d)] for d in y_test[keep]])
+        classifier.calibrate(x_test[keep], labels)
 
     def data(n, g):
         idx = torch.randint(len(x_test), (n,), generator=g)

@@ -108,9 +108,11 @@ class ExactClassifierConfig(Strict):
 
 
 class DigitsClassifierConfig(Strict):
+    """The shipped digit classifier; ``temperature: calibrate`` fits it on the held-out digits."""
+
     kind: Literal["digits"]
     path: Optional[str] = None
-    temperature: float = Field(1.0, gt=0)
+    temperature: Union[Literal["calibrate"], Annotated[float, Field(gt=0)]] = 1.0
 
 
 class ClipClassifierConfig(Strict):
