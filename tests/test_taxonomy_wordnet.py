@@ -117,6 +117,16 @@ def test_wordnet_yaml_forms(tmp_path, imagenet):
     assert len(mixed.leaves) == 16 and mixed.node_attrs("pizza.n.01")["prompts"]
 
 
+def test_hypernyms_come_in_wordnet_file_order(wn):
+    """nltk returns hypernyms in a per-process order; the data file lists canine before domestic
+    animal for dog.n.01, and military vehicle first of three for tank.n.01."""
+    from probes.taxonomy.wordnet import _hypernyms
+
+    assert [h.name() for h in _hypernyms(wn.synset("dog.n.01"))] == ["canine.n.02", "domestic_animal.n.01"]
+    assert [h.name() for h in _hypernyms(wn.synset("tank.n.01"))] == [
+        "military_vehicle.n.01", "armored_vehicle.n.01", "tracked_vehicle.n.01"]
+
+
 def test_keep_chains_and_policies(wn):
     leaves = ["beagle.n.01", "tabby.n.01", "sports_car.n.01"]
     collapsed = wordnet_taxonomy(leaves)
@@ -126,11 +136,12 @@ def test_keep_chains_and_policies(wn):
     assert any(len(full.children(n)) == 1 for n in full.internal_nodes)
     assert set(collapsed.internal_nodes) <= set(full.internal_nodes)
     assert "canine.n.02" in full.ancestors("beagle.n.01")  # deepest: taxonomic parent
-    # greyhound.n.01 lists racer.n.03 first; its taxonomic parent hound.n.01 is deeper.
-    first = wordnet_taxonomy(leaves + ["greyhound.n.01"], keep_chains=True, policy="first")
-    assert first.parent("greyhound.n.01") == "racer.n.03"
-    deepest = wordnet_taxonomy(leaves + ["greyhound.n.01"], keep_chains=True)
-    assert deepest.parent("greyhound.n.01") == "hound.n.01"
+    # tank.n.01 lists military_vehicle.n.01 first; armored and tracked vehicle are deeper (a tie
+    # broken by WordNet's order).
+    first = wordnet_taxonomy(leaves + ["tank.n.01"], keep_chains=True, policy="first")
+    assert first.parent("tank.n.01") == "military_vehicle.n.01"
+    deepest = wordnet_taxonomy(leaves + ["tank.n.01"], keep_chains=True)
+    assert deepest.parent("tank.n.01") == "armored_vehicle.n.01"
     most = wordnet_taxonomy(leaves, keep_chains=True, policy="most-leaves")
     assert most.leaves == leaves
     with pytest.raises(ProbesError, match="unknown hypernym policy"):

@@ -9,14 +9,17 @@ consistent with every other leaf's:
   path up to ``entity.n.01`` (``Synset.max_depth()``); ties go to the hypernym over more requested
   leaves, then to WordNet's first-listed one. Taxonomic categories sit deeper than role
   categories, so ``dog.n.01`` goes under ``canine.n.02`` (next to wolves and foxes) rather than
-  ``domestic_animal.n.01``, ``domestic_cat.n.01`` under ``cat.n.01``, and ``greyhound.n.01``
-  under ``hound.n.01`` rather than ``racer.n.03`` (which WordNet lists first).
+  ``domestic_animal.n.01``, ``domestic_cat.n.01`` under ``cat.n.01``, and ``tank.n.01`` under
+  ``armored_vehicle.n.01`` rather than ``military_vehicle.n.01`` (which WordNet lists first).
 * ``"most-leaves"``: the hypernym under which the most requested leaves lie (counting every
   WordNet path); ties go to WordNet's first-listed hypernym. Groups a class with the relatives it
-  shares most, but a broad role category can win (on ImageNet-1k the domestic cats follow the
-  dogs' ``domestic_animal.n.01`` and leave ``feline.n.01``).
-* ``"first"``: always WordNet's first-listed hypernym (the first path of
-  ``Synset.hypernym_paths()``), independent of which leaves are requested.
+  shares most, but a broad role category can win (on ImageNet-1k the domestic cats leave
+  ``feline.n.01`` for ``domestic_animal.n.01``).
+* ``"first"``: always WordNet's first-listed hypernym (the first pointer on the synset's line of
+  the data file), independent of which leaves are requested.
+
+"First-listed" and every tie-break use the order of the WordNet data file (:func:`_hypernyms`):
+nltk's own ``hypernyms()`` order changes between processes.
 
 Instance hypernyms count as hypernyms. Single-child chains are collapsed by default (see
 :func:`probes.taxonomy.tree.collapse_chains`; the root becomes the deepest synset above every leaf),
@@ -83,7 +86,33 @@ def resolve_synset(spec: str):
 
 
 def _hypernyms(synset) -> list:
-    return synset.hypernyms() + synset.instance_hypernyms()
+    """Hypernyms and instance hypernyms in WordNet's own listing order.
+
+    nltk keeps a synset's pointers in a set, so ``synset.hypernyms()`` comes back in an order
+    that changes from one process to the next. Policies and tie-breaks need the order of the
+    WordNet data file, read here from the synset's line; readers without that file fall back to
+    increasing offset, which is at least reproducible.
+    """
+    found = synset.hypernyms() + synset.instance_hypernyms()
+    order = _pointer_order(synset)
+    return sorted(found, key=lambda h: (order.get(h.offset(), len(order)), h.offset()))
+
+
+def _pointer_order(synset) -> dict[int, int]:
+    """{offset: position} of the ``@``/``@i`` pointers on the synset's line in ``data.noun``."""
+    reader = synset._wordnet_corpus_reader
+    try:
+        data = reader._data_file(synset.pos())
+        data.seek(synset.offset())
+        fields = data.readline().split()
+    except (AttributeError, OSError, ValueError):
+        return {}
+    # offset lex_filenum ss_type w_cnt (word lex_id)*w_cnt p_cnt (symbol offset pos source_target)*
+    words = int(fields[3], 16)
+    start = 4 + 2 * words
+    pointers = [fields[start + 1 + 4 * i: start + 5 + 4 * i] for i in range(int(fields[start]))]
+    hyper = [int(offset) for symbol, offset, *_ in pointers if symbol in ("@", "@i")]
+    return {offset: i for i, offset in enumerate(hyper)}
 
 
 def _node_attrs(synset) -> dict:
