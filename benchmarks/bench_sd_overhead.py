@@ -202,6 +202,8 @@ def main(argv=None) -> int:
     x = noise()
     with torch.no_grad():
         t_unet, _ = timed(lambda: guided(x, float(sigmas[1]), prompts), device, max(5, args.repeats))
+        # The plug-in reads posteriors with the plain (empty-prompt) model: one unguided call per probe.
+        t_plain, _ = timed(lambda: guided(x, float(sigmas[1]), None), device, max(5, args.repeats))
         t_final, _ = timed(lambda: final_decoder(x), device, max(5, args.repeats))
 
     kind = "SD 1.5 architecture, fp16, CUDA" if args.full else "tiny SD pipeline, CPU"
@@ -218,7 +220,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 probe_cost[size], _ = timed(lambda: clf(x), device, max(5, args.repeats))
         t_probe_call = probe_cost[size]
-        model = (steps * t_unet + t_final + n_probe * t_probe_call) / (steps * t_unet + t_final)
+        model = (steps * t_unet + t_final + n_probe * (t_plain + t_probe_call)) / (steps * t_unet + t_final)
         where = f"every {stride}th sigma" if stride > 1 else "every sigma"
         px = (size or latent) * pipe.vae_scale_factor
         t = med[(stride, size)]
@@ -226,7 +228,8 @@ def main(argv=None) -> int:
               f"{n_probe:>2} probes/sample  {t:8.3f} s   overhead {t / med['pipeline']:.2f}x pipeline, "
               f"{t / med['loop']:.2f}x loop; from component costs {model:.2f}x")
     costs = ", ".join(f"decode {size or latent} + classify {t * 1e3:.1f} ms" for size, t in probe_cost.items())
-    print(f"  component costs per batch: guided UNet step {t_unet * 1e3:.1f} ms, final decode "
+    print(f"  component costs per batch: guided UNet step {t_unet * 1e3:.1f} ms, plain UNet call "
+          f"{t_plain * 1e3:.1f} ms, final decode "
           f"{t_final * 1e3:.1f} ms, {costs}")
     return 0
 
