@@ -10,7 +10,7 @@ import torch
 from probes.recipe import Recipe
 from probes.taxonomy import Taxonomy
 
-BATCH_DIR = "batches"
+BATCH_DIR = "batches"  # finished batches of a run directory, one file each
 
 
 def load_batches(out: Path, n_batches: int) -> list[dict]:

@@ -21,12 +21,11 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from probes.analysis import BATCH_DIR, analyse_run
 from probes.components import Components, build_components, leaf_of_sample
 from probes.errors import ProbesError
 from probes.noise import make_grid
 from probes.recipe import Recipe, load_recipe
-
-BATCH_DIR = "batches"
 
 
 def add_run_commands(sub) -> None:
@@ -177,8 +176,6 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
             _save_atomic(record, out / BATCH_DIR / f"batch_{b:05d}.pt")
     t_sampling = time.perf_counter() - t_sampling
 
-    from probes.analysis import analyse_run
-
     # The class prior is known for mixtures, leaf-conditional sampling or when the recipe states
     # it; otherwise the engine estimates it as the mean posterior.
     known_prior = parts.exact_model is not None or s.condition == "leaf" or recipe.prior is not None
@@ -268,11 +265,11 @@ def _dtype(parts: Components) -> torch.dtype:
 def _check_finite(values: torch.Tensor, sigmas: torch.Tensor, step: str, what: str, allow_neg_inf: bool = False,
                   allow_nan: bool = False) -> None:
     """One line naming the step and the first sigma where ``values`` ([S, ...]) stop being finite."""
-    bad = torch.isnan(values) if not allow_nan else torch.zeros_like(values, dtype=torch.bool)
-    if not allow_neg_inf:
-        bad = bad | torch.isinf(values)
-    else:
-        bad = bad | (values == float("inf"))
+    bad = values == float("inf")
+    if not allow_neg_inf:  # -inf is a valid log-probability (zero mass), not a valid state
+        bad |= values == float("-inf")
+    if not allow_nan:  # immse marks levels it cannot resolve with NaN
+        bad |= torch.isnan(values)
     if bad.any():
         first = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0])
         raise ProbesError(f"{step}: {what} produced NaN/inf at sigma={float(sigmas[first]):.4g}; finished batches are "

@@ -27,27 +27,10 @@ from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier, leaf_groups
 from probes.classifiers.clip import resize_center_crop
 from probes.errors import ProbesError
+from probes.taxonomy.wordnet import imagenet_wnids, wnid_of
 
 SOURCES = ("timm", "torchvision", "efficientnet_lite0")
 _SYNSET = re.compile(r"^.+\.[nvasr]\.\d+$")
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k wnids in the standard (sorted) output order."""
-    global _WNIDS
-    if _WNIDS is None:
-        patch_torchvision()
-        from timm.data import ImageNetInfo
-
-        _WNIDS = list(ImageNetInfo().label_names())
-    return _WNIDS
-
-
-_WNIDS: list[str] | None = None
-
-
-def _wnid_of(synset) -> str:
-    return f"{synset.pos()}{synset.offset():08d}"
 
 
 def imagenet_groups(taxonomy, wordnet=None) -> dict[str, list[int]]:
@@ -91,7 +74,7 @@ def imagenet_groups(taxonomy, wordnet=None) -> dict[str, list[int]]:
                 syn = wordnet.synset(spec)
         except Exception:  # nltk raises WordNetError / ValueError for unknown names
             raise ProbesError(f"taxonomy leaf {leaf!r}: unknown WordNet synset {spec!r}") from None
-        leaf_of_wnid.setdefault(_wnid_of(syn), leaf)
+        leaf_of_wnid.setdefault(wnid_of(syn), leaf)
     taken = {i for g in groups.values() for i in g}
     for idx, wnid in enumerate(wnids):
         if idx in taken:
@@ -114,7 +97,7 @@ _ANCESTORS: dict[tuple[int, str], dict[str, int]] = {}
 
 def _ancestors(synset) -> dict[str, int]:
     """wnid -> fewest hypernym steps, for the synset itself (0) and all its hypernyms."""
-    dist = {_wnid_of(synset): 0}
+    dist = {wnid_of(synset): 0}
     frontier = [synset]
     step = 0
     while frontier:
@@ -122,7 +105,7 @@ def _ancestors(synset) -> dict[str, int]:
         nxt = []
         for s in frontier:
             for h in s.hypernyms() + s.instance_hypernyms():
-                key = _wnid_of(h)
+                key = wnid_of(h)
                 if key not in dist:
                     dist[key] = step
                     nxt.append(h)

@@ -208,8 +208,9 @@ def _build(synsets, name, keep_chains, policy, indices) -> Taxonomy:
     return Taxonomy(graph, name=name)
 
 
+@functools.lru_cache(maxsize=1)
 def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k wnids in the standard (sorted) classifier order."""
+    """The 1000 ImageNet-1k wnids in the standard (sorted) classifier order (read once)."""
     spec = importlib.util.find_spec("timm")
     if spec is None or spec.origin is None:
         raise ProbesError("wordnet:imagenet-1k needs the ImageNet class list from timm: pip install timm")
