@@ -87,13 +87,19 @@ def _prior(recipe: Recipe, taxonomy: Taxonomy, default: torch.Tensor) -> torch.T
         return default
     if recipe.prior == "uniform":
         return torch.full((len(leaves),), 1.0 / len(leaves), dtype=torch.float64)
-    unknown = sorted(set(recipe.prior) - set(leaves))
-    if unknown:
-        raise ProbesError(f"prior: {unknown[0]!r} is not a leaf of the taxonomy")
-    w = torch.tensor([float(recipe.prior.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
-    if (w < 0).any() or w.sum() <= 0:
-        raise ProbesError("prior: weights must be non-negative and not all zero")
+    w = _leaf_weights(recipe.prior, leaves, "prior")
     return w / w.sum()
+
+
+def _leaf_weights(weights: dict[str, float], leaves: list[str], field: str) -> torch.Tensor:
+    """A ``{leaf: weight}`` recipe mapping as a tensor in leaf order (missing leaves weigh 0)."""
+    unknown = sorted(set(weights) - set(leaves))
+    if unknown:
+        raise ProbesError(f"{field}: {unknown[0]!r} is not a leaf of the taxonomy")
+    w = torch.tensor([float(weights.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ProbesError(f"{field}: weights must be non-negative and not all zero")
+    return w
 
 
 def _uniform(taxonomy: Taxonomy) -> torch.Tensor:
@@ -149,12 +155,7 @@ def _build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
 
     cfg = recipe.model
     leaves = taxonomy.leaves
-    weights = None
-    if cfg.weights is not None:
-        unknown = sorted(set(cfg.weights) - set(leaves))
-        if unknown:
-            raise ProbesError(f"model.weights: {unknown[0]!r} is not a leaf of the taxonomy")
-        weights = torch.tensor([float(cfg.weights.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
+    weights = _leaf_weights(cfg.weights, leaves, "model.weights") if cfg.weights is not None else None
     if cfg.means is not None:
         missing = [leaf for leaf in leaves if leaf not in cfg.means]
         extra = sorted(set(cfg.means) - set(leaves))

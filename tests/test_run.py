@@ -189,3 +189,22 @@ def test_compare_refuses_unfinished_runs(tmp_path):
         from probes.compare import compare_runs
 
         compare_runs(tmp_path / "a", tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prior": {"left-a": 1.0, "nowhere": 1.0}}, "prior: 'nowhere' is not a leaf of the taxonomy"),
+        ({"prior": {"left-a": -1.0}}, "prior: weights must be non-negative and not all zero"),
+    ],
+)
+def test_bad_leaf_weights_name_the_field(tmp_path, changes, message):
+    from probes.components import build_components
+    from probes.recipe import load_recipe
+
+    with pytest.raises(ProbesError, match=message):
+        build_components(load_recipe(write_recipe(tmp_path, **changes)))
+    gmm = {"kind": "gmm", "dim": 4, "std": 0.5, "weights": {"bogus": 1.0},
+           "hierarchy": {"separations": [6.0, 2.0]}}
+    with pytest.raises(ProbesError, match="model.weights: 'bogus' is not a leaf"):
+        build_components(load_recipe(write_recipe(tmp_path, model=gmm)))
