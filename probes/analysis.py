@@ -10,11 +10,24 @@ import torch
 from probes.recipe import Recipe
 from probes.taxonomy import Taxonomy
 
-BATCH_DIR = "batches"  # finished batches of a run directory, one file each
+from probes.store import BATCH_DIR  # noqa: F401  (re-exported: the batches folder's name)
 
 
 def load_batches(out: Path, n_batches: int) -> list[dict]:
-    return [torch.load(out / BATCH_DIR / f"batch_{b:05d}.pt", weights_only=False) for b in range(n_batches)]
+    """The run's finished batches, each checked against the run's fingerprint and its checksum."""
+    from probes.errors import ProbesError
+    from probes.store import BatchHeader, BatchInvalid, batch_path, load_batch, read_marker
+
+    fingerprint = (read_marker(out) or {}).get("fingerprint")
+    if not fingerprint:
+        raise ProbesError(f"{out}: no readable {'.probes-run'} marker; the batches cannot be checked")
+    batches = []
+    for b in range(n_batches):
+        try:
+            batches.append(load_batch(batch_path(out, b), BatchHeader(fingerprint, b)))
+        except BatchInvalid as why:
+            raise ProbesError(f"{batch_path(out, b)}: {why}; run again with --resume to recompute it") from None
+    return batches
 
 
 def curves_from_batches(batches: list[dict], name: str, taxonomy: Taxonomy, prior: torch.Tensor | None):

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with: probes run recipes/digits.yaml --out runs/digits",
     )
     parser.add_argument("--version", action="version", version=f"probes {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_commands(sub)
     add_compare_commands(sub)
@@ -55,6 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probes: interrupted; finished batches are kept (continue with --resume)", file=sys.stderr)
         return 130
+    except OSError as err:
+        # The machine, not the toolkit: a full disk, a vanished directory, a permission.
+        if args.debug:
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"probes: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: say so in one line, keep the traceback for --debug
+        if args.debug:
+            raise
+        text = str(ProbesError(f"{type(err).__name__}: {err}"))
+        print(f"probes: error: internal error ({text[:300]}); this is a bug in probes, please report it with the "
+              "command you ran (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

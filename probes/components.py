@@ -58,6 +58,10 @@ def resolve_device(name: str) -> torch.device:
         raise ProbesError(f"device: unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProbesError(f"device: {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ProbesError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ProbesError(f"device: {name!r} requested but Apple's MPS backend is not available here")
     return device
 
 

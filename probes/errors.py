@@ -10,7 +10,9 @@ class ProbesError(Exception):
     """A user-facing error whose message is one line naming what is wrong and where."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        # One line, and nothing a terminal would interpret (names may hold escape sequences).
+        text = " ".join(str(message).split())
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 class UnsupportedCondition(ProbesError):

@@ -8,19 +8,29 @@ file. See ``docs/recipes.md`` for every field.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from probes.errors import ProbesError
+from probes.yamlio import load_yaml_file, parse_value
 
 SAMPLERS = ("euler", "heun", "ddim", "ancestral", "euler_maruyama")
 
+# Bounds that turn a typo (``samples: 1e12``) into one line instead of a run that never ends.
+MAX_SAMPLES = 10_000_000
+MAX_STEPS = 100_000
+MAX_BATCH = 1 << 16
+MAX_SEED = (1 << 63) - 1
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # NaN and inf are never meaningful recipe numbers (a sigma, a scale, a std).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -166,9 +176,9 @@ class Sampling(Strict):
     a list of prompts for text-conditional models (``{leaf}`` inside a prompt expands per leaf).
     """
 
-    samples: int = Field(256, gt=0)
-    batch_size: int = Field(64, gt=0)
-    steps: int = Field(64, ge=2)
+    samples: int = Field(256, gt=0, le=MAX_SAMPLES)
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    steps: int = Field(64, ge=2, le=MAX_STEPS)
     grid: Literal["geometric", "karras"] = "geometric"
     sigma_max: Optional[float] = Field(None, gt=0)
     sigma_min: Optional[float] = Field(None, gt=0)
@@ -176,6 +186,12 @@ class Sampling(Strict):
     source: Literal["model", "data"] = "model"
     condition: Union[Literal["none", "leaf"], list[str]] = "none"
     guidance: Guidance = Guidance()
+
+    @model_validator(mode="after")
+    def _sigmas_ordered(self):
+        if self.sigma_max is not None and self.sigma_min is not None and self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        return self
 
 
 class EstimatorSpec(BaseModel):
@@ -195,9 +211,9 @@ class Analysis(Strict):
 
 
 class Recipe(Strict):
-    name: str = "run"
-    seed: int = 0
-    device: str = "auto"
+    name: str = Field("run", pattern=NAME_PATTERN.pattern, description="letters, digits and ._+- (names runs/<name>)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("auto", pattern=DEVICE_PATTERN.pattern, description="auto, cpu, cuda, cuda:N or mps")
     taxonomy: str
     prior: Union[Literal["uniform"], dict[str, float], None] = None
     model: ModelConfig
@@ -247,14 +263,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     validation, e.g. ``sampling.guidance.scale=3``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ProbesError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ProbesError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+    data = load_yaml_file(path, "recipe")
     for override in overrides or []:
         apply_override(data, override, source=str(path))
     recipe = recipe_from_dict(data, source=str(path))
@@ -267,11 +276,12 @@ def apply_override(data: dict, override: str, source: str = "recipe") -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ProbesError(f"--set {override!r}: expected key=value, e.g. sampling.guidance.scale=3")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ProbesError(f"--set {override!r}: the value is not valid YAML") from None
+    value = parse_value(raw, f"--set {key.strip()}")
     parts = key.strip().split(".")
+    if not isinstance(data, dict):
+        raise ProbesError(f"{source}: a recipe must be a YAML mapping")
+    if any(not part for part in parts):
+        raise ProbesError(f"--set {override!r}: empty field name in {key.strip()!r}")
     node = data
     for part in parts[:-1]:
         if node.get(part) is None:
@@ -308,9 +318,27 @@ def describe_validation_error(err: ValidationError) -> str:
     elif first["type"] == "union_tag_invalid":
         message = f"unknown kind {first['input'].get('kind')!r}; expected one of {first['ctx']['expected_tags']}"
     elif first["type"] == "union_tag_not_found":
-        message = f"missing 'kind'; expected one of {first['ctx']['expected_tags'] if 'ctx' in first else 'a kind'}"
+        message = f"missing 'kind'; expected one of {_kinds(first['loc'])}"
+    elif first["type"] == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HINTS:
+        message = f"{first['input']!r} is not allowed: {_PATTERN_HINTS[loc[-1]]}"
     more = len(err.errors()) - 1
     return f"{field}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+_PATTERN_HINTS = {
+    "name": "use letters, digits and . _ + - (it names the run directory)",
+    "device": "expected auto, cpu, cuda, cuda:N or mps",
+}
+
+
+def _kinds(loc) -> str:
+    """The kinds a discriminated union at ``loc`` accepts (model or classifier)."""
+    union = {"model": ModelConfig, "classifier": ClassifierConfig}.get(str(loc[0]) if loc else "")
+    if union is None:
+        return "a kind"
+    members = union.__origin__.__args__ if hasattr(union, "__origin__") else ()
+    kinds = [m.model_fields["kind"].annotation.__args__[0] for m in members if "kind" in getattr(m, "model_fields", {})]
+    return ", ".join(map(repr, kinds)) or "a kind"
 
 
 def _closest_field(_title: str, loc: list[str]) -> Optional[str]:

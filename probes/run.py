@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,11 +21,12 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from probes.analysis import BATCH_DIR, analyse_run
+from probes.analysis import analyse_run
 from probes.components import Components, build_components, leaf_of_sample
+from probes.denoisers.base import FiniteCheck
 from probes.errors import ProbesError
 from probes.noise import make_grid
-from probes.recipe import Recipe, load_recipe
+from probes.recipe import DEVICE_PATTERN, Recipe, load_recipe
 
 
 def add_run_commands(sub) -> None:
@@ -48,11 +49,17 @@ def add_run_commands(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    overrides = list(args.overrides)
+    # The flags are overrides like any other, so the recipe's checks apply; errors name the flag.
     if args.samples is not None:
-        recipe.sampling.samples = args.samples
-    if args.device:
-        recipe.device = args.device
+        if args.samples < 1:
+            raise ProbesError(f"--samples: must be a positive integer, got {args.samples}")
+        overrides.append(f"sampling.samples={args.samples}")
+    if args.device is not None:
+        if not DEVICE_PATTERN.match(args.device):
+            raise ProbesError(f"--device: {args.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        overrides.append(f"device={args.device}")
+    recipe = load_recipe(args.recipe, overrides=overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     result = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not args.quiet:
@@ -64,43 +71,108 @@ def _cmd_run(args) -> int:
 # --- the run directory's life cycle -----------------------------------------------------------
 
 
-def recipe_fingerprint(recipe: Recipe) -> str:
-    """Hash of everything that changes the numbers (the sample count may grow on resume)."""
-    data = recipe.model_dump(mode="json")
-    data["sampling"].pop("samples", None)
-    data.pop("analysis", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+    """What ``out`` holds, checked against the flags before anything is built or deleted.
 
+    Returns the marker of the run being resumed (``None`` otherwise).
+    """
+    from probes import store
 
-def prepare_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[dict]:
-    """Check what ``out`` holds against the flags; returns the previous run.json when resuming."""
-    state_file = out / "run.json"
-    if out.exists() and not out.is_dir():
-        raise ProbesError(f"{out}: exists and is not a directory")
+    _check_writable(out)
     holds_something = out.exists() and any(out.iterdir())
     if not holds_something:
         if resume:
             raise ProbesError(f"{out}: nothing to resume (the directory is empty or missing)")
         return None
-    if overwrite:
-        if not state_file.exists():
+    marker = store.read_marker(out)
+    legacy = marker is None and store.is_legacy_run(out)
+    if marker is None and not legacy:
+        if overwrite:
             raise ProbesError(f"{out}: holds files that are not a probes run; refusing to delete them")
-        shutil.rmtree(out)
-        return None
-    if not state_file.exists():
         raise ProbesError(f"{out}: not empty and not a probes run directory; choose another --out")
-    state = json.loads(state_file.read_text())
+    if overwrite:
+        foreign = store.foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ProbesError(f"{out}: holds files probes did not write ({shown}); refusing to delete them")
+        return None
+    state = _read_state(out)
     if not resume:
         if state.get("status") == "complete":
             raise ProbesError(f"{out}: already holds a finished run; pass --overwrite to replace it or choose "
                               "another --out")
-        done = len(list((out / BATCH_DIR).glob("batch_*.pt")))
+        done = len(list((out / store.BATCH_DIR).glob("batch_*" + store.BATCH_SUFFIX)))
         raise ProbesError(f"{out}: holds an unfinished run ({done} batches done); pass --resume to continue it or "
                           "--overwrite to start again")
-    if state.get("fingerprint") != recipe_fingerprint(recipe):
-        raise ProbesError(f"{out}: the recipe changed since this run started; resume needs the same recipe "
-                          "(or use --overwrite)")
-    return state
+    if legacy:
+        raise ProbesError(f"{out}: written by an older probes whose batch files are not read (pickles can run "
+                          "code); pass --overwrite to start again")
+    if not marker.get("fingerprint"):
+        raise ProbesError(f"{out}/{store.MARKER}: unreadable, so this run's inputs cannot be checked; pass "
+                          "--overwrite to start again")
+    return marker
+
+
+def _check_writable(out: Path) -> None:
+    """``--out`` must be (or be creatable as) a directory we can write in."""
+    if out.exists() and not out.is_dir():
+        raise ProbesError(f"--out {out}: exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ProbesError(f"--out {out}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ProbesError(f"--out {out}: cannot create files in {probe} (read-only or no permission)")
+
+
+def _read_state(out: Path) -> dict:
+    """run.json as a dict; ``{}`` when it is missing or unreadable (it is rewritten on resume)."""
+    try:
+        state = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _check_resumable(out: Path, marker: dict, parts: dict[str, str]) -> None:
+    """Refuse to mix work made from other inputs, naming what changed."""
+    from probes import store
+
+    if marker.get("fingerprint") == store.combined(parts):
+        return
+    what = {"format": "the run-directory format", "recipe": "the recipe", "seed": "the seed",
+            "batch_size": "sampling.batch_size", "taxonomy": "the taxonomy's content",
+            "model_files": "the model or classifier files"}
+    old = marker.get("fingerprint_parts") or {}
+    changed = [what[k] for k in what if old.get(k) != parts.get(k)] or ["the run's inputs"]
+    raise ProbesError(f"{out}: {' and '.join(changed)} changed since this run started; --resume needs the same "
+                      "inputs (or pass --overwrite)")
+
+
+def model_files(recipe: Recipe) -> list[str]:
+    """Files and folders the recipe's model and classifier are read from (for the fingerprint)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, str) and value and "\n" not in value:
+            resolved = recipe.resolve_path(value)
+            if os.path.exists(resolved):
+                found.append(resolved)
+
+    walk(recipe.model.model_dump(mode="json"))
+    if recipe.classifier is not None:
+        walk(recipe.classifier.model_dump(mode="json"))
+    if recipe.model.kind == "digits" or (recipe.classifier is not None and recipe.classifier.kind == "digits"):
+        from probes.models.digits import DEFAULT_DIR
+
+        found.append(str(DEFAULT_DIR))
+    return sorted(set(found))
 
 
 def _seed(*parts: int) -> int:
@@ -109,10 +181,22 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+def _check_memory(recipe: Recipe, parts: Components) -> None:
+    """Refuse a batch whose recorded trajectory (states and predictions) cannot fit in memory."""
+    s = recipe.sampling
+    per_value = 8 if _dtype(parts) == torch.float64 else 4
+    need = 2 * (s.steps + 1) * s.batch_size * math.prod(parts.shape) * per_value
+    if parts.device.type == "cuda":
+        have = torch.cuda.mem_get_info(parts.device)[0]
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > 0.5 * have:
+        raise ProbesError(f"sampling.batch_size: one batch records ~{need / 2**30:.1f} GiB of trajectory "
+                          f"({s.steps} steps x {s.batch_size} samples x {math.prod(parts.shape)} values), more than "
+                          f"half of the {have / 2**30:.1f} GiB available; lower batch_size or steps")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -125,24 +209,35 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     ``stop_after_batches`` ends the sampling early after that many *new* batches, leaving an
     unfinished run (used to test resuming).
     """
+    from probes import store
     from probes.estimators import ProbeContext, build_estimator
     from probes.report.rundir import write_run_json
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out)
-    previous = prepare_out_dir(out, recipe, resume, overwrite)
+    marker = check_out_dir(out, resume, overwrite)
 
     t_start = time.perf_counter()
-    parts = build_components(recipe)
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
-    # Only now, with everything loaded, does the directory appear: a recipe that fails to build
-    # leaves nothing behind.
-    (out / BATCH_DIR).mkdir(parents=True, exist_ok=True)
+    parts = build_components(recipe)
+    _check_memory(recipe, parts)
+    fingerprint_parts = store.fingerprint_parts(recipe, parts.taxonomy, model_files(recipe))
+    fingerprint = store.combined(fingerprint_parts)
+    if marker is not None:
+        _check_resumable(out, marker, fingerprint_parts)
+    # Only now, with everything built and checked, is anything deleted or created: a recipe that
+    # fails to build leaves the old run (or nothing) behind.
+    if overwrite and out.exists():
+        store.remove_run(out)
+    (out / store.BATCH_DIR).mkdir(parents=True, exist_ok=True)
+    if marker is None:
+        store.write_marker(out, fingerprint_parts)
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps)
+    checked = FiniteCheck(parts.denoiser)
     ctx = ProbeContext(
-        taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=parts.denoiser, cond_denoiser=parts.denoiser,
+        taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=checked, cond_denoiser=checked,
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
         batch_size=s.batch_size,
@@ -153,15 +248,18 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         "status": "running",
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
-        "fingerprint": recipe_fingerprint(recipe),
+        "fingerprint": fingerprint,
         "seed": recipe.seed,
         "sigmas": sigmas.tolist(),
-        "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "started": _read_state(out).get("started") or (marker or {}).get("created")
+        or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_run_json(out / "run.json", payload)
 
     n_batches = math.ceil(s.samples / s.batch_size)
-    todo = [b for b in range(n_batches) if not (out / BATCH_DIR / f"batch_{b:05d}.pt").exists()]
+    sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
+    headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]
+    todo = store.check_batches(out, headers, report=lambda msg: print(f"probes: note: {msg}", file=sys.stderr))
     bar = tqdm(total=n_batches * len(estimators), initial=(n_batches - len(todo)) * len(estimators),
                desc=f"probing {recipe.name}", unit="est", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     t_sampling = time.perf_counter()
@@ -173,7 +271,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
                 return payload
             idx = torch.arange(b * s.batch_size, min((b + 1) * s.batch_size, s.samples))
             record = _probe_batch(recipe, parts, ctx, estimators, sigmas, b, idx, bar)
-            _save_atomic(record, out / BATCH_DIR / f"batch_{b:05d}.pt")
+            store.save_batch(out, record, headers[b])
     t_sampling = time.perf_counter() - t_sampling
 
     # The class prior is known for mixtures, leaf-conditional sampling or when the recipe states
@@ -228,12 +326,14 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
         with torch.no_grad():
-            traj = sample(parts.generator, noise.to(parts.device), sigmas, method=s.method, cond=cond, generator=g)
+            traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
+                          generator=g)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
-    _check_finite(traj.states, sigmas, f"sampling batch {b}", "the model's denoiser")
+    # A state goes bad one step after the prediction that made it: name that step's sigma.
+    _check_finite(traj.states[1:], sigmas[:-1], f"sampling batch {b}", "the data or sampler")
     record = {"batch": b, "n": len(idx), "leaf": traj.leaf, "estimators": {}}
     for e, est in enumerate(estimators):
         bar.set_postfix_str(f"batch {b + 1}: {est.name}")
@@ -295,7 +395,7 @@ def _pair_sampler(recipe: Recipe, parts: Components, sigmas: torch.Tensor):
         noise = torch.randn((n, *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.conditioner([leaves[i] for i in leaf.tolist()])
         with torch.no_grad():
-            traj = sample(parts.denoiser, noise.to(parts.device), sigmas, method=recipe.sampling.method, cond=cond,
+            traj = sample(FiniteCheck(parts.denoiser), noise.to(parts.device), sigmas, method=recipe.sampling.method, cond=cond,
                           generator=g)
         return traj.x0, leaf
 

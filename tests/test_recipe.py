@@ -50,12 +50,12 @@ def test_missing_required_field():
 def test_malformed_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nmodel: {kind: digits\n")
-    with pytest.raises(ProbesError, match=r"bad.yaml: invalid YAML \(line \d+\)"):
+    with pytest.raises(ProbesError, match=r"bad.yaml:\d+: invalid YAML"):
         load_recipe(path)
 
 
 def test_missing_file():
-    with pytest.raises(ProbesError, match="nope.yaml: recipe file not found"):
+    with pytest.raises(ProbesError, match="nope.yaml: no such recipe"):
         load_recipe("nope.yaml")
 
 

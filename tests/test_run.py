@@ -74,7 +74,7 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     partial = tmp_path / "partial"
     state = run_recipe(recipe, partial, progress=False, stop_after_batches=1)
     assert state["status"] == "interrupted"
-    assert len(list((partial / "batches").glob("batch_*.pt"))) == 1
+    assert len(list((partial / "batches").glob("batch_*.safetensors"))) == 1
     with pytest.raises(ProbesError, match="holds an unfinished run .1 batches done.; pass --resume"):
         run_recipe(recipe, partial, progress=False)
     run_recipe(recipe, partial, progress=False, resume=True)
@@ -104,7 +104,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     out = tmp_path / "run"
     run_recipe(write_recipe(tmp_path), out, progress=False, stop_after_batches=1)
     changed = write_recipe(tmp_path, seed=4)
-    with pytest.raises(ProbesError, match="recipe changed"):
+    with pytest.raises(ProbesError, match="the seed changed"):
         run_recipe(changed, out, progress=False, resume=True)
 
 
@@ -125,9 +125,9 @@ def test_nan_from_the_model_names_the_step_and_keeps_finished_batches(tmp_path, 
 
     monkeypatch.setattr(run_module, "build_components", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(ProbesError, match=r"sampling batch 1: the model's denoiser produced NaN/inf at sigma="):
+    with pytest.raises(ProbesError, match=r"the model's denoiser returned NaN/inf at sigma="):
         run_recipe(write_recipe(tmp_path), out, progress=False)
-    assert (out / "batches" / "batch_00000.pt").exists()
+    assert (out / "batches" / "batch_00000.safetensors").exists()
     monkeypatch.setattr(run_module, "build_components", build)
     run_recipe(write_recipe(tmp_path), out, progress=False, resume=True)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"

@@ -78,3 +78,25 @@ def _pair(cond):
     if isinstance(cond, (list, tuple)):
         return [None] * len(cond) + list(cond)  # prompts: None means the empty prompt
     raise TypeError(f"cannot build unconditional pair for conditioning of type {type(cond).__name__}")
+
+
+class FiniteCheck:
+    """Calls a denoiser and stops at the first NaN or inf it returns, naming that call's sigma.
+
+    Checking outputs where they are produced (not the states a step later) puts the blame on
+    the right noise level, and catches every consumer alike: samplers and all estimators.
+    """
+
+    def __init__(self, denoiser, what: str = "the model's denoiser"):
+        self.denoiser, self.what = denoiser, what
+
+    def __call__(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
+        out = self.denoiser(x, sigma, cond)
+        if not bool(torch.isfinite(out).all()):
+            from probes.errors import ProbesError
+
+            rows = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+            bad = float(batch_sigma(sigma, x)[rows.nonzero()[0, 0]])
+            raise ProbesError(f"{self.what} returned NaN/inf at sigma={bad:.4g}; finished batches are kept "
+                              "(fix the model or recipe, then --resume)")
+        return out

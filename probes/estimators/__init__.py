@@ -43,7 +43,33 @@ def build_estimator(name: str, **options) -> Estimator:
     if unknown:
         raise ProbesError(f"estimator {name!r} has no option {', '.join(map(repr, unknown))}; "
                           f"its options are {', '.join(allowed)}")
-    return cls(**options)
+    return cls(**_typed_options(name, cls, options))
+
+
+def _typed_options(name: str, cls: type, options: dict) -> dict:
+    """Options checked against the constructor's annotations (``k: four`` or ``k: .nan`` is one
+    line naming the option, not a traceback from deep inside the estimator)."""
+    import typing
+
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(cls.__init__)
+    checked = {}
+    for key, value in options.items():
+        hint = hints.get(key, typing.Any)
+        if isinstance(value, bool) and hint is not bool:
+            raise ProbesError(f"estimator {name!r}: option {key!r} must be {_type_name(hint)}, got {value!r}")
+        try:
+            checked[key] = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(value)
+        except ValidationError as err:
+            raise ProbesError(f"estimator {name!r}: option {key!r} must be {_type_name(hint)}, got {value!r} "
+                              f"({err.errors()[0]['msg'].lower()})") from None
+    return checked
+
+
+def _type_name(hint) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, str(hint).replace("typing.", "").replace("NoneType", "null"))
 
 
 __all__ = ["ESTIMATORS", "build_estimator", "Estimator", "EstimatorOutput", "ProbeContext",

@@ -32,7 +32,9 @@ import networkx as nx
 import yaml
 
 from probes.errors import ProbesError
+from probes.fileio import read_text
 from probes.taxonomy.tree import Taxonomy
+from probes.yamlio import StrictLoader, YamlProblem, load_yaml
 
 TOP_KEYS = ("name", "description", "root", "tree", "leaves", "nodes", "wordnet", "keep_chains",
             "hypernym_policy")
@@ -42,10 +44,7 @@ DEFAULT_ROOT = "root"
 _WNID = re.compile(r"^[nvar]\d{8}$")
 
 
-class _Problem(Exception):
-    def __init__(self, line, message):
-        super().__init__(message)
-        self.line, self.message = line, message
+_Problem = YamlProblem  # a problem at a line of the file
 
 
 # -- a YAML loader that remembers line numbers and refuses duplicate keys ----------------------
@@ -61,8 +60,8 @@ class _List(list):
     line = None
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(StrictLoader):
+    """YAML 1.2 scalars (``010`` stays the name "010") and bounds, plus line numbers on names."""
 
 
 def _line(node) -> int:
@@ -119,26 +118,13 @@ def _plain(value):
 def load_yaml_taxonomy(path: str | Path) -> Taxonomy:
     """Read a taxonomy YAML file (either form)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProbesError(f"{path}: no such taxonomy file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProbesError(f"{path}: cannot read ({exc})") from None
+    text = read_text(path, "taxonomy file")
     return parse_yaml_taxonomy(text, source=str(path), default_name=path.stem)
 
 
 def parse_yaml_taxonomy(text: str, source: str = "<yaml>", default_name: str = "taxonomy") -> Taxonomy:
     """Parse taxonomy YAML text; ``source`` names it in error messages."""
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except _Problem as exc:
-        raise ProbesError(f"{source}:{exc.line}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProbesError(f"{where}: invalid YAML: {problem}") from None
+    data = load_yaml(text, source, _Loader)
     return taxonomy_from_dict(data, source=source, default_name=default_name)
 
 

@@ -1,0 +1,265 @@
+"""The run directory as a small versioned format: marker, fingerprint, batch files.
+
+* ``.probes-run`` marks a directory as a probes run (JSON: format name and version, the
+  fingerprint of what produced it). ``--overwrite`` only ever deletes directories that carry it
+  and hold nothing but files probes writes; ``--resume`` only continues one whose fingerprint
+  matches.
+* The **fingerprint** covers everything that changes the numbers: the resolved recipe (except
+  the sample count and the analysis options), the taxonomy's content (not its path), the contents
+  or signatures of the model files the recipe names, the seed and the batch size. The sample count
+  may change between sessions: batch ``b`` always holds samples ``[b * batch_size, ...)`` drawn from
+  a seed of its own, so a batch is reusable exactly when its own header says it has the size the
+  new count needs.
+* **Batch files** are safetensors (no pickle: a crafted file cannot run code) with a JSON header
+  naming the run fingerprint, the batch index, the sample count and a SHA-256 of the tensors. A
+  batch that is unreadable, corrupt, from another run or of the wrong size is reported and
+  recomputed; nothing else is ever trusted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from probes.errors import ProbesError
+from probes.fileio import atomic_write_bytes, atomic_write_text
+
+FORMAT = "probes-run"
+FORMAT_VERSION = 2
+MARKER = ".probes-run"
+BATCH_DIR = "batches"
+BATCH_SUFFIX = ".safetensors"
+# Everything probes writes into a run directory; anything else makes --overwrite refuse.
+OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
+                   "*.png", "report.html", "samples.csv", "previews", "compare.csv", ".*.tmp", BATCH_DIR)
+BATCH_PATTERNS = ("batch_*" + BATCH_SUFFIX, "batch_*.pt", ".*.tmp")
+# Model files above this size are fingerprinted by size and modification time, not content.
+HASH_LIMIT = 64 << 20
+
+
+def batch_path(out: Path, b: int) -> Path:
+    return Path(out) / BATCH_DIR / f"batch_{b:05d}{BATCH_SUFFIX}"
+
+
+# --- fingerprints -----------------------------------------------------------------------------
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def path_signature(path: str | Path) -> Any:
+    """Contents of small files, size and mtime of big ones; directories file by file (bounded)."""
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        if st.st_size <= HASH_LIMIT:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()[:16]
+        return [st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())[:2000]
+        return {str(p.relative_to(path)): path_signature(p) for p in files}
+    return None  # a hub id or a missing path: the recipe's text is all there is
+
+
+def fingerprint_parts(recipe, taxonomy, model_paths: list[str]) -> dict[str, str]:
+    """Named hashes of what changes the numbers (see the module docstring)."""
+    from probes.taxonomy import to_node_link
+
+    data = recipe.model_dump(mode="json")
+    data["sampling"].pop("samples", None)
+    data.pop("analysis", None)
+    data.pop("name", None)
+    seed = data.pop("seed", None)
+    return {
+        "format": str(FORMAT_VERSION),
+        "recipe": _digest(data),
+        "seed": str(seed),
+        "batch_size": str(recipe.sampling.batch_size),
+        "taxonomy": _digest(to_node_link(taxonomy)),
+        "model_files": _digest({p: path_signature(p) for p in model_paths}),
+    }
+
+
+def combined(parts: dict[str, str]) -> str:
+    return _digest(parts)
+
+
+# --- the marker -------------------------------------------------------------------------------
+
+
+def read_marker(out: Path) -> Optional[dict]:
+    """The marker's content, ``None`` if absent; a marker that cannot be parsed is ``{}``."""
+    path = Path(out) / MARKER
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else {}
+
+
+def write_marker(out: Path, parts: dict[str, str], extra: dict | None = None) -> None:
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": combined(parts),
+               "fingerprint_parts": parts, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+    atomic_write_text(Path(out) / MARKER, json.dumps(payload, indent=2) + "\n")
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Entries of ``out`` (and of its batches folder) that probes does not write."""
+    out = Path(out)
+    foreign = [p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, pat) for pat in OUTPUT_PATTERNS)]
+    batches = out / BATCH_DIR
+    if batches.is_symlink() or (batches.exists() and not batches.is_dir()):
+        foreign.append(BATCH_DIR)
+    elif batches.is_dir():
+        foreign += [f"{BATCH_DIR}/{p.name}" for p in batches.iterdir()
+                    if not any(fnmatch.fnmatch(p.name, pat) for pat in BATCH_PATTERNS) or not p.is_file()]
+    return sorted(foreign)
+
+
+def is_legacy_run(out: Path) -> bool:
+    """A run directory written before the marker existed (run.json with a fingerprint)."""
+    try:
+        state = json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "fingerprint" in state and "status" in state
+
+
+def remove_run(out: Path) -> None:
+    """Delete a run directory's files (the caller checked it is ours and holds nothing else)."""
+    out = Path(out)
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# --- batch files ------------------------------------------------------------------------------
+
+
+class BatchInvalid(Exception):
+    """A batch file that cannot be used; the message says why (it is recomputed)."""
+
+
+@dataclass
+class BatchHeader:
+    """What a batch file must say about itself to be used (``n=None``: any sample count)."""
+
+    fingerprint: str
+    batch: int
+    n: Optional[int] = None
+
+
+def _flatten(record: dict, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, values = {}, {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if "/" in str(key):
+            raise ValueError(f"batch record key {key!r} holds '/'")
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().cpu().contiguous()
+        elif isinstance(value, dict):
+            t, v = _flatten(value, name + "/")
+            tensors.update(t)
+            values.update(v)
+            values.setdefault(name + "/", {})  # keeps empty mappings
+        else:
+            values[name] = value  # JSON: None, numbers, strings, lists of them
+    return tensors, values
+
+
+def _unflatten(tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> dict:
+    record: dict = {}
+    for name, value in list(values.items()) + list(tensors.items()):
+        *parents, leaf = name.split("/")
+        node = record
+        for part in parents:
+            node = node.setdefault(part, {})
+        if leaf:  # "a/" entries only create the mapping
+            node[leaf] = value
+    return record
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_batch(out: Path, record: dict, header: BatchHeader) -> Path:
+    """Write one finished batch atomically."""
+    from safetensors.torch import save
+
+    tensors, values = _flatten(record)
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "fingerprint": header.fingerprint,
+            "batch": str(header.batch), "n": str(header.n), "values": json.dumps(values),
+            "sha256": _tensor_digest(tensors)}
+    path = batch_path(out, header.batch)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return path
+
+
+def load_batch(path: Path, expected: BatchHeader) -> dict:
+    """A batch record, or :class:`BatchInvalid` saying why it cannot be used."""
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+    except Exception as exc:  # any parse failure means the file is not a readable batch
+        raise BatchInvalid(f"unreadable ({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise BatchInvalid("not a probes batch file")
+    if meta.get("fingerprint") != expected.fingerprint:
+        raise BatchInvalid("written by a different recipe, seed or input files")
+    if meta.get("batch") != str(expected.batch):
+        raise BatchInvalid(f"holds batch {meta.get('batch')}, not {expected.batch}")
+    if expected.n is not None and meta.get("n") != str(expected.n):
+        raise BatchInvalid(f"holds {meta.get('n')} samples where this run needs {expected.n}")
+    if meta.get("sha256") != _tensor_digest(tensors):
+        raise BatchInvalid("checksum mismatch (the file was changed or damaged)")
+    try:
+        values = json.loads(meta.get("values", "{}"))
+    except ValueError:
+        raise BatchInvalid("corrupt header") from None
+    return _unflatten(tensors, values)
+
+
+def check_batches(out: Path, expected: list[BatchHeader], report) -> list[int]:
+    """Indices of batches that must be (re)computed; each unusable existing file is reported
+    through ``report(message)`` and moved out of the way."""
+    todo = []
+    for header in expected:
+        path = batch_path(out, header.batch)
+        if not path.exists():
+            todo.append(header.batch)
+            continue
+        try:
+            load_batch(path, header)
+        except BatchInvalid as why:
+            report(f"{path}: {why}; recomputing it")
+            os.replace(path, path.with_name(f".{path.name}.invalid.tmp"))
+            todo.append(header.batch)
+    return todo
