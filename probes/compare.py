@@ -12,6 +12,7 @@ the half-peak band of ``|dI|``), and how far each node's decision moved.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.errors import ProbesError
+from probes.fileio import atomic_path, read_text
 
 
 def add_compare_commands(sub) -> None:
@@ -44,14 +46,27 @@ def _read_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
     state_file = path / "run.json"
     if not state_file.is_file():
         raise ProbesError(f"{path}: not a probes run directory (no run.json)")
-    state = json.loads(state_file.read_text())
-    if state.get("status") != "complete":
-        raise ProbesError(f"{path}: the run is not finished (status {state.get('status')!r}); resume it first")
-    with open(path / "curves.csv") as f:
-        curves = list(csv.DictReader(f))
-    with open(path / "decisions.csv") as f:
-        decisions = list(csv.DictReader(f))
-    return state, curves, decisions
+    try:
+        state = json.loads(read_text(state_file, "run.json"))
+    except ValueError:
+        raise ProbesError(f"{state_file}: not valid JSON; rerun with --resume to rewrite it") from None
+    if not isinstance(state, dict) or state.get("status") != "complete":
+        status = state.get("status") if isinstance(state, dict) else None
+        raise ProbesError(f"{path}: the run is not finished (status {status!r}); resume it first")
+    tables = []
+    for name in ("curves.csv", "decisions.csv"):
+        rows = list(csv.DictReader(io.StringIO(read_text(path / name, name))))
+        if not rows or "estimator" not in rows[0]:
+            raise ProbesError(f"{path / name}: empty or not a probes table; rerun with --resume to rewrite it")
+        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in rows[0]]
+        for line, row in enumerate(rows, start=2):
+            for column in numeric:
+                try:
+                    _float(row[column])
+                except (TypeError, ValueError):
+                    raise ProbesError(f"{path / name}:{line}: {column} {row[column]!r} is not a number") from None
+        tables.append(rows)
+    return state, tables[0], tables[1]
 
 
 def _float(x: str) -> float:
@@ -171,5 +186,6 @@ def _write(out: Path, result: dict, levels_a: dict, levels_b: dict) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=150)
+    with atomic_path(out / "compare.png") as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from probes.fileio import atomic_path  # noqa: E402
 from probes.entropy.decisions import rates  # noqa: E402
 from probes.entropy.engine import EntropyCurves  # noqa: E402
 from probes.report.rundir import _split as _split_both, tree_heights  # noqa: E402
@@ -31,12 +32,20 @@ MAX_LABELLED_INTERNAL = 40
 
 
 def _save(fig, path) -> Path:
+    """Write a PNG atomically (a reader never sees half an image) and close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
+
+
+def literal(text) -> str:
+    """A user's name as matplotlib must draw it: ``$`` is text, not the start of mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def _sigma_axis(ax, sigmas) -> None:
@@ -81,7 +90,7 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
             if np.isfinite(c.prior_levels[k]):
                 ax.axhline(c.prior_levels[k], color=color, lw=0.8, ls=":")
         _sigma_axis(ax, sig)
-        ax.set_title(f"{est} (N = {c.n_samples})")
+        ax.set_title(literal(f"{est} (N = {c.n_samples})"))
     for row in axes:
         row[0].set_ylabel(r"conditional entropy $H_l(\sigma)$ [nats]")
     axes[0][0].set_ylim(bottom=0)
@@ -94,7 +103,7 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
 
 
 def _label(taxonomy, n) -> str:
-    return str(taxonomy.graph.nodes[n].get("label", n))
+    return literal(taxonomy.graph.nodes[n].get("label", n))
 
 
 def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: str | None = None) -> Path:
@@ -154,7 +163,7 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
             ax.annotate(_label(taxonomy, n), (xpos[n], height[n]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8, color="0.15")
     ax.grid(True, axis="y", which="major", alpha=0.3)
-    ax.set_title(title or f"decision-time tree: {getattr(taxonomy, 'name', '')}".rstrip(": "))
+    ax.set_title(title or literal(f"decision-time tree: {getattr(taxonomy, 'name', '')}".rstrip(": ")))
     ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
     return _save(fig, path)
 
@@ -176,7 +185,7 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
     for j, n in enumerate(shown):
         d = nodes[n]
         color = cmap(j % cmap.N)
-        ax.plot(s, r[index[n]], color=color, lw=1.4, label=str(n))
+        ax.plot(s, r[index[n]], color=color, lw=1.4, label=literal(n))
         ax.axvspan(d.window[0], d.window[1], color=color, alpha=0.07, lw=0)
         ax.plot([d.decision_sigma], [d.peak_rate], marker="o", color=color, ms=5)
     ax.axhline(0, color="0.5", lw=0.6)

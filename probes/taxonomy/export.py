@@ -23,7 +23,8 @@ from pathlib import Path
 import networkx as nx
 
 from probes.errors import ProbesError
-from probes.taxonomy.tree import Taxonomy
+from probes.fileio import read_text
+from probes.taxonomy.tree import MAX_DEPTH, Taxonomy
 
 FORMATS = ("json", "graphml", "newick")
 SUFFIXES = {".json": "json", ".graphml": "graphml", ".xml": "graphml", ".nwk": "newick",
@@ -70,9 +71,11 @@ def to_node_link(tax: Taxonomy) -> dict:
 
 
 def from_node_link(data: dict, source: str = "<node-link>") -> Taxonomy:
+    if not isinstance(data, dict):
+        raise ProbesError(f"{source}: not node-link taxonomy data (expected a JSON object)")
     try:
         graph = nx.node_link_graph(data, directed=True, multigraph=False, edges="edges")
-    except (KeyError, TypeError, nx.NetworkXError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, nx.NetworkXError) as exc:
         raise ProbesError(f"{source}: not node-link taxonomy data ({exc!r})") from None
     return _taxonomy(graph, source)
 
@@ -114,11 +117,14 @@ def _from_graphml(path: Path) -> Taxonomy:
         graph = nx.read_graphml(path, node_type=str)
     except Exception as exc:  # ElementTree and networkx raise several types
         raise ProbesError(f"{path}: not a readable GraphML file ({exc})") from None
-    encoded = json.loads(graph.graph.pop("json_attributes", "[]"))
-    for _, attrs in graph.nodes(data=True):
-        for key in encoded:
-            if key in attrs:
-                attrs[key] = json.loads(attrs[key])
+    try:
+        encoded = json.loads(graph.graph.pop("json_attributes", "[]"))
+        for _, attrs in graph.nodes(data=True):
+            for key in encoded:
+                if key in attrs:
+                    attrs[key] = json.loads(attrs[key])
+    except (ValueError, TypeError, RecursionError):
+        raise ProbesError(f"{path}: GraphML attributes marked as JSON are not valid JSON") from None
     return _taxonomy(graph, str(path))  # document order: children keep their written order
 
 
@@ -164,8 +170,10 @@ def from_newick(text: str, name: str = "newick", source: str = "<newick>") -> Ta
     def peek():
         return tokens[pos][0] if pos < len(tokens) else None
 
-    def parse_node(parent):
+    def parse_node(parent, depth=0):
         nonlocal pos
+        if depth > MAX_DEPTH:
+            raise ProbesError(f"{source}: Newick: nested deeper than {MAX_DEPTH} levels")
         counter[0] += 1
         key = counter[0]
         pending.append([key, parent, None, None])
@@ -173,7 +181,7 @@ def from_newick(text: str, name: str = "newick", source: str = "<newick>") -> Ta
         if peek() == "(":
             pos += 1
             while True:
-                parse_node(key)
+                parse_node(key, depth + 1)
                 kind = peek()
                 pos += 1
                 if kind == ")":
@@ -280,18 +288,15 @@ def read_taxonomy(path: str | Path, fmt: str | None = None) -> Taxonomy:
     """Read a taxonomy written by :func:`write_taxonomy` (or any tree in these formats)."""
     path = Path(path)
     fmt = format_for(path, fmt)
-    if not path.is_file():
-        raise ProbesError(f"{path}: no such taxonomy file")
+    text = read_text(path, "taxonomy file")
     if fmt == "graphml":
         return _from_graphml(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProbesError(f"{path}: cannot read ({exc})") from None
     if fmt == "json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ProbesError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise ProbesError(f"{path}: JSON nested too deeply") from None
         return from_node_link(data, source=str(path))
     return from_newick(text, name=path.stem, source=str(path))

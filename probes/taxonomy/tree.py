@@ -16,11 +16,30 @@ The structure is read once at construction and derived tables are cached: build 
 
 from __future__ import annotations
 
+import unicodedata
+
 import networkx as nx
 
 from probes.errors import ProbesError
 
 LIST_ATTRS = ("prompts", "aliases")
+TEXT_ATTRS = ("label", "description", "prompts", "aliases")
+# WordNet is ~20 levels deep; anything past this is a generated file gone wrong, and deep
+# recursion in the readers (Newick, JSON) would fail without a useful message.
+MAX_DEPTH = 100
+MAX_NAME_LENGTH = 500
+
+
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a node name or label (it must survive JSON, GraphML's XML, Newick and
+    a terminal unchanged), or ``None`` if it can."""
+    if len(text) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs", "Zl", "Zp") or ch in "\ufffe\uffff":
+            return f"holds the control character {ch!r}"
+    return None
 
 
 def _normalise_attrs(attrs: dict) -> None:
@@ -31,6 +50,22 @@ def _normalise_attrs(attrs: dict) -> None:
     for key in LIST_ATTRS:
         if key in attrs and isinstance(attrs[key], str):
             attrs[key] = [attrs[key]]
+
+
+def _check_names(name: str, graph: nx.DiGraph) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise ProbesError(f"taxonomy name {name!r} {problem}")
+    for node, attrs in graph.nodes(data=True):
+        problem = name_problem(node) or ("is empty" if not node.strip() else None)
+        if problem:
+            raise ProbesError(f"taxonomy '{name}': node name {node!r} {problem}")
+        for key in TEXT_ATTRS:
+            values = attrs.get(key)
+            for value in [values] if isinstance(values, str) else (values or []):
+                problem = name_problem(str(value))
+                if problem:
+                    raise ProbesError(f"taxonomy '{name}': {key} of {node!r} {problem}")
 
 
 class Taxonomy:
@@ -49,6 +84,7 @@ class Taxonomy:
         bad = next((n for n in graph if not isinstance(n, str)), None)
         if bad is not None:
             raise ProbesError(f"taxonomy '{self.name}': node id {bad!r} is not a string")
+        _check_names(self.name, graph)
         if not nx.is_arborescence(graph):
             raise ProbesError(f"taxonomy '{self.name}': {_why_not_a_tree(graph)}")
         self.graph = graph
@@ -58,6 +94,8 @@ class Taxonomy:
         for _, attrs in graph.nodes(data=True):
             _normalise_attrs(attrs)
         self._index()
+        if self.max_depth > MAX_DEPTH:
+            raise ProbesError(f"taxonomy '{self.name}': {self.max_depth} levels deep; at most {MAX_DEPTH} are supported")
 
     def _index(self) -> None:
         g = self.graph

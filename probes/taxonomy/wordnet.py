@@ -50,7 +50,7 @@ from probes.taxonomy.wordnet_data import ensure_wordnet
 POLICIES = ("deepest", "most-leaves", "first")
 NAMED_SETS = ("imagenet-1k",)
 _WNID = re.compile(r"^n\d{8}$")
-_SYNSET_NAME = re.compile(r"^.+\.[nvasr]\.\d+$")
+_SYNSET_NAME = re.compile(r"^[^\s.][^\s]*\.[nvasr]\.(0[1-9]|[1-9][0-9]*)$")  # senses count from 01
 
 
 def wnid_of(synset) -> str:
