@@ -1,0 +1,54 @@
+"""Counts of outcomes over the hostile-input table (tests/hostile_cases.py).
+
+    python benchmarks/hostile_inputs.py            # counts per outcome and per family
+    python benchmarks/hostile_inputs.py --list     # one line per case with its outcome
+
+Every case should be ``clear`` (one ``probes: error:`` line naming the file, field or flag) or, for
+valid inputs, ``ok``; ``traceback``, ``silent``, ``hang``, ``data-loss`` and ``vague`` (an error
+that does not name what is wrong) are failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hostile_cases import CASES, run_case  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print every case's outcome")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    counts, by_family, failures = collections.Counter(), collections.defaultdict(collections.Counter), []
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            outcome, text = run_case(case, Path(tmp))
+        good = outcome == case.expect
+        counts[outcome] += 1
+        by_family[case.family][outcome] += 1
+        if not good:
+            failures.append((case, outcome, text.strip().splitlines()[-1:] or [""]))
+        if args.list:
+            print(f"{'ok ' if good else 'BAD'} {outcome:10s} {case.family:9s} {case.name}")
+    print(f"{len(CASES)} hostile inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for family, c in by_family.items():
+        print(f"  {family:9s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    for case, outcome, last in failures:
+        print(f"unexpected {outcome}: {case.name}: {last[0][:200]}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""A table of hostile inputs for the ``probes`` command, and the runner that classifies outcomes.
+
+Each case builds its files in a fresh folder, runs one CLI command in-process and is classified:
+
+* ``clear``: exit status 2 and exactly one ``probes: error: ...`` line (what the docs promise);
+* ``ok``: exit status 0 (for valid inputs, e.g. names YAML 1.1 would have mangled);
+* ``traceback``: an exception escaped, or the CLI reported an internal error (a bug);
+* ``silent``: exit status 0 where the input is invalid;
+* ``hang``: still running after the case's time limit;
+* ``data-loss``: the case's check found finished work or a user's file destroyed, or code ran.
+
+Used by ``tests/test_hostile.py`` (every case must get its expected outcome) and by
+``benchmarks/hostile_inputs.py`` (counts per outcome).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+TAXONOMY = "tree:\n  left: [a, b]\n  right: [c, d]\n"
+RECIPE = textwrap.dedent("""\
+    name: tiny
+    seed: 0
+    taxonomy: tax.yaml
+    model:
+      kind: gmm
+      dim: 3
+      std: 0.5
+      hierarchy: {separations: [3.0, 1.0], axis_aligned: true}
+    classifier: {kind: exact}
+    sampling: {samples: 16, batch_size: 8, steps: 8, sigma_max: 20.0, sigma_min: 0.05, source: data}
+    estimators: [exact]
+    analysis: {n_boot: 10}
+""")
+
+
+@dataclass
+class Case:
+    name: str
+    family: str
+    argv: Callable[[Path], list[str]]  # builds files under the folder, returns the CLI arguments
+    expect: str = "clear"  # or "ok"
+    check: Optional[Callable[[Path], bool]] = None  # True when nothing was lost and no code ran
+    timeout: int = 60
+    needle: Optional[str] = None  # a word the one-line error must contain (names the file/field/flag)
+    tags: tuple = field(default_factory=tuple)
+
+
+def write(folder: Path, name: str, text: str | bytes) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+def recipe(folder: Path, text: str = RECIPE, taxonomy: str = TAXONOMY, name: str = "recipe.yaml") -> str:
+    write(folder, "tax.yaml", taxonomy)
+    return str(write(folder, name, text))
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+def finished_run(folder: Path) -> Path:
+    """A finished run in ``folder/run`` (made with the valid recipe)."""
+    from probes.cli import main
+
+    out = folder / "run"
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", recipe(folder), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def unfinished_run(folder: Path, batches: int = 1) -> Path:
+    from probes.run import run_recipe
+
+    out = folder / "run"
+    with contextlib.redirect_stderr(io.StringIO()):
+        run_recipe(recipe(folder), out, progress=False, stop_after_batches=batches)
+    return out
+
+
+def kept(path_and_text: tuple[Path, str]) -> Callable[[Path], bool]:
+    path, text = path_and_text
+    return lambda folder: (folder / path).is_file() and (folder / path).read_text() == text
+
+
+def run_kept(folder: Path) -> bool:
+    return (folder / "run" / "run.json").is_file() and (folder / "run" / "curves.csv").is_file()
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def _taxonomy_show(text: str | bytes, name: str = "t.yaml"):
+    return lambda f: ["taxonomy", "show", str(write(f, name, text))]
+
+
+def _run_with(text: str, *flags: str, taxonomy: str = TAXONOMY):
+    return lambda f: ["run", recipe(f, text, taxonomy), "--out", str(f / "out"), "--quiet", *flags]
+
+
+def _fifo(f: Path) -> list[str]:
+    os.mkfifo(f / "pipe.yaml")
+    return ["taxonomy", "show", str(f / "pipe.yaml")]
+
+
+def _alias_bomb(indent: str = "") -> str:
+    lines = [f"{indent}a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _deep_yaml(levels: int) -> str:
+    text = "tree:\n"
+    for i in range(levels):
+        text += "  " * (i + 1) + f"n{i}:\n"
+    return text + "  " * (levels + 1) + "[a, b]\n"
+
+
+def _overwrite_foreign(f: Path) -> list[str]:
+    out = finished_run(f)
+    write(out, "thesis.tex", "precious")
+    return ["run", recipe(f), "--out", str(out), "--overwrite", "--quiet"]
+
+
+def _overwrite_with_broken_recipe(f: Path) -> list[str]:
+    out = finished_run(f)
+    bad = write(f, "bad.yaml", edit(RECIPE, "kind: gmm", "kind: gmmm"))
+    return ["run", str(bad), "--out", str(out), "--overwrite", "--quiet"]
+
+
+def _overwrite_with_missing_taxonomy(f: Path) -> list[str]:
+    out = finished_run(f)
+    bad = write(f, "bad.yaml", edit(RECIPE, "taxonomy: tax.yaml", "taxonomy: nowhere.yaml"))
+    return ["run", str(bad), "--out", str(out), "--overwrite", "--quiet"]
+
+
+def _resume_edited_taxonomy(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    write(f, "tax.yaml", "tree:\n  left: [a, c]\n  right: [b, d]\n")  # same path, new content
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _resume_other_seed(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    write(f, "recipe.yaml", edit(RECIPE, "seed: 0", "seed: 1"))
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _pickle_batch(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {f / 'PWNED'}",))
+
+    for p in (out / "batches").iterdir():
+        p.unlink()
+    (out / "batches" / "batch_00000.pt").write_bytes(pickle.dumps(Boom()))
+    (out / "batches" / "batch_00000.safetensors").write_bytes(pickle.dumps(Boom()))
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _no_code_ran(f: Path) -> bool:
+    return not (f / "PWNED").exists()
+
+
+def _corrupt_batch(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    path = next((out / "batches").glob("batch_*.safetensors"))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte inside a tensor
+    path.write_bytes(bytes(data))
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _foreign_batch(f: Path) -> list[str]:
+    other = f / "other"
+    other.mkdir()
+    src = unfinished_run(other)
+    recipe(f, edit(RECIPE, "seed: 0", "seed: 5"))
+    out = f / "run"
+    from probes.run import run_recipe
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        run_recipe(str(f / "recipe.yaml"), out, progress=False, stop_after_batches=1)
+    shutil.copy(next((src / "batches").glob("batch_00000.safetensors")), out / "batches" / "batch_00001.safetensors")
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _corrupt_run_json(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    (out / "run.json").write_text("{not json")
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _grown_sample_count(f: Path) -> list[str]:
+    text = edit(RECIPE, "samples: 16, batch_size: 8", "samples: 20, batch_size: 8")
+    recipe(f, text)
+    from probes.run import run_recipe
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        run_recipe(str(f / "recipe.yaml"), f / "run", progress=False)
+    write(f, "recipe.yaml", edit(text, "samples: 20", "samples: 32"))
+    return ["run", str(f / "recipe.yaml"), "--out", str(f / "run"), "--resume", "--quiet"]
+
+
+def _grown_has_32(f: Path) -> bool:
+    state = json.loads((f / "run" / "run.json").read_text())
+    return state.get("status") == "complete" and state.get("n_samples") == 32
+
+
+def _readonly_out(f: Path) -> list[str]:
+    return ["run", recipe(f), "--out", "/proc/probes-cannot-write-here", "--quiet"]
+
+
+def _out_under_file(f: Path) -> list[str]:
+    write(f, "afile", "x")
+    return ["run", recipe(f), "--out", str(f / "afile" / "run"), "--quiet"]
+
+
+def _compare_missing_curves(f: Path) -> list[str]:
+    out = finished_run(f)
+    (out / "curves.csv").unlink()
+    return ["compare", str(out), str(out)]
+
+
+def _compare_garbage_curves(f: Path) -> list[str]:
+    out = finished_run(f)
+    (out / "curves.csv").write_text("estimator,sigma,kind,name,mutual_info,stderr\nexact,abc,level,1,x,y\n")
+    return ["compare", str(out), str(out)]
+
+
+def _resume_empty(f: Path) -> list[str]:
+    (f / "empty").mkdir()
+    return ["run", recipe(f), "--out", str(f / "empty"), "--resume", "--quiet"]
+
+
+def _dollar_run(f: Path) -> list[str]:
+    return ["run", recipe(f, taxonomy="tree:\n  'left $x': ['a$', 'b$$']\n  right: [c, d]\n"), "--out",
+            str(f / "out"), "--quiet"]
+
+
+CASES: list[Case] = [
+    # taxonomy files
+    Case("taxonomy missing", "taxonomy", lambda f: ["taxonomy", "show", str(f / "nope.yaml")], needle="nope.yaml"),
+    Case("taxonomy is a directory", "taxonomy", lambda f: ["taxonomy", "show", str(f)]),
+    Case("taxonomy is a FIFO", "taxonomy", _fifo, timeout=10, needle="pipe.yaml"),
+    Case("taxonomy is /dev/zero", "taxonomy", lambda f: ["taxonomy", "show", "/dev/zero"], timeout=10),
+    Case("taxonomy not UTF-8", "taxonomy", _taxonomy_show(b"tree: [a, \xff\xfe]\n"), needle="UTF-8"),
+    Case("taxonomy empty file", "taxonomy", _taxonomy_show("")),
+    Case("taxonomy duplicate key", "taxonomy", _taxonomy_show("tree:\n  a: [x, y]\n  a: [z, w]\n"), needle="twice"),
+    Case("taxonomy duplicate top-level key", "taxonomy", _taxonomy_show("tree: [a, b]\ntree: [c, d]\n"),
+         needle="twice"),
+    Case("taxonomy alias bomb", "taxonomy", _taxonomy_show(_alias_bomb() + "tree: [a, b]\n"), timeout=20),
+    Case("taxonomy 600 levels deep", "taxonomy", _taxonomy_show(_deep_yaml(600)), timeout=20),
+    Case("taxonomy 150 levels deep", "taxonomy", _taxonomy_show(_deep_yaml(150)), timeout=20),
+    Case("taxonomy self-referential alias", "taxonomy", _taxonomy_show("tree: &t\n  a: *t\n")),
+    Case("taxonomy control character", "taxonomy", _taxonomy_show('tree: ["a\\e[31mred", b]\n'),
+         needle="control"),
+    Case("taxonomy newline in name", "taxonomy", _taxonomy_show('tree: ["a\\nb", c]\n'), needle="control"),
+    Case("taxonomy python tag", "taxonomy",
+         _taxonomy_show("tree: !!python/object/apply:os.system ['touch PWNED']\n"), check=_no_code_ran),
+    Case("taxonomy 20 MiB", "taxonomy", _taxonomy_show("#" * (20 << 20) + "\ntree: [a, b]\n"), needle="MiB"),
+    Case("taxonomy scalar tree", "taxonomy", _taxonomy_show("tree: 3\n")),
+    Case("taxonomy list at top", "taxonomy", _taxonomy_show("- a\n- b\n")),
+    Case("taxonomy float leaf", "taxonomy", _taxonomy_show("tree: [a, 1.5]\n"), needle="quote"),
+    Case("taxonomy YAML 1.1 numbers stay names", "taxonomy", _taxonomy_show("tree: ['x', 010, 0x1F, 1:20]\n"),
+         expect="ok"),
+    Case("taxonomy yes/no stay names", "taxonomy", _taxonomy_show("tree: [yes, no, on, off]\n"), expect="ok"),
+    Case("taxonomy leaf named as root", "taxonomy", _taxonomy_show("tree:\n  root: [a, b]\n")),
+    Case("taxonomy unknown metadata", "taxonomy", _taxonomy_show("tree: [a, b]\nleaves:\n  a: {colour: red}\n")),
+    Case("taxonomy name too long", "taxonomy", _taxonomy_show(f"tree: [{'a' * 600}, b]\n")),
+    # WordNet specs
+    Case("wordnet sense 00", "wordnet", lambda f: ["taxonomy", "show", "wordnet:dog.n.00,cat.n.01"],
+         needle="dog.n.00"),
+    Case("wordnet unknown synset", "wordnet", lambda f: ["taxonomy", "show", "wordnet:notaword.n.01"]),
+    Case("wordnet empty spec", "wordnet", lambda f: ["taxonomy", "show", "wordnet:"]),
+    Case("wordnet bad wnid", "wordnet", lambda f: ["taxonomy", "show", "wordnet:n99999999"]),
+    Case("wordnet verb", "wordnet", lambda f: ["taxonomy", "show", "wordnet:run.v.01"]),
+    # exported trees
+    Case("json corrupt", "export", _taxonomy_show("{\"nodes\": [", "t.json")),
+    Case("json a list", "export", _taxonomy_show("[1, 2]", "t.json")),
+    Case("json deep", "export", _taxonomy_show("[" * 100_000 + "]" * 100_000, "t.json"), timeout=20),
+    Case("json not a tree", "export", _taxonomy_show(json.dumps(
+        {"directed": True, "multigraph": False, "graph": {}, "nodes": [{"id": "a"}, {"id": "b"}],
+         "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "a"}]}), "t.json")),
+    Case("graphml garbage", "export", _taxonomy_show("<graphml><oops", "t.graphml")),
+    Case("graphml bad json attribute", "export", _taxonomy_show(
+        '<?xml version="1.0"?><graphml xmlns="http://graphml.graphdrawing.org/xmlns">'
+        '<key id="d0" for="graph" attr.name="json_attributes" attr.type="string"/>'
+        '<graph edgedefault="directed"><data key="d0">[not json</data><node id="a"/></graph></graphml>',
+        "t.graphml")),
+    Case("newick unbalanced", "export", _taxonomy_show("((a,b),c;", "t.nwk")),
+    Case("newick deep", "export", _taxonomy_show("(" * 5000 + "a" + ")" * 5000 + ";", "t.nwk"), timeout=20),
+    Case("newick empty", "export", _taxonomy_show("", "t.nwk")),
+    Case("newick duplicate names", "export", _taxonomy_show("(a,a)r;", "t.nwk")),
+    Case("newick bad length", "export", _taxonomy_show("(a:x,b)r;", "t.nwk")),
+    # recipes
+    Case("recipe missing", "recipe", lambda f: ["run", str(f / "nope.yaml"), "--out", str(f / "o")],
+         needle="nope.yaml"),
+    Case("recipe missing model.kind", "recipe", _run_with(edit(RECIPE, "  kind: gmm\n", "")), needle="kind"),
+    Case("recipe unknown kind", "recipe", _run_with(edit(RECIPE, "kind: gmm", "kind: gan"))),
+    Case("recipe sigma_min above sigma_max", "recipe",
+         _run_with(edit(RECIPE, "sigma_min: 0.05", "sigma_min: 50")), needle="sigma_min"),
+    Case("recipe --samples 0", "recipe", _run_with(RECIPE, "--samples", "0"), needle="--samples"),
+    Case("recipe --samples -5", "recipe", _run_with(RECIPE, "--samples", "-5"), needle="--samples"),
+    Case("recipe not UTF-8", "recipe", lambda f: ["run", str(write(f, "r.yaml", b"name: \xff\n")),
+                                                    "--out", str(f / "o")], needle="UTF-8"),
+    Case("recipe k: .nan", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+                                                    "estimators: [exact, {name: rollout, k: .nan}]")), needle="k"),
+    Case("recipe k: four", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+                                                    "estimators: [exact, {name: rollout, k: four}]")), needle="k"),
+    Case("recipe seed -1", "recipe", _run_with(edit(RECIPE, "seed: 0", "seed: -1")), needle="seed"),
+    Case("recipe seed 2**64", "recipe", _run_with(edit(RECIPE, "seed: 0", "seed: 18446744073709551616")),
+         needle="seed"),
+    Case("recipe device mps", "recipe", _run_with(RECIPE + "device: mps\n"), needle="mps"),
+    Case("recipe --device tpu", "recipe", _run_with(RECIPE, "--device", "tpu"), needle="--device"),
+    Case("recipe duplicate model block", "recipe", _run_with(RECIPE + "model:\n  kind: digits\n"), needle="twice"),
+    Case("recipe steps twice", "recipe", _run_with(edit(RECIPE, "steps: 8,", "steps: 8, steps: 9,")),
+         needle="twice"),
+    Case("recipe samples 1e12", "recipe", _run_with(edit(RECIPE, "samples: 16", "samples: 1e12")), timeout=20,
+         needle="samples"),
+    Case("recipe batch too big for memory", "recipe",
+         _run_with(edit(RECIPE, "samples: 16, batch_size: 8, steps: 8", "samples: 60000, batch_size: 60000, "
+                                                                        "steps: 90000")), timeout=30),
+    Case("recipe steps NaN", "recipe", _run_with(edit(RECIPE, "sigma_max: 20.0", "sigma_max: .nan"))),
+    Case("recipe alias bomb in estimator options", "recipe",
+         _run_with(_alias_bomb() + edit(RECIPE, "estimators: [exact]", "estimators: [exact, {name: plugin, x: *a8}]")),
+         timeout=20),
+    Case("recipe is a list", "recipe", _run_with("- a\n- b\n")),
+    Case("recipe name escapes runs/", "recipe", _run_with(edit(RECIPE, "name: tiny", "name: ../../x"))),
+    Case("recipe unknown estimator", "recipe", _run_with(edit(RECIPE, "estimators: [exact]", "estimators: [magic]"))),
+    Case("recipe python tag", "recipe", _run_with("name: !!python/object/apply:os.system ['touch PWNED']\n"),
+         check=_no_code_ran),
+    Case("recipe taxonomy missing", "recipe", _run_with(edit(RECIPE, "taxonomy: tax.yaml", "taxonomy: no.yaml")),
+         needle="no.yaml"),
+    Case("recipe leaf 010 keeps its name", "recipe",
+         _run_with(RECIPE, taxonomy="tree:\n  left: ['010', b]\n  right: [c, d]\n"), expect="ok"),
+    Case("run with $ in node names", "recipe", _dollar_run, expect="ok", timeout=90),
+    # --set
+    Case("--set without =", "override", _run_with(RECIPE, "--set", "sampling.steps"), needle="--set"),
+    Case("--set empty key", "override", _run_with(RECIPE, "--set", "=3"), needle="--set"),
+    Case("--set through a scalar", "override", _run_with(RECIPE, "--set", "seed.x=3"), needle="seed"),
+    Case("--set bad YAML", "override", _run_with(RECIPE, "--set", "sampling.steps=[1,"), needle="--set"),
+    Case("--set empty part", "override", _run_with(RECIPE, "--set", "sampling..steps=3")),
+    Case("--set unknown field", "override", _run_with(RECIPE, "--set", "sampling.stepz=3"), needle="stepz"),
+    # run directories
+    Case("--overwrite a run holding a user's file", "rundir", _overwrite_foreign,
+         check=kept((Path("run/thesis.tex"), "precious")), needle="thesis.tex"),
+    Case("--overwrite with a broken recipe", "rundir", _overwrite_with_broken_recipe, check=run_kept),
+    Case("--overwrite with a missing taxonomy", "rundir", _overwrite_with_missing_taxonomy, check=run_kept),
+    Case("--resume after the taxonomy file changed", "rundir", _resume_edited_taxonomy, needle="taxonomy"),
+    Case("--resume with another seed", "rundir", _resume_other_seed, needle="seed"),
+    Case("--resume over a crafted pickle batch", "rundir", _pickle_batch, expect="ok", check=_no_code_ran),
+    Case("--resume over a corrupt batch", "rundir", _corrupt_batch, expect="ok"),
+    Case("--resume over another run's batch", "rundir", _foreign_batch, expect="ok"),
+    Case("--resume over a corrupt run.json", "rundir", _corrupt_run_json, expect="ok"),
+    Case("--resume with more samples", "rundir", _grown_sample_count, expect="ok", check=_grown_has_32),
+    Case("--resume an empty directory", "rundir", _resume_empty),
+    Case("--out on a read-only place", "rundir", _readonly_out),
+    Case("--out under a file", "rundir", _out_under_file, needle="afile"),
+    # compare
+    Case("compare without curves.csv", "compare", _compare_missing_curves, needle="curves.csv"),
+    Case("compare with a damaged curves.csv", "compare", _compare_garbage_curves, needle="curves.csv"),
+    Case("compare a folder that is not a run", "compare", lambda f: ["compare", str(f), str(f)]),
+    # the command line
+    Case("unknown command", "cli", lambda f: ["fly"]),
+    Case("export to an unknown format", "cli", lambda f: ["taxonomy", "export", str(write(f, "t.yaml", TAXONOMY)),
+                                                          "--format", "svg", "-o", str(f / "t.svg")]),
+]
+
+
+# --- the runner --------------------------------------------------------------------------------
+
+
+class _Hang(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang()
+
+
+def run_case(case: Case, folder: Path) -> tuple[str, str]:
+    """Build and run one case in ``folder``; returns ``(outcome, what it printed)``."""
+    from probes.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    err, out = io.StringIO(), io.StringIO()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        argv = case.argv(folder)
+        signal.alarm(case.timeout)
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                try:
+                    code = main(argv)
+                except SystemExit as exc:  # argparse's own usage errors
+                    code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            signal.alarm(0)
+    except _Hang:
+        return "hang", err.getvalue()
+    except Exception as exc:  # noqa: BLE001 (classifying is the point)
+        return "traceback", f"{type(exc).__name__}: {exc}"
+    finally:
+        signal.signal(signal.SIGALRM, old)
+        os.chdir(cwd)
+        _make_writable(folder)
+    text = err.getvalue()
+    if case.check is not None and not case.check(folder):
+        return "data-loss", text
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("probes: note:")]
+    if code == 0:
+        return ("ok" if case.expect == "ok" else "silent"), text
+    if "internal error" in text:
+        return "traceback", text
+    if code == 2 and (len(lines) == 1 and lines[0].startswith("probes: error:") or _argparse_error(lines)):
+        if case.needle and case.needle.lower() not in text.lower():
+            return "vague", text
+        return "clear", text
+    return "traceback", text
+
+
+def _argparse_error(lines: list[str]) -> bool:
+    return bool(lines) and lines[-1].startswith("probes") and ": error:" in lines[-1]
+
+
+def _make_writable(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | stat.S_IWUSR)
