@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,14 +29,31 @@ from hostile_cases import CASES, run_case  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print every case's outcome")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each case in its own process (survives inputs that crash the interpreter)")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # one case, outcome as JSON (--isolate)
     args = parser.parse_args()
+    import resource
+
     import torch
 
+    # Inputs that eat memory must fail as MemoryError ("hang"), not take the machine down.
+    limit = 8 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
     torch.set_num_threads(1)
-    counts, by_family, failures = collections.Counter(), collections.defaultdict(collections.Counter), []
-    for case in CASES:
+    if args.case is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            outcome, text = run_case(case, Path(tmp))
+            outcome, text = run_case(CASES[args.case], Path(tmp))
+        print("\n" + json.dumps([outcome, text[-500:]]))
+        return 0
+    counts, by_family, failures = collections.Counter(), collections.defaultdict(collections.Counter), []
+    for index, case in enumerate(CASES):
+        if args.isolate:
+            outcome, text = _isolated(index, case)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                outcome, text = run_case(case, Path(tmp))
         good = outcome == case.expect
         counts[outcome] += 1
         by_family[case.family][outcome] += 1
@@ -48,6 +67,19 @@ def main() -> int:
     for case, outcome, last in failures:
         print(f"unexpected {outcome}: {case.name}: {last[0][:200]}")
     return 1 if failures else 0
+
+
+def _isolated(index: int, case) -> tuple[str, str]:
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--case", str(index)], capture_output=True, text=True,
+                              timeout=case.timeout + 120)
+    except subprocess.TimeoutExpired:
+        return "hang", ""
+    try:
+        outcome, text = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):  # the interpreter died: memory, or a crash
+        return ("hang" if proc.returncode in (-9, 137) else "traceback"), proc.stderr[-500:]
+    return outcome, text
 
 
 if __name__ == "__main__":

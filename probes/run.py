@@ -145,7 +145,7 @@ def _check_resumable(out: Path, marker: dict, parts: dict[str, str]) -> None:
         return
     what = {"format": "the run-directory format", "recipe": "the recipe", "seed": "the seed",
             "batch_size": "sampling.batch_size", "taxonomy": "the taxonomy's content",
-            "model_files": "the model or classifier files"}
+            "model_files": "the model or classifier files", "device": "the device type"}
     old = marker.get("fingerprint_parts") or {}
     changed = [what[k] for k in what if old.get(k) != parts.get(k)] or ["the run's inputs"]
     raise ProbesError(f"{out}: {' and '.join(changed)} changed since this run started; --resume needs the same "
@@ -208,42 +208,40 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
 
     ``stop_after_batches`` ends the sampling early after that many *new* batches, leaving an
     unfinished run (used to test resuming).
+
+    Under ``torchrun`` the batches are spread over the processes (see :mod:`probes.distributed`);
+    every rank returns, rank 0 with the full payload, the others with ``{"status": "complete"}``.
     """
+    from probes.distributed import current_group
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    group = current_group()
+    try:
+        return _run(recipe, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
+    finally:
+        group.close()
+
+
+def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: bool, stop_after_batches, group) -> dict:
     from probes import store
     from probes.estimators import ProbeContext, build_estimator
     from probes.report.rundir import write_run_json
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
-    out = Path(out)
-    marker = check_out_dir(out, resume, overwrite)
-
+    marker = group.on_main(lambda: check_out_dir(out, resume, overwrite))
     t_start = time.perf_counter()
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
+    if group.world > 1 and recipe.device in ("auto", "cuda") and torch.cuda.is_available():
+        recipe = recipe.model_copy(update={"device": f"cuda:{group.local_rank % torch.cuda.device_count()}"})
     parts = build_components(recipe)
     _check_memory(recipe, parts)
-    fingerprint_parts = store.fingerprint_parts(recipe, parts.taxonomy, model_files(recipe))
+    fingerprint_parts = store.fingerprint_parts(recipe, parts.taxonomy, model_files(recipe), parts.device.type)
     fingerprint = store.combined(fingerprint_parts)
-    if marker is not None:
-        _check_resumable(out, marker, fingerprint_parts)
-    # Only now, with everything built and checked, is anything deleted or created: a recipe that
-    # fails to build leaves the old run (or nothing) behind.
-    if overwrite and out.exists():
-        store.remove_run(out)
-    (out / store.BATCH_DIR).mkdir(parents=True, exist_ok=True)
-    if marker is None:
-        store.write_marker(out, fingerprint_parts)
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps)
-    checked = FiniteCheck(parts.denoiser)
-    ctx = ProbeContext(
-        taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=checked, cond_denoiser=checked,
-        conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
-        sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
-        batch_size=s.batch_size,
-    )
-    t_built = time.perf_counter() - t_start
-
+    n_batches = math.ceil(s.samples / s.batch_size)
+    sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
+    headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]
     payload = {
         "status": "running",
         "name": recipe.name,
@@ -254,25 +252,56 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         "started": _read_state(out).get("started") or (marker or {}).get("created")
         or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_run_json(out / "run.json", payload)
 
-    n_batches = math.ceil(s.samples / s.batch_size)
-    sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
-    headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]
-    todo = store.check_batches(out, headers, report=lambda msg: print(f"probes: note: {msg}", file=sys.stderr))
-    bar = tqdm(total=n_batches * len(estimators), initial=(n_batches - len(todo)) * len(estimators),
+    def prepare() -> list[int]:
+        """Rank 0: the resume check, then (only now, with everything built and checked) any deletion
+        or creation; a recipe that fails to build leaves the old run, or nothing, behind."""
+        if marker is not None:
+            _check_resumable(out, marker, fingerprint_parts)
+        if overwrite and out.exists():
+            store.remove_run(out)
+        (out / store.BATCH_DIR).mkdir(parents=True, exist_ok=True)
+        if marker is None:
+            store.write_marker(out, fingerprint_parts, {"processes": group.world})
+        elif marker.get("processes", 1) != group.world:
+            _note(f"resuming a run started with {marker.get('processes', 1)} process(es) on {group.world}; "
+                  "batches do not depend on the process count")
+        write_run_json(out / "run.json", payload)
+        todo = store.check_batches(out, headers, report=_note)
+        if group.world > len(todo) > 0:
+            _note(f"{group.world} processes for {len(todo)} batches to do: {group.world - len(todo)} will wait idle")
+        return todo
+
+    todo = group.on_main(prepare)
+    mine = todo[group.rank::group.world]
+    checked = FiniteCheck(parts.denoiser)
+    ctx = ProbeContext(
+        taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=checked, cond_denoiser=checked,
+        conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
+        sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
+        batch_size=s.batch_size,
+    )
+    t_built = time.perf_counter() - t_start
+
+    # With several processes the bar follows rank 0's share of the batches.
+    total = len(mine) if group.world > 1 else n_batches
+    bar = tqdm(total=total * len(estimators), initial=(total - len(mine)) * len(estimators),
                desc=f"probing {recipe.name}", unit="est", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     t_sampling = time.perf_counter()
     with bar:
-        for count, b in enumerate(todo):
+        for count, b in enumerate(mine):
             if stop_after_batches is not None and count >= stop_after_batches:
                 payload["status"] = "interrupted"
-                write_run_json(out / "run.json", payload)
+                if group.is_main:
+                    write_run_json(out / "run.json", payload)
                 return payload
             idx = torch.arange(b * s.batch_size, min((b + 1) * s.batch_size, s.samples))
             record = _probe_batch(recipe, parts, ctx, estimators, sigmas, b, idx, bar)
             store.save_batch(out, record, headers[b])
     t_sampling = time.perf_counter() - t_sampling
+    group.barrier()  # every rank's batches are on disk
+    if not group.is_main:
+        return {"status": "complete", "rank": group.rank}
 
     # The class prior is known for mixtures, leaf-conditional sampling or when the recipe states
     # it; otherwise the engine estimates it as the mean posterior.
@@ -356,6 +385,10 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         bar.update(1)
     record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))
     return record
+
+
+def _note(message: str) -> None:
+    print(f"probes: note: {message}", file=sys.stderr)
 
 
 def _dtype(parts: Components) -> torch.dtype:

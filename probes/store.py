@@ -30,7 +30,6 @@ from typing import Any, Optional
 
 import torch
 
-from probes.errors import ProbesError
 from probes.fileio import atomic_write_bytes, atomic_write_text
 
 FORMAT = "probes-run"
@@ -75,17 +74,21 @@ def path_signature(path: str | Path) -> Any:
     return None  # a hub id or a missing path: the recipe's text is all there is
 
 
-def fingerprint_parts(recipe, taxonomy, model_paths: list[str]) -> dict[str, str]:
-    """Named hashes of what changes the numbers (see the module docstring)."""
+def fingerprint_parts(recipe, taxonomy, model_paths: list[str], device_type: str = "cpu") -> dict[str, str]:
+    """Named hashes of what changes the numbers (see the module docstring).
+
+    The device enters by type only (``cuda``, not ``cuda:3``), so ranks on different GPUs agree.
+    """
     from probes.taxonomy import to_node_link
 
     data = recipe.model_dump(mode="json")
     data["sampling"].pop("samples", None)
-    data.pop("analysis", None)
-    data.pop("name", None)
+    for key in ("analysis", "name", "device"):
+        data.pop(key, None)
     seed = data.pop("seed", None)
     return {
         "format": str(FORMAT_VERSION),
+        "device": device_type,
         "recipe": _digest(data),
         "seed": str(seed),
         "batch_size": str(recipe.sampling.batch_size),

@@ -417,7 +417,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
                     code = exc.code if isinstance(exc.code, int) else 2
         finally:
             signal.alarm(0)
-    except _Hang:
+    except (_Hang, MemoryError):  # ran without end, or until memory ran out
         return "hang", err.getvalue()
     except Exception as exc:  # noqa: BLE001 (classifying is the point)
         return "traceback", f"{type(exc).__name__}: {exc}"

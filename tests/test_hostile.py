@@ -4,8 +4,6 @@ with a bug-report hint; a run killed at any point resumes to the same bytes."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import signal
 import subprocess

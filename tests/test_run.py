@@ -6,7 +6,6 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-import torch
 import yaml
 
 import probes.run as run_module

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier
 from probes.errors import ProbesError
+from probes.fileio import atomic_path, atomic_write_text
 
 Template = Union[str, Callable[[str], str]]
 
@@ -171,11 +172,7 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
     from probes.models.tiny_sd import _cache_dir
 
     directory = _cache_dir() / "open_clip_configs"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(config))
-    os.replace(tmp, path)  # atomic: concurrent processes write the same content
+    path = atomic_write_text(directory / f"{name}.json", json.dumps(config))  # concurrent writers agree
     # open_clip re-reads every registered path on each registration, so the file stays in place.
     open_clip.add_model_config(path)
     return name
@@ -249,10 +246,8 @@ class ClipZeroShotClassifier(Classifier):
         if name is not None:
             _TEXT_CACHE[name] = features
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                torch.save(features, tmp)
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    torch.save(features, tmp)
         return features.clone()
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from probes._compat import patch_torchvision
+from probes.fileio import atomic_write_text
 
 #: SD 1.x's noise schedule (``scaled_linear`` betas, 1000 training steps).
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -67,12 +68,9 @@ def clip_tokenizer_files(directory: str | os.PathLike | None = None) -> tuple[Pa
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     assert len(tokens) == _VOCAB_SIZE
     directory.mkdir(parents=True, exist_ok=True)
-    # Write to temporary names first so concurrent builders never read half a file.
-    tmp = f".{os.getpid()}.tmp"
-    (directory / ("vocab.json" + tmp)).write_text(json.dumps({t: i for i, t in enumerate(tokens)}), "utf-8")
-    (directory / ("merges.txt" + tmp)).write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
-    os.replace(directory / ("vocab.json" + tmp), vocab_path)
-    os.replace(directory / ("merges.txt" + tmp), merges_path)
+    # Atomic writes: concurrent builders never read half a file.
+    atomic_write_text(vocab_path, json.dumps({t: i for i, t in enumerate(tokens)}))
+    atomic_write_text(merges_path, "#version: 0.2\n" + "\n".join(merges) + "\n")
     return vocab_path, merges_path
 
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping
@@ -24,6 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from probes import noise
+from probes.fileio import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: re-exported)
 from probes.entropy.decisions import Decision
 from probes.entropy.engine import EntropyCurves
 
@@ -51,24 +51,6 @@ VERSION_PACKAGES = {
 # --------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _fmt(x) -> str:
@@ -242,17 +224,11 @@ def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> 
     paths = {}
     for fmt, name in (("json", "tree.json"), ("graphml", "tree.graphml"), ("newick", "tree.nwk")):
         final = out_dir / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        try:
+        with atomic_path(final) as tmp:
             if fmt == "newick":
                 write_taxonomy(tax, tmp, fmt, branch_length=lambda p, c: height[p] - height[c])
             else:
                 write_taxonomy(tax, tmp, fmt)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         paths[fmt] = final
     return paths
 

@@ -29,7 +29,6 @@ import re
 from pathlib import Path
 
 import networkx as nx
-import yaml
 
 from probes.errors import ProbesError
 from probes.fileio import read_text

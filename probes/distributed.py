@@ -1,0 +1,86 @@
+"""Spreading a run over processes with ``torch.distributed`` (launched by ``torchrun``).
+
+Batches are independent (batch ``b`` draws from a seed of its own), so sharding needs no tensor
+communication at all: rank 0 checks and prepares the run directory, every rank computes the
+batches ``todo[rank::world]`` and writes its own batch files, and rank 0 analyses once all are
+in. The numbers are therefore those of a one-process run, whatever the number of processes.
+
+Coordination is small Python objects and barriers, so the process group always uses gloo (it
+works next to CUDA models; nothing is sent between GPUs). A rank that fails takes the others down
+through torchrun; its finished batches stay on disk and ``--resume`` redoes the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+from probes.errors import ProbesError
+
+# Rank 0 may analyse (or a slow rank sample) for a long time while others wait at a barrier.
+BARRIER_TIMEOUT = timedelta(days=7)
+
+
+@dataclass
+class Group:
+    """This process's place among the run's processes (``world == 1``: a plain run)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # joined here (so left here), not by the caller's own code
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 and hand its result (or its ProbesError) to every rank."""
+        if self.world == 1:
+            return fn()
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except ProbesError as err:
+                box[0] = ("error", str(err))
+        dist.broadcast_object_list(box, src=0)
+        status, value = box[0]
+        if status == "error":
+            raise ProbesError(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def current_group() -> Group:
+    """The process group torchrun describes in the environment, joined on first use."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Group()
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        try:
+            dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+        except (RuntimeError, ValueError) as err:
+            raise ProbesError(f"torch.distributed: cannot join the process group ({str(err).splitlines()[0]}); "
+                              "launch with torchrun") from None
+    return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                 owned=owned)
