@@ -12,7 +12,7 @@ def __getattr__(name):
     # The API is imported on first use: `import probes` stays light and keeps the torchvision
     # patch ahead of every diffusers / transformers import.
     if name == "probe":
-        from probes.probe import probe
+        from probes.probing import probe
 
         return probe
     if name == "load":

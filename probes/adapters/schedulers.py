@@ -95,4 +95,7 @@ def read_step(scheduler, kind: SchedulerKind, model_output: torch.Tensor, timest
         return sigma, None, None
     x = to_sigma_axis(sample.double(), sigma, kind.layout).float()
     x0 = x0_from_output(model_output.double(), sample.double(), sigma, kind.layout, prediction).float()
+    if scheduler.config.get("clip_sample"):  # the scheduler clips its estimate before using it
+        bound = float(scheduler.config.get("clip_sample_range", 1.0))
+        x0 = x0.clamp(-bound, bound)
     return sigma, x, x0
