@@ -108,7 +108,7 @@ def test_probe_bayes_and_rollout_on_an_ancestral_dit(pipes):
     assert result.estimates["bayes"].denoiser_calls == 2 * len(tax.leaves) * (len(result.sigmas()) - 1)
 
 
-def test_probe_rollout_on_stable_diffusion(pipes):
+def test_probe_rollout_on_stable_diffusion(pipes, tmp_path):
     pipe = _pipe(pipes, "sd")
     tax = load_taxonomy(TAX)
     from probes.estimators import build_estimator
@@ -119,6 +119,9 @@ def test_probe_rollout_on_stable_diffusion(pipes):
     assert result.log_posteriors("rollout").shape == result.log_posteriors("plugin").shape
     # k = 2 completions of the remaining steps from every grid point
     assert result.estimates["rollout"].denoiser_calls == 2 * sum(range(1, 4))
+    back = probes.load(result.save(tmp_path / "sd-run"))
+    assert torch.equal(back.log_posteriors("rollout"), result.log_posteriors("rollout"))
+    assert back.meta["scheduler"] == "DDIMScheduler" and back.meta["family"] == "stable-diffusion"
 
 
 def test_refusals_are_one_line(pipes):
