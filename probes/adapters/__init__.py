@@ -43,14 +43,33 @@ def family_of(pipe) -> Family:
     raise ProbesError(f"no adapter for {type(pipe).__name__}; supported pipelines: {', '.join(served)}")
 
 
+def recipe_models() -> list[type]:
+    """Every family's recipe ``model:`` sections: the recipe schema's union is built from these."""
+    return [m for f in FAMILIES.values() for m in f.recipe_models]
+
+
+def recipe_kinds() -> dict[str, Family]:
+    """Recipe ``model.kind`` -> family."""
+    return {m.model_fields["kind"].annotation.__args__[0]: f for f in FAMILIES.values() for m in f.recipe_models}
+
+
+def family_of_kind(kind: str) -> Family:
+    kinds = recipe_kinds()
+    if kind not in kinds:
+        raise ProbesError(f"model.kind: unknown kind {kind!r}; expected one of {', '.join(kinds)}")
+    return kinds[kind]
+
+
 def families_table() -> str:
     """A Markdown table of the registry (for the docs; regenerated, never typed)."""
-    rows = ["| family | pipelines | parameterisation | conditioning | notes |", "|---|---|---|---|---|"]
+    rows = ["| family | recipe `model.kind` | pipelines | parameterisation | conditioning | notes |",
+            "|---|---|---|---|---|---|"]
     for f in FAMILIES.values():
-        rows.append(f"| `{f.name}` | {', '.join(f.pipelines) or '-'} | {f.parameterisation} | {f.conditioning} "
-                    f"| {f.description} |")
+        kinds = ", ".join(f"`{k}`" for k, fam in recipe_kinds().items() if fam is f)
+        rows.append(f"| {f.name} | {kinds} | {', '.join(f.pipelines) or '-'} | {f.parameterisation} "
+                    f"| {f.conditioning} | {f.description} |")
     return "\n".join(rows)
 
 
-__all__ = ["FAMILIES", "Family", "family_of", "families_table", "FlowDenoiser", "SigmaDenoiser",
+__all__ = ["FAMILIES", "Family", "family_of", "family_of_kind", "recipe_kinds", "recipe_models", "families_table", "FlowDenoiser", "SigmaDenoiser",
            "DiscreteScheduleDenoiser"]

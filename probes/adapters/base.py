@@ -21,13 +21,15 @@ classes, its denoiser, its latent decoder and its conditioner.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
+from pydantic import Field
 
 from probes.denoisers.base import Denoiser, batch_sigma, expand_like
 from probes.denoisers.discrete import PREDICTION_TYPES, DiscreteScheduleDenoiser
 from probes.errors import ProbesError
+from probes.schema import Strict
 
 __all__ = ["PREDICTION_TYPES", "DiscreteScheduleDenoiser", "SigmaDenoiser", "FlowDenoiser", "Family",
            "flow_t", "x0_from_output", "to_sigma_axis", "sigma_of_flow_t"]
@@ -160,6 +162,20 @@ class Family:
     parameterisation: ClassVar[str] = ""
     conditioning: ClassVar[str] = "text"
     description: ClassVar[str] = ""
+    recipe_models: ClassVar[tuple[type, ...]] = ()  # the recipe's ``model:`` sections this family reads
+
+    def build(self, recipe, taxonomy, device):
+        """Recipe -> :class:`probes.components.Components` (diffusers families: :func:`build_pipeline_parts`)."""
+        if self.pipelines:
+            return build_pipeline_parts(self, recipe, taxonomy, device)
+        raise NotImplementedError(f"family {self.name} cannot be built from a recipe")
+
+    def latent_shape(self, pipe) -> tuple[int, ...]:
+        """The shape of one sample's state (the network's input at the pipeline's default size)."""
+        net = getattr(pipe, "unet", None) or pipe.transformer
+        size = net.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return (net.config.in_channels, h, w)
 
     def denoiser(self, pipe, **options) -> Denoiser:
         raise NotImplementedError
@@ -168,10 +184,11 @@ class Family:
         """Options of :meth:`denoiser` that follow the user's pipeline call (image size, say)."""
         return {}
 
-    def decoder(self, pipe, call_kwargs: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def decoder(self, pipe, call_kwargs: dict | None = None,
+                decode_size: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         from probes.models.stable_diffusion import LatentDecoder
 
-        return LatentDecoder(pipe.vae)
+        return LatentDecoder(pipe.vae, decode_size=decode_size)
 
     def conditioner(self, pipe, taxonomy):
         from probes.models.stable_diffusion import prompt_conditioner
@@ -183,3 +200,36 @@ class Family:
 
     def __repr__(self) -> str:
         return f"<family {self.name}: {self.description}>"
+
+
+class PipelineModel(Strict):
+    """Recipe section of a diffusers pipeline family: ``model`` is a hub id or a local folder."""
+
+    model: str
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
+
+
+class TextPipelineModel(PipelineModel):
+    negative_prompt: Optional[str] = None
+
+
+def build_pipeline_parts(family: Family, recipe, taxonomy, device):
+    """Components of a recipe run on a diffusers pipeline family: its plain denoiser, the guidance
+    base (negative prompt), its conditioner and a decoded image classifier."""
+    from probes.components import Components, image_classifier, uniform_prior
+    from probes.models.stable_diffusion import DecodedClassifier, load_pipeline
+
+    cfg = recipe.model
+    pipe = load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device), pipeline=family.pipelines)
+    denoiser = family.denoiser(pipe)
+    negative = getattr(cfg, "negative_prompt", None)
+    classifier = None
+    if recipe.classifier is not None:
+        decoder = family.decoder(pipe, {}, decode_size=cfg.decode_size)
+        classifier = DecodedClassifier(decoder, image_classifier(recipe, taxonomy, device))
+    return Components(
+        taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=family.conditioner(pipe, taxonomy),
+        guidance_base=family.denoiser(pipe, negative_prompt=negative) if negative else None,
+        classifier=classifier, prior=uniform_prior(taxonomy), shape=family.latent_shape(pipe),
+        sigma_max=denoiser.sigma_max, sigma_min=denoiser.sigma_min, device=device)

@@ -8,11 +8,11 @@ rows); :meth:`DiT.step_rows` keeps the first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from probes.adapters.base import DiscreteScheduleDenoiser, Family
+from probes.adapters.base import DiscreteScheduleDenoiser, Family, PipelineModel
 from probes.denoisers.base import Denoiser
 
 NULL_CLASS = 1000
@@ -51,20 +51,22 @@ class DiTDenoiser(Denoiser):
         return self.inner(x, sigma, cond)
 
 
+class DiTModel(PipelineModel):
+    """DiT pipeline (hub id or diffusers folder), ImageNet-1k classes."""
+
+    kind: Literal["dit"]
+
+
 class DiT(Family):
     name = "dit"
     pipelines = ("DiTPipeline",)
     parameterisation = "eps"
     conditioning = "class"
     description = "DiT class-conditional transformer (ImageNet-1k, null class 1000), discrete DDPM schedule"
+    recipe_models = (DiTModel,)
 
     def denoiser(self, pipe):
         return DiTDenoiser(pipe)
-
-    def decoder(self, pipe, call_kwargs: dict | None = None):
-        from probes.models.stable_diffusion import LatentDecoder
-
-        return LatentDecoder(pipe.vae)
 
     def conditioner(self, pipe, taxonomy):
         from probes.models.edm2 import edm2_conditioner

@@ -8,9 +8,11 @@ for text and image tokens, and for guidance-distilled models (FLUX.1-dev) the gu
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from probes.adapters.base import Family, FlowDenoiser
+from probes.adapters.base import Family, FlowDenoiser, TextPipelineModel
 from probes.adapters.text import TextDenoiser
 
 
@@ -19,12 +21,19 @@ def _size(pipe, call_kwargs) -> tuple[int, int]:
     return int(call_kwargs.get("height") or default), int(call_kwargs.get("width") or default)
 
 
+class FluxModel(TextPipelineModel):
+    """Flux pipeline (hub id or diffusers folder)."""
+
+    kind: Literal["flux"]
+
+
 class Flux(Family):
     name = "flux"
     pipelines = ("FluxPipeline",)
     parameterisation = "flow"
     conditioning = "text"
     description = "Flux transformer on packed latents, rectified flow, timestep t, optional guidance embedding"
+    recipe_models = (FluxModel,)
 
     def options_from_call(self, call_kwargs: dict) -> dict:
         return {"height": call_kwargs.get("height"), "width": call_kwargs.get("width"),
@@ -53,11 +62,16 @@ class Flux(Family):
 
         return TextDenoiser(FlowDenoiser, encode, network, negative_prompt)
 
-    def decoder(self, pipe, call_kwargs: dict | None = None):
+    def latent_shape(self, pipe):
+        height, width = _size(pipe, {})
+        factor = pipe.vae_scale_factor * 2
+        return ((height // factor) * (width // factor), pipe.transformer.config.in_channels)
+
+    def decoder(self, pipe, call_kwargs: dict | None = None, decode_size: int | None = None):
         from probes.models.stable_diffusion import LatentDecoder
 
         height, width = _size(pipe, call_kwargs or {})
-        decode = LatentDecoder(pipe.vae)
+        decode = LatentDecoder(pipe.vae, decode_size=decode_size)
 
         def unpack_and_decode(z):
             return decode(pipe._unpack_latents(z, height, width, pipe.vae_scale_factor))

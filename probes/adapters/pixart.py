@@ -6,8 +6,16 @@ output has twice the latent channels and the first half is eps (as the pipelines
 
 from __future__ import annotations
 
-from probes.adapters.base import DiscreteScheduleDenoiser, Family
+from typing import Literal
+
+from probes.adapters.base import DiscreteScheduleDenoiser, Family, TextPipelineModel
 from probes.adapters.text import TextDenoiser
+
+
+class PixArtModel(TextPipelineModel):
+    """PixArt-alpha / Sigma pipeline (hub id or diffusers folder)."""
+
+    kind: Literal["pixart"]
 
 
 class PixArt(Family):
@@ -16,6 +24,7 @@ class PixArt(Family):
     parameterisation = "eps"
     conditioning = "text"
     description = "PixArt-alpha / Sigma transformer, T5 prompts, discrete DDPM schedule, learned variance"
+    recipe_models = (PixArtModel,)
 
     def denoiser(self, pipe, negative_prompt: str | None = None):
         transformer = pipe.transformer

@@ -6,8 +6,16 @@ The transformer takes the flow time as ``1000 t`` (the scheduler's timesteps), t
 
 from __future__ import annotations
 
-from probes.adapters.base import Family, FlowDenoiser
+from typing import Literal
+
+from probes.adapters.base import Family, FlowDenoiser, TextPipelineModel
 from probes.adapters.text import TextDenoiser
+
+
+class SD3Model(TextPipelineModel):
+    """Stable Diffusion 3 / 3.5 pipeline (hub id or diffusers folder)."""
+
+    kind: Literal["sd3"]
 
 
 class StableDiffusion3(Family):
@@ -16,6 +24,7 @@ class StableDiffusion3(Family):
     parameterisation = "flow"
     conditioning = "text"
     description = "SD 3 / 3.5 MMDiT, rectified flow, timestep 1000 t"
+    recipe_models = (SD3Model,)
 
     def denoiser(self, pipe, negative_prompt: str | None = None):
         transformer = pipe.transformer

@@ -6,9 +6,17 @@ embeddings; the defaults are what the pipeline uses for an uncropped image at it
 
 from __future__ import annotations
 
+from typing import Literal
 
-from probes.adapters.base import DiscreteScheduleDenoiser, Family
+
+from probes.adapters.base import DiscreteScheduleDenoiser, Family, TextPipelineModel
 from probes.adapters.text import TextDenoiser
+
+
+class SDXLModel(TextPipelineModel):
+    """Stable Diffusion XL pipeline (hub id or diffusers folder)."""
+
+    kind: Literal["sdxl"]
 
 
 class StableDiffusionXL(Family):
@@ -17,6 +25,7 @@ class StableDiffusionXL(Family):
     parameterisation = "eps / v"
     conditioning = "text"
     description = "SDXL UNet with added_cond_kwargs (pooled text, time ids), discrete DDPM schedule"
+    recipe_models = (SDXLModel,)
 
     def options_from_call(self, call_kwargs: dict) -> dict:
         return {"height": call_kwargs.get("height"), "width": call_kwargs.get("width")}
