@@ -85,7 +85,14 @@ class ProbeResult:
         """:class:`~probes.entropy.EntropyCurves` (level entropies, node contributions, in nats)."""
         name = self._pick(estimator)
         if name not in self._curves:
-            self._curves[name] = self.estimates[name].curves(self.taxonomy, prior=self.prior)
+            out = self.estimates[name]
+            if out.log_probs is None and out.prior_levels is None:  # per-sample entropies (immse)
+                from probes.entropy import EntropyCurves
+
+                self._curves[name] = EntropyCurves.from_per_sample(
+                    sigmas=out.sigmas, taxonomy=self.taxonomy, levels=out.levels, nodes=out.nodes, prior=self.prior)
+            else:
+                self._curves[name] = out.curves(self.taxonomy, prior=self.prior)
         return self._curves[name]
 
     def decisions(self, axis: str = "nodes", estimator: str | None = None, n_boot: int = 200, seed: int = 0) -> dict:
@@ -139,18 +146,17 @@ class ProbeResult:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def save(self, directory) -> Path:
-        """Write the run directory; returns its path."""
-        from probes.analysis import format_decision_tree
+    def write(self, directory, n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
+        """Write the run directory's data files and plots (everything but ``run.json``); returns
+        ``(curves, decisions)`` per estimator. ``probes run`` writes its directories with this."""
         from probes.report import plots
-        from probes.report.rundir import atomic_write_text, write_curves_csv, write_decisions_csv, write_run_json, \
-            write_tree
+        from probes.report.rundir import atomic_write_text, write_curves_csv, write_decisions_csv, write_tree
         from probes.taxonomy.export import to_node_link
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         curves = {n: self.entropy(n) for n in self.estimates}
-        decisions = {n: self.decisions("both", n) for n in self.estimates}
+        decisions = {n: self.decisions("both", n, n_boot=n_boot, seed=seed) for n in self.estimates}
         primary = self.primary
         write_curves_csv(out / "curves.csv", curves)
         write_decisions_csv(out / "decisions.csv", decisions)
@@ -163,14 +169,27 @@ class ProbeResult:
         torch.save({"estimates": {n: vars(e) for n, e in self.estimates.items()}, "prior": self.prior,
                     "primary": primary}, tmp)
         tmp.replace(out / POSTERIORS_FILE)
-        n = next(iter(self.estimates.values()))
-        n_samples = (n.log_probs if n.log_probs is not None else n.levels).shape[0]
+        return curves, decisions
+
+    @property
+    def n_samples(self) -> int:
+        first = next(iter(self.estimates.values()))
+        return int((first.log_probs if first.log_probs is not None else first.levels).shape[0])
+
+    def save(self, directory, n_boot: int = 200, seed: int = 0) -> Path:
+        """Write the run directory (with ``run.json`` and ``summary.txt``); returns its path."""
+        from probes.analysis import format_decision_tree
+        from probes.report.rundir import atomic_write_text, write_run_json
+
+        out = Path(directory)
+        _, decisions = self.write(out, n_boot=n_boot, seed=seed)
+        primary = self.primary
         write_run_json(out / "run.json", {
-            "kind": "probe", "meta": self.meta, "n_samples": n_samples, "primary_estimator": primary,
+            "kind": "probe", "meta": self.meta, "n_samples": self.n_samples, "primary_estimator": primary,
             "estimators": {k: {"denoiser_calls": e.denoiser_calls, "classifier_calls": e.classifier_calls}
                            for k, e in self.estimates.items()},
             "decisions": decisions})
-        title = f"{self.taxonomy.name}: decision-time tree ({primary} estimator, {n_samples} samples)"
+        title = f"{self.taxonomy.name}: decision-time tree ({primary} estimator, {self.n_samples} samples)"
         atomic_write_text(out / "summary.txt", format_decision_tree(self.taxonomy, decisions[primary], title) + "\n")
         return out
 
@@ -185,7 +204,7 @@ def load(directory) -> ProbeResult:
         raise ProbesError(f"{path}: not a saved probe result (no {', '.join(missing)})")
     data = torch.load(path / POSTERIORS_FILE, weights_only=False)
     taxonomy = from_node_link(json.loads((path / TAXONOMY_FILE).read_text()), source=str(path / TAXONOMY_FILE))
-    meta = json.loads((path / "run.json").read_text()).get("meta", {})
+    meta = json.loads((path / "run.json").read_text()).get("meta") or {}
     estimates = {n: EstimatorOutput(**fields) for n, fields in data["estimates"].items()}
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=data["prior"],
                        primary=data["primary"])

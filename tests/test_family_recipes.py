@@ -63,3 +63,28 @@ def test_a_folder_of_another_pipeline_is_refused_before_loading(tmp_path, capsys
                  "--set", f"model.model={folder}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "holds a DiTPipeline, not a StableDiffusionXLPipeline" in err and "\n" not in err
+
+
+def test_misspelt_family_fields_get_a_suggestion_from_the_registry():
+    from probes.errors import ProbesError
+    from probes.recipe import recipe_from_dict
+
+    data = yaml.safe_load((ROOT / "recipes" / "sdxl.yaml").read_text())
+    data["model"]["negative_promt"] = "blurry"
+    with pytest.raises(ProbesError, match=r"model.negative_promt: unknown field \(did you mean 'negative_prompt'\?\)"):
+        recipe_from_dict(data, source="sdxl.yaml")
+
+
+def test_recipe_runs_load_as_probe_results(tmp_path):
+    import probes
+
+    data = yaml.safe_load((ROOT / "recipes" / "gmm-two-class.yaml").read_text())
+    data["taxonomy"] = str((ROOT / "recipes" / data["taxonomy"]).resolve())
+    data["sampling"].update(samples=16, batch_size=8, steps=8)
+    path = tmp_path / "gmm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run_recipe(path, tmp_path / "run", progress=False)
+    result = probes.load(tmp_path / "run")
+    assert result.n_samples == 16 and set(result.estimates) == {e if isinstance(e, str) else e["name"]
+                                                                 for e in data["estimators"]}
+    assert (tmp_path / "run" / "curves.csv").read_text().count("\n") > 1
