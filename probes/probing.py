@@ -163,6 +163,8 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     scorer = LatentClassifier(fam.decoder(pipe, pipe_kwargs), classifier, tax.leaves) if classifier else None
     needs_model = any(e.name in ("rollout", "bayes") for e in ests)
     denoiser = fam.denoiser(pipe, **fam.options_from_call(pipe_kwargs)) if needs_model else None
+    if hasattr(denoiser, "embeddings"):
+        denoiser.embeddings(None, 1)  # encode the empty prompt: no text encoders fails now, not after sampling
     if needs_model and any(e.name == "bayes" for e in ests) and conditioner is None:
         conditioner = fam.conditioner(pipe, tax)
 
@@ -178,6 +180,5 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
         estimates[est.name] = est.estimate(traj, ctx, generator=g)
     meta: dict[str, Any] = {"family": fam.name, "pipeline": type(pipe).__name__,
                             "scheduler": type(pipe.scheduler).__name__, "scheduler_kernel": kind.kernel,
-                            "state_layout": kind.layout, "estimators": {e.name: repr(e) for e in ests},
-                            "sampling_denoiser_calls": None}
+                            "state_layout": kind.layout, "estimators": {e.name: repr(e) for e in ests}}
     return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)

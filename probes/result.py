@@ -126,23 +126,8 @@ class ProbeResult:
         given and returns its path; otherwise returns the matplotlib figure."""
         from probes.report import plots
 
-        curves = {n: self.entropy(n) for n in (estimators or self.posterior_estimators())}
-        if path is not None:
-            return plots.plot_curves(path, curves)
-        import matplotlib.pyplot as plt
-
-        saved = plots._save
-        try:
-            figure = {}
-            plots._save = lambda fig, p: figure.setdefault("fig", fig)
-            plots.plot_curves(None, curves)
-        finally:
-            plots._save = saved
-        plt.close(figure["fig"])
-        return figure["fig"]
-
-    def posterior_estimators(self) -> list[str]:
-        return list(self.estimates)
+        curves = {n: self.entropy(n) for n in (estimators or list(self.estimates))}
+        return plots.plot_curves(path, curves)
 
     # -- files ---------------------------------------------------------------------------------
 

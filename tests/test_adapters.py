@@ -64,20 +64,9 @@ def _gen():
     return torch.Generator().manual_seed(0)
 
 
-CASES = {
-    "sd-eps-ddim": (lambda: tp.tiny_sd("epsilon"), dict(prompt=["a cat", "a dog"])),
-    "sd-v-ddim": (lambda: tp.tiny_sd("v_prediction"), dict(prompt=["a cat", "a dog"])),
-    "sdxl-euler": (tp.tiny_sdxl, dict(prompt=["a cat"], height=16, width=16)),
-    "sd3-flow": (tp.tiny_sd3, dict(prompt=["a cat"], height=16, width=16)),
-    "flux-flow": (tp.tiny_flux, dict(height=16, width=16, **tp.text_embeddings("flux", 1))),
-    "pixart-ddim": (tp.tiny_pixart, dict(height=16, width=16, use_resolution_binning=False,
-                                         **tp.text_embeddings("pixart", 1))),
-    "dit-ddpm": (tp.tiny_dit, dict(class_labels=[3, 7])),
-}
-
-
-CASE_FAMILY = {"sd-eps-ddim": "stable-diffusion", "sd-v-ddim": "stable-diffusion", "sdxl-euler": "sdxl",
-               "sd3-flow": "sd3", "flux-flow": "flux", "pixart-ddim": "pixart", "dit-ddpm": "dit"}
+#: every pipeline family's case (tests/tiny_pipelines.py), plus SD 2.x's v-prediction
+CASES = {name: (name, case.call, case.cond) for name, case in tp.FAMILY_CASES.items()}
+CASES["stable-diffusion-v"] = ("stable-diffusion", dict(prompt=["a cat", "a dog"]), lambda b: ["a cat", "a dog"])
 
 
 def _swap(pipe, name, **config):
@@ -87,20 +76,17 @@ def _swap(pipe, name, **config):
     return pipe
 
 
-@pytest.fixture(scope="module")
-def pipes():
-    return {}
-
-
-def _pipe(pipes, case):
-    if case not in pipes:
-        pipes[case] = CASES[case][0]()
-    return pipes[case]
+def _pipe(case):
+    if case == "stable-diffusion-v":
+        if "sd-v" not in tp._pipes:
+            tp._pipes["sd-v"] = tp.tiny_sd("v_prediction")
+        return tp._pipes["sd-v"]
+    return tp.family_pipe(case)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_step_reading_matches_the_schedulers_own_estimate(case, pipes):
-    pipe = _pipe(pipes, case)
+def test_step_reading_matches_the_schedulers_own_estimate(case):
+    pipe = _pipe(case)
     seen, _ = _record(pipe, dict(CASES[case][1], num_inference_steps=3, guidance_scale=1.0, generator=_gen(),
                                  output_type="latent"))
     finite = [s for s in seen if math.isfinite(s["sigma"])]
@@ -122,7 +108,7 @@ def test_step_reading_matches_the_schedulers_own_estimate(case, pipes):
 @pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                                        "DPMSolverMultistepScheduler", "DDPMScheduler"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_discrete_schedulers_eps_and_v(scheduler, prediction, pipes):
+def test_discrete_schedulers_eps_and_v(scheduler, prediction):
     pipe = _swap(tp.tiny_sd(prediction), scheduler, prediction_type=prediction)
     seen, _ = _record(pipe, dict(prompt=["a cat"], num_inference_steps=3, guidance_scale=1.0, generator=_gen(),
                                  output_type="latent"))
@@ -131,34 +117,22 @@ def test_discrete_schedulers_eps_and_v(scheduler, prediction, pipes):
         assert torch.allclose(s["x0"], s["ref"].float(), atol=1e-5 * _scale(s["ref"]))
 
 
-def _cond_of(case, call):
-    if case.startswith(("flux", "pixart")):
-        keys = {"flux": ("prompt_embeds", "pooled_prompt_embeds"), "pixart": ("prompt_embeds", "prompt_attention_mask")}
-        fam = case.split("-")[0]
-        names = {"prompt_embeds": "embeds", "pooled_prompt_embeds": "pooled", "prompt_attention_mask": "mask"}
-        return {names[k]: call[k] for k in keys[fam]}
-    if case.startswith("dit"):
-        return torch.tensor(call["class_labels"])
-    return call["prompt"]
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_family_denoiser_reproduces_the_pipelines_estimate(case, pipes):
-    pipe = _pipe(pipes, case)
+def test_family_denoiser_reproduces_the_pipelines_estimate(case):
+    pipe = _pipe(case)
     call = dict(CASES[case][1], num_inference_steps=3, guidance_scale=1.0, generator=_gen(), output_type="latent")
     seen, _ = _record(pipe, call)
     family = family_of(pipe)
-    assert family.name == CASE_FAMILY[case]
+    assert family.name == CASES[case][0]
     denoiser = family.denoiser(pipe, **family.options_from_call(call))
-    cond = _cond_of(case, call)
     for s in seen:
         if not math.isfinite(s["sigma"]):
             continue
         with torch.no_grad():
-            d = denoiser(s["x"], s["sigma"], cond)
+            d = denoiser(s["x"], s["sigma"], CASES[case][2](s["x"].shape[0]))
         assert torch.allclose(d, s["x0"], atol=2e-3 * _scale(s["x0"])), (case, s["sigma"])
 
 
 def test_every_pipeline_family_has_a_case():
-    """A family added to the registry with pipelines must get a tiny pipeline here."""
-    assert set(CASE_FAMILY.values()) == {f.name for f in FAMILIES.values() if f.pipelines}
+    """A family added to the registry with pipelines must get a tiny pipeline in tiny_pipelines.py."""
+    assert set(tp.FAMILY_CASES) == {f.name for f in FAMILIES.values() if f.pipelines}

@@ -33,12 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 AV = str(ROOT / "taxonomies" / "animals-vehicles.yaml")
 
 
-def _pipe_instance(build, cond):
-    def make():
-        pipe = build()
-        family = FAMILIES[make.family]
-        return family.denoiser(pipe), family.latent_shape(pipe), cond, pipe
-    return make
+def _pipeline_instance(name):
+    """A pipeline family's tiny instance from tests/tiny_pipelines.py's FAMILY_CASES."""
+    pipe = tp.family_pipe(name)
+    family = FAMILIES[name]
+    return family.denoiser(pipe), family.latent_shape(pipe), tp.FAMILY_CASES[name].cond, pipe
 
 
 def _edm2():
@@ -59,38 +58,23 @@ def _gmm():
     return FAMILIES["gmm"].denoiser(gmm), (6,), lambda b: None, gmm
 
 
-#: family -> () -> (denoiser, one sample's shape, cond(batch) for an explicit call, model object)
-INSTANCES = {
-    "stable-diffusion": _pipe_instance(lambda: tp.tiny_sd("v_prediction"), lambda b: ["a cat"] * b),
-    "sdxl": _pipe_instance(tp.tiny_sdxl, lambda b: ["a cat"] * b),
-    "sd3": _pipe_instance(tp.tiny_sd3, lambda b: ["a cat"] * b),
-    "flux": _pipe_instance(tp.tiny_flux, lambda b: {
-        "embeds": tp.text_embeddings("flux", b)["prompt_embeds"],
-        "pooled": tp.text_embeddings("flux", b)["pooled_prompt_embeds"]}),
-    "pixart": _pipe_instance(tp.tiny_pixart, lambda b: {
-        "embeds": tp.text_embeddings("pixart", b)["prompt_embeds"],
-        "mask": tp.text_embeddings("pixart", b)["prompt_attention_mask"]}),
-    "dit": _pipe_instance(tp.tiny_dit, lambda b: torch.arange(b) * 7),
-    "edm2": _edm2,
-    "digits": _digits,
-    "gmm": _gmm,
-}
-for _name, _make in INSTANCES.items():
-    _make.family = _name
+#: families that are not diffusers pipelines -> () -> (denoiser, one sample's shape, cond(batch), model);
+#: pipeline families come from tests/tiny_pipelines.py's FAMILY_CASES.
+INSTANCES = {"edm2": _edm2, "digits": _digits, "gmm": _gmm}
 
-#: families whose conditioner is checked against a taxonomy (text families without T5 excluded).
-CONDITIONER_TAXONOMY = {"stable-diffusion": AV, "sdxl": AV, "sd3": AV, "dit": AV, "edm2": AV,
-                        "digits": str(ROOT / "taxonomies" / "digits-shape.yaml"),
+#: taxonomies the non-pipeline families' conditioners are checked on
+CONDITIONER_TAXONOMY = {"edm2": AV, "digits": str(ROOT / "taxonomies" / "digits-shape.yaml"),
                         "gmm": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml")}
 
 _built = {}
 
 
 def _instance(name):
-    if name not in INSTANCES:
-        pytest.fail(f"family {name!r} is in the registry but has no tiny instance in tests/test_contract.py")
+    if name not in INSTANCES and name not in tp.FAMILY_CASES:
+        pytest.fail(f"family {name!r} is in the registry but has no tiny instance (tests/tiny_pipelines.py "
+                    "FAMILY_CASES for pipelines, INSTANCES here otherwise)")
     if name not in _built:
-        _built[name] = INSTANCES[name]()
+        _built[name] = INSTANCES[name]() if name in INSTANCES else _pipeline_instance(name)
     return _built[name]
 
 
@@ -132,12 +116,17 @@ def test_denoiser_contract(name):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_conditioner_feeds_the_denoiser(name):
-    if name in ("flux", "pixart"):
-        pytest.skip("the tiny instance has no T5 encoder: prompts cannot be encoded offline")
-    if name not in CONDITIONER_TAXONOMY:
+    if name in tp.FAMILY_CASES:
+        source = tp.FAMILY_CASES[name].conditioner_taxonomy
+        if source is None:
+            pytest.skip("the tiny instance has no T5 encoder: prompts cannot be encoded offline")
+        source = str(ROOT / source)
+    elif name in CONDITIONER_TAXONOMY:
+        source = CONDITIONER_TAXONOMY[name]
+    else:
         pytest.fail(f"family {name!r} needs a taxonomy in CONDITIONER_TAXONOMY")
     denoiser, shape, _, model = _instance(name)
-    tax = load_taxonomy(CONDITIONER_TAXONOMY[name])
+    tax = load_taxonomy(source)
     leaves = tax.leaves[:2]
     cond = FAMILIES[name].conditioner(model, tax)(leaves)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1)) * 2.0

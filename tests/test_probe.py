@@ -29,26 +29,14 @@ class LinearLogits:
         return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1) @ self.w
 
 
-CASES = {
-    "sd": (lambda: tp.tiny_sd("epsilon"), dict(prompt=["a cat", "a truck"], guidance_scale=5.0)),
-    "sdxl": (tp.tiny_sdxl, dict(prompt=["a cat"], height=16, width=16, guidance_scale=5.0)),
-    "sd3": (tp.tiny_sd3, dict(prompt=["a cat"], height=16, width=16, guidance_scale=5.0)),
-    "flux": (tp.tiny_flux, dict(height=16, width=16, **tp.text_embeddings("flux", 1))),
-    "pixart": (tp.tiny_pixart, dict(height=16, width=16, use_resolution_binning=False, guidance_scale=4.5,
-                                    **tp.text_embeddings("pixart", 1))),
-    "dit": (tp.tiny_dit, dict(class_labels=[3, 7], guidance_scale=4.0)),
-}
+def _pipe(case):
+    return tp.family_pipe(case)
 
 
-@pytest.fixture(scope="module")
-def pipes():
-    return {}
-
-
-def _pipe(pipes, case):
-    if case not in pipes:
-        pipes[case] = CASES[case][0]()
-    return pipes[case]
+def _call(case):
+    spec = tp.FAMILY_CASES[case]
+    guidance = {} if spec.guidance is None else {"guidance_scale": spec.guidance}
+    return dict(spec.call, **guidance)
 
 
 def _scheduler_grid(scheduler):
@@ -64,11 +52,11 @@ def _scheduler_grid(scheduler):
     return [s for s in grid if math.isfinite(s)]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_probe_changes_no_pixel_and_reports_on_the_schedulers_grid(case, pipes):
-    pipe = _pipe(pipes, case)
+@pytest.mark.parametrize("case", list(tp.FAMILY_CASES))
+def test_probe_changes_no_pixel_and_reports_on_the_schedulers_grid(case):
+    pipe = _pipe(case)
     tax = load_taxonomy(TAX)
-    call = dict(CASES[case][1], num_inference_steps=3, output_type="pt")
+    call = dict(_call(case), num_inference_steps=3, output_type="pt")
     torch.manual_seed(0)  # DiTPipeline does not pass its generator to DDPM's step noise
     plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
     clf = LinearLogits(len(tax.leaves))
@@ -92,8 +80,8 @@ def test_probe_changes_no_pixel_and_reports_on_the_schedulers_grid(case, pipes):
     assert isinstance(LatentClassifier, type)
 
 
-def test_probe_bayes_and_rollout_on_an_ancestral_dit(pipes):
-    pipe = _pipe(pipes, "dit")
+def test_probe_bayes_and_rollout_on_an_ancestral_dit():
+    pipe = _pipe("dit")
     tax = load_taxonomy(TAX)
     call = dict(class_labels=[207, 511], guidance_scale=4.0, num_inference_steps=3, output_type="pt")
     torch.manual_seed(0)
@@ -108,8 +96,8 @@ def test_probe_bayes_and_rollout_on_an_ancestral_dit(pipes):
     assert result.estimates["bayes"].denoiser_calls == 2 * len(tax.leaves) * (len(result.sigmas()) - 1)
 
 
-def test_probe_rollout_on_stable_diffusion(pipes, tmp_path):
-    pipe = _pipe(pipes, "sd")
+def test_probe_rollout_on_stable_diffusion(tmp_path):
+    pipe = _pipe("stable-diffusion")
     tax = load_taxonomy(TAX)
     from probes.estimators import build_estimator
 
@@ -124,8 +112,8 @@ def test_probe_rollout_on_stable_diffusion(pipes, tmp_path):
     assert back.meta["scheduler"] == "DDIMScheduler" and back.meta["family"] == "stable-diffusion"
 
 
-def test_refusals_are_one_line(pipes):
-    pipe = _pipe(pipes, "sd")
+def test_refusals_are_one_line():
+    pipe = _pipe("stable-diffusion")
     tax = load_taxonomy(TAX)
     clf = LinearLogits(len(tax.leaves))
     with pytest.raises(ProbesError, match="no ancestral Gaussian kernel") as err:

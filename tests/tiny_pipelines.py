@@ -8,6 +8,9 @@ built in code start in training mode; DiT's label dropout would make them nondet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
 
 from probes._compat import patch_torchvision
@@ -62,7 +65,8 @@ def tiny_sdxl(seed=0):
     def build():
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
             addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
             projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=16)
@@ -155,3 +159,61 @@ def text_embeddings(family, batch, seed=1):
         return dict(prompt_embeds=emb[0], prompt_attention_mask=mask, negative_prompt=None, negative_prompt_embeds=emb[1],
                     negative_prompt_attention_mask=mask)
     raise ValueError(family)
+
+
+# -- one table of pipeline families for the adapter, probe and contract tests ------------------------
+
+TAXONOMY = "taxonomies/animals-vehicles.yaml"
+
+
+@dataclass
+class FamilyCase:
+    """A tiny pipeline of one registry family and how the tests call it.
+
+    ``call``: the pipeline's keyword arguments (steps, guidance and generator are added by tests);
+    ``cond``: the family denoiser's conditioning for a batch of b rows matching ``call``;
+    ``guidance``: a guided scale for the probe tests (``None``: the pipeline has no CFG knob);
+    ``conditioner_taxonomy``: checks the family's conditioner (``None``: cannot encode offline).
+    """
+
+    build: Callable
+    call: dict
+    cond: Callable[[int], Any]
+    guidance: float | None = 5.0
+    conditioner_taxonomy: str | None = TAXONOMY
+
+
+def _flux_cond(b):
+    e = text_embeddings("flux", b)
+    return {"embeds": e["prompt_embeds"], "pooled": e["pooled_prompt_embeds"]}
+
+
+def _pixart_cond(b):
+    e = text_embeddings("pixart", b)
+    return {"embeds": e["prompt_embeds"], "mask": e["prompt_attention_mask"]}
+
+
+#: registry family name -> case. A family added to ``probes.adapters.FAMILIES`` with pipelines
+#: fails the tests until it has a line here.
+FAMILY_CASES = {
+    "stable-diffusion": FamilyCase(lambda: tiny_sd("epsilon"), dict(prompt=["a cat", "a dog"]),
+                                   lambda b: ["a cat", "a dog"][:b] if b <= 2 else ["a cat"] * b),
+    "sdxl": FamilyCase(tiny_sdxl, dict(prompt=["a cat"], height=16, width=16), lambda b: ["a cat"] * b),
+    "sd3": FamilyCase(tiny_sd3, dict(prompt=["a cat"], height=16, width=16), lambda b: ["a cat"] * b),
+    "flux": FamilyCase(tiny_flux, dict(height=16, width=16, **text_embeddings("flux", 1)), _flux_cond,
+                       guidance=None, conditioner_taxonomy=None),
+    "pixart": FamilyCase(tiny_pixart, dict(height=16, width=16, use_resolution_binning=False,
+                                           **text_embeddings("pixart", 1)), _pixart_cond, guidance=4.5,
+                         conditioner_taxonomy=None),
+    "dit": FamilyCase(tiny_dit, dict(class_labels=[3, 7]), lambda b: torch.tensor([3, 7] * b)[:b],
+                      guidance=4.0),
+}
+
+_pipes: dict = {}
+
+
+def family_pipe(name):
+    """The tiny pipeline of a family, built once per test session."""
+    if name not in _pipes:
+        _pipes[name] = FAMILY_CASES[name].build()
+    return _pipes[name]

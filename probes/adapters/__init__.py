@@ -71,5 +71,6 @@ def families_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["FAMILIES", "Family", "family_of", "family_of_kind", "recipe_kinds", "recipe_models", "families_table", "FlowDenoiser", "SigmaDenoiser",
+__all__ = ["FAMILIES", "Family", "family_of", "family_of_kind", "recipe_kinds", "recipe_models", "families_table",
+           "FlowDenoiser", "SigmaDenoiser",
            "DiscreteScheduleDenoiser"]

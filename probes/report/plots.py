@@ -30,7 +30,12 @@ MAX_LABELLED_LEAVES = 40
 MAX_LABELLED_INTERNAL = 40
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path):
+    """Write ``fig`` to ``path`` and close it; with ``path=None`` return the figure instead."""
+    if path is None:
+        fig.tight_layout()
+        plt.close(fig)  # detached from pyplot's state; still drawable and savable
+        return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
