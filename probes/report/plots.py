@@ -56,8 +56,9 @@ def _level_label(level: int, depth: int) -> str:
     return f"level {level} (leaves)" if level == depth else f"level {level}"
 
 
-def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
-    """Level entropies ``H_l(sigma)`` (nats) per estimator, shaded +-1 standard error.
+def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
+    """Level entropies ``H_l(sigma)`` (nats) per estimator, shaded +-1 standard error. Returns the
+    PNG's path, or the figure when ``path`` is None.
 
     One panel per estimator (alphabetical), at most three a row, sharing the y axis; dotted lines
     mark each level's prior entropy ``H(cell_l)`` where known.
