@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from probes.recipe import Recipe
-from probes.taxonomy import Taxonomy
-
 from probes.store import BATCH_DIR  # noqa: F401  (re-exported: the batches folder's name)
+from probes.taxonomy import Taxonomy
 
 
 def load_batches(out: Path, n_batches: int) -> list[dict]:
@@ -30,39 +29,32 @@ def load_batches(out: Path, n_batches: int) -> list[dict]:
     return batches
 
 
-def curves_from_batches(batches: list[dict], name: str, taxonomy: Taxonomy, prior: torch.Tensor | None):
-    """One estimator's entropy curves over all batches."""
-    from probes.entropy import EntropyCurves, tree_entropy
+def result_from_batches(batches: list[dict], taxonomy: Taxonomy, estimator_names: list[str],
+                        prior: torch.Tensor | None, primary: str, meta: dict | None = None):
+    """The finished batches of a run as one :class:`~probes.result.ProbeResult`."""
+    from probes.estimators import EstimatorOutput
+    from probes.result import ProbeResult
 
-    results = [b["estimators"][name] for b in batches]
-    sigmas = results[0]["sigmas"]
-    if results[0]["log_probs"] is not None:
-        log_probs = torch.cat([r["log_probs"] for r in results])
-        return tree_entropy(log_probs, taxonomy, sigmas, prior=prior)
-    return EntropyCurves.from_per_sample(
-        sigmas=sigmas, taxonomy=taxonomy, levels=torch.cat([r["levels"] for r in results]),
-        nodes=torch.cat([r["nodes"] for r in results]), prior=prior,
-    )
+    def cat(results, key):
+        return None if results[0][key] is None else torch.cat([r[key] for r in results])
+
+    estimates = {}
+    for name in estimator_names:
+        results = [b["estimators"][name] for b in batches]
+        estimates[name] = EstimatorOutput(
+            name, results[0]["sigmas"], log_probs=cat(results, "log_probs"), levels=cat(results, "levels"),
+            nodes=cat(results, "nodes"), denoiser_calls=sum(r["denoiser_calls"] for r in results),
+            classifier_calls=sum(r["classifier_calls"] for r in results))
+    return ProbeResult(taxonomy=taxonomy, estimates=estimates, prior=prior, primary=primary, meta=meta or {})
 
 
 def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: list[str], n_batches: int,
                 prior: torch.Tensor | None = None) -> dict:
-    from probes.entropy import decide
-    from probes.report import plots
-    from probes.report.rundir import write_curves_csv, write_decisions_csv, write_tree
-
     t0 = time.perf_counter()
     batches = load_batches(out, n_batches)
-    curves = {name: curves_from_batches(batches, name, taxonomy, prior) for name in estimator_names}
-    decisions = {name: decide(c, n_boot=recipe.analysis.n_boot, seed=recipe.seed) for name, c in curves.items()}
     primary = recipe.primary_estimator
-
-    write_curves_csv(out / "curves.csv", curves)
-    write_decisions_csv(out / "decisions.csv", decisions)
-    write_tree(out, taxonomy, decisions[primary])
-    plots.plot_curves(out / "curves.png", curves)
-    plots.plot_tree(out / "tree.png", taxonomy, decisions[primary])
-    plots.plot_rates(out / "rates.png", curves[primary], decisions[primary])
+    result = result_from_batches(batches, taxonomy, estimator_names, prior, primary)
+    curves, decisions = result.write(out, n_boot=recipe.analysis.n_boot, seed=recipe.seed)
 
     costs = {}
     for name in estimator_names:

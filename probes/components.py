@@ -68,14 +68,9 @@ def resolve_device(name: str) -> torch.device:
 def build_components(recipe: Recipe) -> Components:
     taxonomy = load_taxonomy(recipe.resolve_path(recipe.taxonomy))
     device = resolve_device(recipe.device)
-    builder = {
-        "gmm": _build_gmm,
-        "digits": _build_digits,
-        "stable-diffusion": _build_stable_diffusion,
-        "tiny-stable-diffusion": _build_stable_diffusion,
-        "edm2": _build_edm2,
-    }[recipe.model.kind]
-    parts = builder(recipe, taxonomy, device)
+    from probes.adapters import family_of_kind
+
+    parts = family_of_kind(recipe.model.kind).build(recipe, taxonomy, device)
     parts.prior = _prior(recipe, taxonomy, parts.prior)
     parts.generator = _generator(recipe, parts)
     parts.generation_cond = _generation_cond(recipe, parts)
@@ -106,7 +101,7 @@ def _leaf_weights(weights: dict[str, float], leaves: list[str], field: str) -> t
     return w
 
 
-def _uniform(taxonomy: Taxonomy) -> torch.Tensor:
+def uniform_prior(taxonomy: Taxonomy) -> torch.Tensor:
     return torch.full((len(taxonomy.leaves),), 1.0 / len(taxonomy.leaves), dtype=torch.float64)
 
 
@@ -133,7 +128,9 @@ def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tenso
             raise ProbesError("sampling.condition: this model cannot be conditioned on leaves")
         parts.conditioner([leaves[0]])  # fail now, not in the middle of the run
         return lambda idx: parts.conditioner([leaves[i % len(leaves)] for i in idx.tolist()])
-    if recipe.model.kind not in ("stable-diffusion", "tiny-stable-diffusion"):
+    from probes.adapters import family_of_kind
+
+    if family_of_kind(recipe.model.kind).conditioning != "text":
         raise ProbesError("sampling.condition: prompt lists need a text-conditional model")
     prompts = []
     for prompt in condition:
@@ -154,7 +151,7 @@ def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor) -> Opt
 # --- model families ---------------------------------------------------------------------------
 
 
-def _build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     from probes.models.gmm import GaussianMixture
 
     cfg = recipe.model
@@ -191,7 +188,7 @@ def _build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     )
 
 
-def _build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+def build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     from probes.models import digits
 
     path = recipe.resolve_path(recipe.model.path) if recipe.model.path else None
@@ -220,11 +217,11 @@ def _build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     return Components(
         taxonomy=taxonomy, denoiser=denoiser.to(device), generator=None,
         conditioner=digits.digits_conditioner(taxonomy), classifier=classifier.to(device) if classifier else None,
-        prior=_uniform(taxonomy), shape=(1, 8, 8), sigma_max=80.0, sigma_min=0.02, data=data, device=device,
+        prior=uniform_prior(taxonomy), shape=(1, 8, 8), sigma_max=80.0, sigma_min=0.02, data=data, device=device,
     )
 
 
-def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+def build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     from probes.models import stable_diffusion as sd
 
     cfg = recipe.model
@@ -239,13 +236,13 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
     guidance_base = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt else None
     classifier = None
     if recipe.classifier is not None:
-        image_classifier = _image_classifier(recipe, taxonomy, device)
-        classifier = sd.DecodedClassifier(sd.LatentDecoder(pipe.vae, decode_size=cfg.decode_size), image_classifier)
+        clean_classifier = image_classifier(recipe, taxonomy, device)
+        classifier = sd.DecodedClassifier(sd.LatentDecoder(pipe.vae, decode_size=cfg.decode_size), clean_classifier)
     latent = pipe.unet.config.sample_size
     return Components(
         taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=sd.prompt_conditioner(taxonomy),
         guidance_base=guidance_base,
-        classifier=classifier, prior=_uniform(taxonomy), shape=(pipe.unet.config.in_channels, latent, latent),
+        classifier=classifier, prior=uniform_prior(taxonomy), shape=(pipe.unet.config.in_channels, latent, latent),
         sigma_max=denoiser.sigma_max, sigma_min=denoiser.sigma_min, device=device,
     )
 
@@ -254,7 +251,7 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
 _UNCONDITIONAL_READERS = ("plugin", "rollout", "immse")
 
 
-def _build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+def build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     from probes.models import edm2
     from probes.models.stable_diffusion import DecodedClassifier
 
@@ -274,11 +271,11 @@ def _build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     denoiser = edm2.EDM2Denoiser(net.to(device), uncond.to(device) if uncond is not None else None)
     classifier = None
     if recipe.classifier is not None:
-        image_classifier = _image_classifier(recipe, taxonomy, device)
+        clean_classifier = image_classifier(recipe, taxonomy, device)
         if edm2.is_pixel_space(net, encoder):
             if cfg.vae is not None:
                 raise ProbesError(f"model.vae: {cfg.path} works on pixels, not VAE latents; remove model.vae")
-            classifier = image_classifier
+            classifier = clean_classifier
         else:
             if cfg.vae is not None:
                 local = recipe.resolve_path(cfg.vae)
@@ -291,16 +288,16 @@ def _build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
             else:
                 raise ProbesError(f"model.vae: {cfg.path} works in VAE latents but holds no encoder; set model.vae to "
                                   f"{edm2.VAE_NAME} (a hub id or a local copy)")
-            classifier = DecodedClassifier(decoder, image_classifier)
+            classifier = DecodedClassifier(decoder, clean_classifier)
     return Components(
         taxonomy=taxonomy, denoiser=denoiser, generator=None,
         conditioner=edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None,
-        classifier=classifier, prior=_uniform(taxonomy), shape=denoiser.shape, sigma_max=edm2.SIGMA_MAX,
+        classifier=classifier, prior=uniform_prior(taxonomy), shape=denoiser.shape, sigma_max=edm2.SIGMA_MAX,
         sigma_min=edm2.SIGMA_MIN, device=device,
     )
 
 
-def _image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
+def image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
     cfg = recipe.classifier
     if cfg.kind == "clip":
         from probes.classifiers.clip import TINY_CLIP, ClipZeroShotClassifier, register_tiny_clip

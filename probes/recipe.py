@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from probes.errors import ProbesError
+from probes.schema import Strict
 from probes.yamlio import load_yaml_file, parse_value
 
 SAMPLERS = ("euler", "heun", "ddim", "ancestral", "euler_maruyama")
@@ -28,85 +29,11 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
-class Strict(BaseModel):
-    # NaN and inf are never meaningful recipe numbers (a sigma, a scale, a std).
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+# Model sections are declared by the families (one file each) and collected from the registry.
+from probes.adapters import recipe_kinds, recipe_models  # noqa: E402
+from probes.adapters.gmm import GMMHierarchy, GMMModel  # noqa: E402,F401  (re-exported)
 
-
-# --- models -----------------------------------------------------------------------------------
-
-
-class GMMHierarchy(Strict):
-    """Means built down the taxonomy: children sit ``separations[depth-1]`` from their parent."""
-
-    separations: list[float]
-    axis_aligned: bool = False
-    share_level_axes: bool = False
-    seed: int = 0
-
-
-class GMMModel(Strict):
-    """A Gaussian mixture over the taxonomy's leaves (exact posteriors and denoisers)."""
-
-    kind: Literal["gmm"]
-    dim: Optional[int] = Field(None, gt=0)
-    std: float = Field(1.0, gt=0)
-    weights: Optional[dict[str, float]] = None
-    means: Optional[dict[str, list[float]]] = None
-    hierarchy: Optional[GMMHierarchy] = None
-
-    @model_validator(mode="after")
-    def _one_source_of_means(self):
-        if (self.means is None) == (self.hierarchy is None):
-            raise ValueError("give exactly one of 'means' (per leaf) or 'hierarchy'")
-        if self.hierarchy is not None and self.dim is None:
-            raise ValueError("'hierarchy' needs 'dim'")
-        return self
-
-
-class DigitsModel(Strict):
-    """The embedded class-conditional UNet on 8x8 digits (``path`` defaults to the shipped one)."""
-
-    kind: Literal["digits"]
-    path: Optional[str] = None
-
-
-class StableDiffusionModel(Strict):
-    """A diffusers Stable Diffusion pipeline by hub id or local directory."""
-
-    kind: Literal["stable-diffusion"]
-    model: str
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    negative_prompt: Optional[str] = None
-    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
-
-
-class TinyStableDiffusionModel(Strict):
-    """A tiny Stable Diffusion pipeline built in code (random weights): the whole path, anywhere."""
-
-    kind: Literal["tiny-stable-diffusion"]
-    seed: int = 0
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    sample_size: int = 16
-    negative_prompt: Optional[str] = None
-    decode_size: Optional[int] = Field(None, gt=0)
-
-
-class EDM2Model(Strict):
-    """An EDM2 network pickle from NVlabs' release (unpickling needs their code on PYTHONPATH)."""
-
-    kind: Literal["edm2"]
-    path: str
-    uncond_path: Optional[str] = Field(None, description="unconditional network: plain reads and guidance")
-    key: str = "ema"
-    vae: Optional[str] = Field(None, description="diffusers VAE (hub id or folder) instead of the pickle's encoder")
-    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
-
-
-ModelConfig = Annotated[
-    Union[GMMModel, DigitsModel, StableDiffusionModel, TinyStableDiffusionModel, EDM2Model],
-    Field(discriminator="kind"),
-]
+ModelConfig = Annotated[Union[tuple(recipe_models())], Field(discriminator="kind")]
 
 # --- classifiers ------------------------------------------------------------------------------
 
@@ -306,8 +233,7 @@ def describe_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     # Discriminated unions put the chosen kind into the location: drop it for readability.
-    loc = [p for p in loc if p not in {"gmm", "digits", "stable-diffusion", "tiny-stable-diffusion", "edm2", "exact",
-                                       "clip", "imagenet"}]
+    loc = [p for p in loc if p not in {*recipe_kinds(), "exact", "clip", "imagenet"}]
     field = ".".join(loc) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -345,9 +271,8 @@ def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, Guidance, Analysis, GMMModel, GMMHierarchy, DigitsModel, StableDiffusionModel,
-                  TinyStableDiffusionModel, EDM2Model, ExactClassifierConfig, DigitsClassifierConfig,
-                  ClipClassifierConfig, ImageNetClassifierConfig):
+    for model in (Recipe, Sampling, Guidance, Analysis, GMMHierarchy, *recipe_models(), ExactClassifierConfig,
+                  DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig):
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None

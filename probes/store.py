@@ -39,7 +39,8 @@ BATCH_DIR = "batches"
 BATCH_SUFFIX = ".safetensors"
 # Everything probes writes into a run directory; anything else makes --overwrite refuse.
 OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
-                   "*.png", "report.html", "samples.csv", "previews", "compare.csv", ".*.tmp", BATCH_DIR)
+                   "*.png", "report.html", "samples.csv", "previews", "compare.csv", "posteriors.safetensors",
+                   "taxonomy.json", "summary.txt", ".*.tmp", BATCH_DIR)
 BATCH_PATTERNS = ("batch_*" + BATCH_SUFFIX, "batch_*.pt", ".*.tmp")
 # Model files above this size are fingerprinted by size and modification time, not content.
 HASH_LIMIT = 64 << 20
@@ -209,21 +210,21 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_batch(out: Path, record: dict, header: BatchHeader) -> Path:
-    """Write one finished batch atomically."""
+def write_record(path: Path, record: dict, header: dict[str, str]) -> Path:
+    """A nested mapping of tensors and JSON values as one safetensors file, atomically, with a
+    SHA-256 of the tensors in its header (``header`` adds string fields)."""
     from safetensors.torch import save
 
     tensors, values = _flatten(record)
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "fingerprint": header.fingerprint,
-            "batch": str(header.batch), "n": str(header.n), "values": json.dumps(values),
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), **header, "values": json.dumps(values),
             "sha256": _tensor_digest(tensors)}
-    path = batch_path(out, header.batch)
     atomic_write_bytes(path, save(tensors, metadata=meta))
-    return path
+    return Path(path)
 
 
-def load_batch(path: Path, expected: BatchHeader) -> dict:
-    """A batch record, or :class:`BatchInvalid` saying why it cannot be used."""
+def read_record(path: Path) -> tuple[dict, dict]:
+    """``(record, header)`` from :func:`write_record`'s file, or :class:`BatchInvalid` saying why not.
+    Nothing in the file is executed: safetensors holds tensors and a JSON header only."""
     from safetensors.torch import load
 
     try:
@@ -231,23 +232,35 @@ def load_batch(path: Path, expected: BatchHeader) -> dict:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except Exception as exc:  # any parse failure means the file is not a readable batch
+    except Exception as exc:  # any parse failure means the file is not a readable record
         raise BatchInvalid(f"unreadable ({type(exc).__name__})") from None
     if meta.get("format") != FORMAT:
-        raise BatchInvalid("not a probes batch file")
-    if meta.get("fingerprint") != expected.fingerprint:
-        raise BatchInvalid("written by a different recipe, seed or input files")
-    if meta.get("batch") != str(expected.batch):
-        raise BatchInvalid(f"holds batch {meta.get('batch')}, not {expected.batch}")
-    if expected.n is not None and meta.get("n") != str(expected.n):
-        raise BatchInvalid(f"holds {meta.get('n')} samples where this run needs {expected.n}")
+        raise BatchInvalid("not a probes file")
     if meta.get("sha256") != _tensor_digest(tensors):
         raise BatchInvalid("checksum mismatch (the file was changed or damaged)")
     try:
         values = json.loads(meta.get("values", "{}"))
     except ValueError:
         raise BatchInvalid("corrupt header") from None
-    return _unflatten(tensors, values)
+    return _unflatten(tensors, values), meta
+
+
+def save_batch(out: Path, record: dict, header: BatchHeader) -> Path:
+    """Write one finished batch atomically."""
+    return write_record(batch_path(out, header.batch), record,
+                        {"fingerprint": header.fingerprint, "batch": str(header.batch), "n": str(header.n)})
+
+
+def load_batch(path: Path, expected: BatchHeader) -> dict:
+    """A batch record, or :class:`BatchInvalid` saying why it cannot be used."""
+    record, meta = read_record(path)
+    if meta.get("fingerprint") != expected.fingerprint:
+        raise BatchInvalid("written by a different recipe, seed or input files")
+    if meta.get("batch") != str(expected.batch):
+        raise BatchInvalid(f"holds batch {meta.get('batch')}, not {expected.batch}")
+    if expected.n is not None and meta.get("n") != str(expected.n):
+        raise BatchInvalid(f"holds {meta.get('n')} samples where this run needs {expected.n}")
+    return record
 
 
 def check_batches(out: Path, expected: list[BatchHeader], report) -> list[int]:

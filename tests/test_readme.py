@@ -20,3 +20,19 @@ def test_python_example_runs(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     exec(compile(code, "README.md", "exec"), {})
     assert "root" in capsys.readouterr().out
+
+
+def test_pipeline_example_runs(monkeypatch, tmp_path, capsys):
+    """The pipeline example as written, with the hub download replaced by a tiny pipeline and 4 steps."""
+    import diffusers
+
+    from probes.models.tiny_sd import build_tiny_pipeline
+
+    code = re.search(r"## Probe your own diffusers pipeline.*?```python\n(.*?)```", README, re.S).group(1)
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: build_tiny_pipeline(sample_size=8)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taxonomies").symlink_to(ROOT / "taxonomies")
+    exec(compile(code.replace("num_inference_steps=30", "num_inference_steps=4"), "README.md", "exec"), {})
+    assert "torch.Size([2, 4, 13])" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "my-sd15" / "tree.json").is_file()

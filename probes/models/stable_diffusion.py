@@ -39,7 +39,7 @@ from probes.errors import ProbesError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-_HINT = ("set model: /path/to/stable-diffusion-v1-5 (a diffusers folder with model_index.json) in the recipe, "
+_HINT = ("set model: /path/to/{folder} (a diffusers folder with model_index.json) in the recipe, "
          "or download it first with `huggingface-cli download {id}`")
 
 
@@ -63,28 +63,30 @@ def _looks_like_path(model: str) -> bool:
             or "\\" in model or model.endswith("/"))
 
 
-def _check_model_available(model: str, offline: bool) -> None:
+def _check_model_available(model: str, offline: bool, folder: str = "stable-diffusion-v1-5") -> None:
     """Fail fast, with one line, when the weights cannot be found without a download."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise ProbesError(f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json); "
-                              + _HINT.format(id="<hub id> --local-dir " + str(path)))
+                              + _HINT.format(folder=folder, id="<hub id> --local-dir " + str(path)))
         return
     if _looks_like_path(model):
-        raise ProbesError(f"model {model!r}: no such folder; " + _HINT.format(id="<hub id> --local-dir " + model))
+        raise ProbesError(f"model {model!r}: no such folder; "
+                          + _HINT.format(folder=folder, id="<hub id> --local-dir " + model))
     if offline:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(model, "model_index.json")
         if not isinstance(cached, str):
             raise ProbesError(f"model {model!r} is not in the local Hugging Face cache and the hub is offline "
-                              f"(HF_HUB_OFFLINE / local_files_only); " + _HINT.format(id=model))
+                              f"(HF_HUB_OFFLINE / local_files_only); " + _HINT.format(folder=folder, id=model))
 
 
 def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device = "cpu",
-                  local_files_only: bool | None = None):
-    """Load a diffusers ``StableDiffusionPipeline`` from a hub id or a local folder.
+                  local_files_only: bool | None = None, pipeline: str | tuple[str, ...] = "StableDiffusionPipeline"):
+    """Load a diffusers pipeline (``StableDiffusionPipeline`` unless ``pipeline`` names the accepted
+    classes; a local folder loads as the class it was saved from) from a hub id or a local folder.
 
     Args:
         model: hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a folder in diffusers'
@@ -99,21 +101,43 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
     if dtype not in DTYPES:
         raise ProbesError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
     offline = _hub_offline(local_files_only)
-    _check_model_available(str(model), offline)
+    folder = "stable-diffusion-v1-5" if pipeline == "StableDiffusionPipeline" else Path(str(model)).name
+    _check_model_available(str(model), offline, folder)
+    pipeline = _check_pipeline_class(Path(model).expanduser(), (pipeline,) if isinstance(pipeline, str) else pipeline)
     patch_torchvision()
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     source = str(Path(model).expanduser()) if Path(model).expanduser().exists() else str(model)
+    extra = (dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+             if pipeline == "StableDiffusionPipeline" else {})
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, dtype=DTYPES[dtype], safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=offline)
+        pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=DTYPES[dtype], local_files_only=offline,
+                                                            **extra)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors are OSError subclasses
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ProbesError(f"model {model!r} could not be loaded ({first}); " + _HINT.format(id=model)) from None
+        raise ProbesError(f"model {model!r} could not be loaded ({first}); "
+                          + _HINT.format(folder=folder, id=model)) from None
     pipe = pipe.to(resolve_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _check_pipeline_class(path: Path, accepted: tuple[str, ...]) -> str:
+    """The class to load with; a local folder saved from another pipeline class fails here, in one
+    line, not mid-run."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        return accepted[0]
+    import json
+
+    try:
+        saved = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        raise ProbesError(f"model {str(path)!r}: {index} is not valid JSON") from None
+    if saved and saved not in accepted:
+        raise ProbesError(f"model {str(path)!r} holds a {saved}, not a {' or '.join(accepted)}; use the recipe "
+                          f"model.kind for {saved}")
+    return saved or accepted[0]
 
 
 class StableDiffusionDenoiser(Denoiser):

@@ -31,8 +31,13 @@ MAX_LABELLED_LEAVES = 40
 MAX_LABELLED_INTERNAL = 40
 
 
-def _save(fig, path) -> Path:
-    """Write a PNG atomically (a reader never sees half an image) and close the figure."""
+def _save(fig, path):
+    """Write ``fig`` as a PNG atomically (a reader never sees half an image) and close it; with
+    ``path=None`` return the figure instead."""
+    if path is None:
+        fig.tight_layout()
+        plt.close(fig)  # detached from pyplot's state; still drawable and savable
+        return fig
     path = Path(path)
     try:
         fig.tight_layout()
@@ -60,8 +65,9 @@ def _level_label(level: int, depth: int) -> str:
     return f"level {level} (leaves)" if level == depth else f"level {level}"
 
 
-def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
-    """Level entropies ``H_l(sigma)`` (nats) per estimator, shaded +-1 standard error.
+def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
+    """Level entropies ``H_l(sigma)`` (nats) per estimator, shaded +-1 standard error. Returns the
+    PNG's path, or the figure when ``path`` is None.
 
     One panel per estimator (alphabetical), at most three a row, sharing the y axis; dotted lines
     mark each level's prior entropy ``H(cell_l)`` where known.

@@ -1,0 +1,60 @@
+"""Gaussian mixtures: exact denoisers and posteriors (the toolkit's ground truth)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from probes.adapters.base import Family
+from probes.schema import Strict
+
+
+class GMMHierarchy(Strict):
+    """Means built down the taxonomy: children sit ``separations[depth-1]`` from their parent."""
+
+    separations: list[float]
+    axis_aligned: bool = False
+    share_level_axes: bool = False
+    seed: int = 0
+
+
+class GMMModel(Strict):
+    """A Gaussian mixture over the taxonomy's leaves (exact posteriors and denoisers)."""
+
+    kind: Literal["gmm"]
+    dim: Optional[int] = Field(None, gt=0)
+    std: float = Field(1.0, gt=0)
+    weights: Optional[dict[str, float]] = None
+    means: Optional[dict[str, list[float]]] = None
+    hierarchy: Optional[GMMHierarchy] = None
+
+    @model_validator(mode="after")
+    def _one_source_of_means(self):
+        if (self.means is None) == (self.hierarchy is None):
+            raise ValueError("give exactly one of 'means' (per leaf) or 'hierarchy'")
+        if self.hierarchy is not None and self.dim is None:
+            raise ValueError("'hierarchy' needs 'dim'")
+        return self
+
+
+class GaussianMixtureFamily(Family):
+    name = "gmm"
+    parameterisation = "exact"
+    conditioning = "mask"
+    description = "Gaussian mixtures: exact D(x, sigma, leaves) and exact posteriors"
+    recipe_models = (GMMModel,)
+
+    def build(self, recipe, taxonomy, device):
+        from probes.components import build_gmm
+
+        return build_gmm(recipe, taxonomy, device)
+
+    def denoiser(self, mixture):
+        return mixture.denoiser()
+
+    def decoder(self, mixture, call_kwargs: dict | None = None, decode_size=None):
+        return lambda x: x
+
+    def conditioner(self, mixture, taxonomy):
+        return mixture.conditioner(taxonomy)

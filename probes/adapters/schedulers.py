@@ -1,0 +1,101 @@
+"""Reading a diffusers scheduler's steps on the sigma axis, and which estimators each allows.
+
+Each supported scheduler keeps its state in one layout (``vp``, ``ve`` or ``flow``, see
+:func:`probes.adapters.base.to_sigma_axis`) and takes one kind of step:
+
+* ``deterministic``: the step from ``x_i`` to ``x_{i+1}`` adds no noise (DDIM with eta 0, Euler,
+  DPM-Solver, UniPC, flow-matching Euler): there is no Gaussian kernel for ``bayes`` to invert;
+* ``ancestral``: ``x_{i+1} ~ N(a x_i + (1 - a) D, (1 - a) sigma_{i+1}^2)`` with
+  ``a = sigma_{i+1}^2 / sigma_i^2`` on the sigma axis (DDPM's posterior step, Euler ancestral):
+  exactly the kernel ``bayes`` inverts.
+
+``plugin`` (the pipeline's own x0 prediction, classified) and ``rollout`` (stochastic completions
+with the family's denoiser) work on every supported scheduler. ``exact`` needs a Gaussian mixture
+and ``immse`` labelled data, neither of which a pipeline has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from probes.adapters.base import sigma_of_flow_t, to_sigma_axis, x0_from_output
+from probes.errors import ProbesError
+
+
+@dataclass(frozen=True)
+class SchedulerKind:
+    layout: str  # vp | ve | flow
+    kernel: str  # deterministic | ancestral
+
+
+SCHEDULERS: dict[str, SchedulerKind] = {
+    "DDIMScheduler": SchedulerKind("vp", "deterministic"),
+    "DDPMScheduler": SchedulerKind("vp", "ancestral"),
+    "DPMSolverMultistepScheduler": SchedulerKind("vp", "deterministic"),
+    "UniPCMultistepScheduler": SchedulerKind("vp", "deterministic"),
+    "EulerDiscreteScheduler": SchedulerKind("ve", "deterministic"),
+    "EulerAncestralDiscreteScheduler": SchedulerKind("ve", "ancestral"),
+    "FlowMatchEulerDiscreteScheduler": SchedulerKind("flow", "deterministic"),
+}
+
+PIPELINE_ESTIMATORS = {"deterministic": ("plugin", "rollout"), "ancestral": ("plugin", "rollout", "bayes")}
+
+
+def scheduler_kind(scheduler) -> SchedulerKind:
+    name = type(scheduler).__name__
+    if name not in SCHEDULERS:
+        raise ProbesError(f"scheduler {name} is not supported for probing; use one of {', '.join(SCHEDULERS)} "
+                          f"(pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config))")
+    kind = SCHEDULERS[name]
+    config = scheduler.config
+    if name == "DDPMScheduler" and config.get("variance_type", "fixed_small") != "fixed_small":
+        return SchedulerKind(kind.layout, "deterministic-noise")  # a different kernel: not bayes's
+    if name == "DPMSolverMultistepScheduler" and str(config.get("algorithm_type", "")).startswith("sde"):
+        return SchedulerKind(kind.layout, "other-noise")
+    return kind
+
+
+def check_estimators(scheduler, names) -> SchedulerKind:
+    """One line refusing estimators the scheduler's steps cannot serve."""
+    kind = scheduler_kind(scheduler)
+    allowed = PIPELINE_ESTIMATORS.get(kind.kernel, ("plugin", "rollout"))
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        why = {"bayes": f"{type(scheduler).__name__} ({kind.kernel} steps) has no ancestral Gaussian kernel for "
+                        "bayes to invert; use DDPMScheduler or EulerAncestralDiscreteScheduler",
+               "exact": "exact needs a Gaussian mixture, not a pipeline",
+               "immse": "immse needs labelled data pairs, not a pipeline"}
+        reasons = "; ".join(why.get(n, f"{n!r} is not an estimator for pipelines") for n in bad)
+        raise ProbesError(f"estimators {', '.join(bad)} cannot probe this pipeline: {reasons} "
+                          f"(allowed here: {', '.join(allowed)})")
+    return kind
+
+
+def native_sigma(scheduler, timestep) -> float:
+    """The scheduler's own noise level for the step it is about to take at ``timestep``: the
+    entry of ``scheduler.sigmas`` (flow time for flow schedulers) or, for schedulers without a
+    sigma table, ``sqrt((1 - abar_t) / abar_t)``. Call before ``step`` (it reads the step index)."""
+    if hasattr(scheduler, "sigmas") and hasattr(scheduler, "step_index"):
+        if scheduler.step_index is None:
+            scheduler._init_step_index(timestep)  # what step() itself does first
+        return float(scheduler.sigmas[scheduler.step_index])
+    abar = float(scheduler.alphas_cumprod[int(timestep)])
+    return math.inf if abar <= 0 else math.sqrt((1 - abar) / abar)
+
+
+def read_step(scheduler, kind: SchedulerKind, model_output: torch.Tensor, timestep, sample: torch.Tensor):
+    """``(sigma, x_sigma, x0_hat)`` of one scheduler step on the toolkit's axis."""
+    native = native_sigma(scheduler, timestep)
+    sigma = sigma_of_flow_t(native) if kind.layout == "flow" else native
+    prediction = "flow" if kind.layout == "flow" else scheduler.config.get("prediction_type", "epsilon")
+    if math.isinf(sigma):
+        return sigma, None, None
+    x = to_sigma_axis(sample.double(), sigma, kind.layout).float()
+    x0 = x0_from_output(model_output.double(), sample.double(), sigma, kind.layout, prediction).float()
+    if scheduler.config.get("clip_sample"):  # the scheduler clips its estimate before using it
+        bound = float(scheduler.config.get("clip_sample_range", 1.0))
+        x0 = x0.clamp(-bound, bound)
+    return sigma, x, x0

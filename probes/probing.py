@@ -1,0 +1,184 @@
+"""Watch a user's own diffusers pipeline as it samples: ``probes.probe(pipe, taxonomy, ...)``.
+
+The pipeline runs exactly as the user calls it (their scheduler, prompts, guidance, LoRA,
+generator). Its scheduler's ``step`` is wrapped for the duration of the call: the wrapper reads
+``(model_output, timestep, sample)``, calls the original ``step`` and returns its result
+untouched, so not a pixel of the output changes. From what it reads, each step gives, on the
+toolkit's sigma axis (:mod:`probes.adapters.schedulers`):
+
+* the state ``x_sigma`` (the scheduler's latents converted from their layout);
+* the pipeline's own clean estimate ``x0_hat`` (from the guided model output and sigma, with the
+  family's parameterisation), which ``plugin`` classifies;
+* the scheduler's own sigma grid.
+
+Estimators that need more than the pipeline computes (``rollout`` completions, ``bayes``'s
+per-leaf predictions) call the family's plain (unguided) denoiser from :mod:`probes.adapters`.
+Steps at infinite sigma (a flow schedule's ``t = 1``, a zero-terminal-SNR schedule's first step)
+are left out: there the posterior is the prior, whatever the model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from probes.adapters import FAMILIES, Family, family_of
+from probes.adapters.schedulers import check_estimators, read_step
+from probes.errors import ProbesError
+from probes.estimators import ESTIMATORS, Estimator, ProbeContext, build_estimator
+from probes.sampling import Trajectory
+
+
+class LatentClassifier(torch.nn.Module):
+    """Latents -> leaf log-probabilities: decode, then classify.
+
+    ``classifier`` is a toolkit :class:`~probes.classifiers.base.Classifier` (its leaves must be the
+    taxonomy's) or any callable ``images [B, 3, H, W] in [-1, 1] -> logits [B, L]`` over the
+    taxonomy's leaves in ``taxonomy.leaves`` order.
+    """
+
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], classifier: Callable, leaves: Sequence[str]):
+        super().__init__()
+        from probes.classifiers.base import Classifier
+
+        self.decode, self.classifier, self.leaves = decode, classifier, list(leaves)
+        self.returns_log_probs = isinstance(classifier, Classifier)
+        if self.returns_log_probs and list(classifier.leaves) != self.leaves:
+            raise ProbesError(f"classifier: its leaves ({', '.join(map(str, classifier.leaves[:4]))} ...) are not the "
+                              f"taxonomy's leaves in order ({', '.join(self.leaves[:4])} ...)")
+
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.classifier(self.decode(z))
+        if not isinstance(out, torch.Tensor) or out.shape != (z.shape[0], len(self.leaves)):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ProbesError(f"classifier: returned {shape} for {z.shape[0]} images; expected logits "
+                              f"[{z.shape[0]}, {len(self.leaves)}] over the taxonomy's leaves")
+        return out.float() if self.returns_log_probs else torch.log_softmax(out.float(), dim=-1)
+
+
+class StepRecorder:
+    """Wraps ``scheduler.step`` on the instance; records each step on the sigma axis."""
+
+    def __init__(self, pipe, family: Family, kind, call_kwargs: dict):
+        self.scheduler, self.family, self.kind, self.call_kwargs = pipe.scheduler, family, kind, call_kwargs
+        self.sigmas: list[float] = []
+        self.native: list[float] = []
+        self.states: list[torch.Tensor] = []
+        self.denoised: list[torch.Tensor] = []
+        self.last: torch.Tensor | None = None
+
+    def __enter__(self):
+        original = self.scheduler.step
+
+        def step(*args, **kwargs):
+            names = ("model_output", "timestep", "sample")
+            got = dict(zip(names, args))
+            got.update({k: kwargs[k] for k in names if k in kwargs})
+            self.record(got["model_output"], got["timestep"], got["sample"])
+            return original(*args, **kwargs)
+
+        self.scheduler.step = step  # an instance attribute shadows the method until __exit__
+        return self
+
+    def __exit__(self, *exc):
+        del self.scheduler.step
+        return False
+
+    @torch.no_grad()
+    def record(self, model_output, timestep, sample):
+        rows = self.family.step_rows
+        sigma, x, x0 = read_step(self.scheduler, self.kind, rows(model_output, self.call_kwargs), timestep,
+                                 rows(sample, self.call_kwargs))
+        if math.isinf(sigma):
+            return
+        self.sigmas.append(sigma)
+        self.states.append(x)
+        self.denoised.append(x0)
+
+    def trajectory(self) -> Trajectory:
+        if not self.sigmas:
+            raise ProbesError("the pipeline took no scheduler step at finite sigma; nothing to probe")
+        sigmas = torch.tensor(self.sigmas, dtype=torch.float64)
+        if len(sigmas) > 1 and (sigmas[1:] >= sigmas[:-1]).any():
+            raise ProbesError(f"{type(self.scheduler).__name__}: its sigmas do not fall step by step "
+                              f"({[round(s, 4) for s in self.sigmas]}); probing needs one step per noise level")
+        method = "ancestral" if self.kind.kernel == "ancestral" else "ddim"
+        denoised = torch.stack(self.denoised)
+        return Trajectory(sigmas=sigmas, states=torch.stack(self.states), denoised=denoised, x0=denoised[-1],
+                          method=method, cond=None)
+
+
+def _estimators(estimators) -> list[Estimator]:
+    if isinstance(estimators, (str, Estimator)):
+        estimators = [estimators]
+    out = []
+    for e in estimators:
+        if isinstance(e, Estimator):
+            out.append(e)
+        elif isinstance(e, str) and e in ESTIMATORS:
+            out.append(build_estimator(e))
+        else:
+            raise ProbesError(f"estimators: unknown estimator {e!r}; expected names from {', '.join(ESTIMATORS)}")
+    return out
+
+
+def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugin",), *,
+          family: str | Family | None = None, conditioner=None, estimator_seed: int = 0, batch_size: int = 64,
+          **pipe_kwargs) -> "ProbeResult":
+    """Run ``pipe(**pipe_kwargs)`` and estimate ``p(leaf | x_sigma)`` along its own trajectory.
+
+    Args:
+        pipe: a diffusers pipeline of a registered family (:data:`probes.adapters.FAMILIES`).
+        taxonomy: a :class:`~probes.taxonomy.Taxonomy` or a source for :func:`probes.load_taxonomy`.
+        classifier: a toolkit classifier over the taxonomy's leaves, or any callable
+            ``images [B, 3, H, W] in [-1, 1] -> logits [B, L]`` (``plugin``, ``rollout``).
+        estimators: names (``plugin``, ``rollout``, ``bayes``) or estimator objects.
+        family: the registry name when the pipeline's class does not say it.
+        conditioner: taxonomy nodes -> the family's ``cond`` (``bayes``); the family's default
+            (prompts from the taxonomy, ImageNet class ids) otherwise.
+        estimator_seed: seeds the estimators' own randomness (rollout completions).
+        batch_size: rows per internal denoiser / classifier call.
+        **pipe_kwargs: the pipeline call's arguments, passed through unchanged.
+
+    Returns:
+        a :class:`~probes.result.ProbeResult`; ``result.output`` is what ``pipe(...)`` returned.
+    """
+    from probes.result import ProbeResult
+    from probes.taxonomy import Taxonomy, load_taxonomy
+
+    tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(str(taxonomy))
+    fam = family_of(pipe) if family is None else (FAMILIES[family] if isinstance(family, str) and family in FAMILIES
+                                                  else family)
+    if not isinstance(fam, Family):
+        raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    ests = _estimators(estimators)
+    kind = check_estimators(pipe.scheduler, [e.name for e in ests])
+    needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
+    if needs_classifier and classifier is None:
+        raise ProbesError(f"classifier: estimators {', '.join(needs_classifier)} need a classifier "
+                          "(a toolkit classifier or a callable images -> logits over the taxonomy's leaves)")
+    scorer = LatentClassifier(fam.decoder(pipe, pipe_kwargs), classifier, tax.leaves) if classifier else None
+    needs_model = any(e.name in ("rollout", "bayes") for e in ests)
+    denoiser = fam.denoiser(pipe, **fam.options_from_call(pipe_kwargs)) if needs_model else None
+    if hasattr(denoiser, "embeddings"):
+        denoiser.embeddings(None, 1)  # encode the empty prompt: no text encoders fails now, not after sampling
+    if needs_model and any(e.name == "bayes" for e in ests) and conditioner is None:
+        conditioner = fam.conditioner(pipe, tax)
+
+    with StepRecorder(pipe, fam, kind, pipe_kwargs) as recorder:
+        output = pipe(**pipe_kwargs)
+    traj = recorder.trajectory()
+
+    ctx = ProbeContext(taxonomy=tax, sigmas=traj.sigmas, denoiser=denoiser, conditioner=conditioner,
+                       classifier=scorer, batch_size=batch_size)
+    estimates = {}
+    for est in ests:
+        g = torch.Generator(device=traj.states.device).manual_seed(estimator_seed)
+        estimates[est.name] = est.estimate(traj, ctx, generator=g)
+    meta: dict[str, Any] = {"family": fam.name, "pipeline": type(pipe).__name__,
+                            "scheduler": type(pipe.scheduler).__name__, "scheduler_kernel": kind.kernel,
+                            "state_layout": kind.layout, "estimators": {e.name: repr(e) for e in ests}}
+    return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)

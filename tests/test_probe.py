@@ -1,0 +1,137 @@
+"""``probes.probe`` on tiny pipelines of every family: same pixels, the scheduler's own grid,
+posteriors that are the classifier's on the pipeline's own estimates, and one-line refusals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import probes
+import tiny_pipelines as tp
+from probes.adapters.base import sigma_of_flow_t
+from probes.errors import ProbesError
+from probes.taxonomy import load_taxonomy
+
+TAX = "taxonomies/animals-vehicles.yaml"
+
+
+class LinearLogits:
+    """A fixed random linear map of 4x4-pooled images to logits: any callable images -> logits."""
+
+    def __init__(self, n_leaves, seed=0):
+        self.w = torch.randn(3 * 16, n_leaves, generator=torch.Generator().manual_seed(seed))
+        self.calls = 0
+
+    def __call__(self, images):
+        assert images.ndim == 4 and images.shape[1] == 3
+        self.calls += 1
+        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1) @ self.w
+
+
+def _pipe(case):
+    return tp.family_pipe(case)
+
+
+def _call(case):
+    spec = tp.FAMILY_CASES[case]
+    guidance = {} if spec.guidance is None else {"guidance_scale": spec.guidance}
+    return dict(spec.call, **guidance)
+
+
+def _scheduler_grid(scheduler):
+    """The scheduler's noise levels after set_timesteps, on the toolkit's axis, from its own tables."""
+    name = type(scheduler).__name__
+    if name.startswith("FlowMatch"):
+        grid = [sigma_of_flow_t(float(t)) for t in scheduler.sigmas[:-1]]
+    elif hasattr(scheduler, "sigmas") and name != "DDPMScheduler":
+        grid = [float(s) for s in scheduler.sigmas[:-1]]
+    else:
+        ac = scheduler.alphas_cumprod.double()
+        grid = [math.sqrt((1 - ac[int(t)]) / ac[int(t)]) for t in scheduler.timesteps]
+    return [s for s in grid if math.isfinite(s)]
+
+
+@pytest.mark.parametrize("case", list(tp.FAMILY_CASES))
+def test_probe_changes_no_pixel_and_reports_on_the_schedulers_grid(case):
+    pipe = _pipe(case)
+    tax = load_taxonomy(TAX)
+    call = dict(_call(case), num_inference_steps=3, output_type="pt")
+    torch.manual_seed(0)  # DiTPipeline does not pass its generator to DDPM's step noise
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    clf = LinearLogits(len(tax.leaves))
+    torch.manual_seed(0)
+    result = probes.probe(pipe, tax, classifier=clf, estimators=["plugin"], **call,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.output.images, plain)
+    expect = _scheduler_grid(pipe.scheduler)
+    assert np.allclose(result.sigmas().numpy(), expect, rtol=1e-6)
+    lp = result.log_posteriors()
+    assert lp.shape == (len(plain), len(expect), len(tax.leaves))
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[:2]), atol=1e-5)
+    # plugin = the classifier on the pipeline's own clean estimates, decoded
+    traj = result.trajectory
+    scorer_input = traj.denoised[-1]
+    from probes.probing import LatentClassifier
+
+    decode = probes.adapters.family_of(pipe).decoder(pipe, call)
+    direct = torch.log_softmax(clf(decode(scorer_input)), -1)
+    assert torch.allclose(lp[:, -1], direct, atol=1e-5)
+    assert isinstance(LatentClassifier, type)
+
+
+def test_probe_bayes_and_rollout_on_an_ancestral_dit():
+    pipe = _pipe("dit")
+    tax = load_taxonomy(TAX)
+    call = dict(class_labels=[207, 511], guidance_scale=4.0, num_inference_steps=3, output_type="pt")
+    torch.manual_seed(0)
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    torch.manual_seed(0)
+    result = probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=["bayes", "rollout"],
+                          **call, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.output.images, plain)
+    bayes = result.log_posteriors("bayes")
+    assert torch.allclose(bayes[:, 0].exp(), torch.full((2, len(tax.leaves)), 1 / len(tax.leaves)), atol=1e-6)
+    assert torch.isfinite(bayes).all() and torch.isfinite(result.log_posteriors("rollout")).all()
+    assert result.estimates["bayes"].denoiser_calls == 2 * len(tax.leaves) * (len(result.sigmas()) - 1)
+
+
+def test_probe_rollout_on_stable_diffusion(tmp_path):
+    pipe = _pipe("stable-diffusion")
+    tax = load_taxonomy(TAX)
+    from probes.estimators import build_estimator
+
+    result = probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)),
+                          estimators=["plugin", build_estimator("rollout", k=2)], prompt=["a cat"],
+                          num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert result.log_posteriors("rollout").shape == result.log_posteriors("plugin").shape
+    # k = 2 completions of the remaining steps from every grid point
+    assert result.estimates["rollout"].denoiser_calls == 2 * sum(range(1, 4))
+    back = probes.load(result.save(tmp_path / "sd-run"))
+    assert torch.equal(back.log_posteriors("rollout"), result.log_posteriors("rollout"))
+    assert back.meta["scheduler"] == "DDIMScheduler" and back.meta["family"] == "stable-diffusion"
+
+
+def test_refusals_are_one_line():
+    pipe = _pipe("stable-diffusion")
+    tax = load_taxonomy(TAX)
+    clf = LinearLogits(len(tax.leaves))
+    with pytest.raises(ProbesError, match="no ancestral Gaussian kernel") as err:
+        probes.probe(pipe, tax, classifier=clf, estimators=["bayes"], prompt="a cat", num_inference_steps=2)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ProbesError, match="need a classifier"):
+        probes.probe(pipe, tax, estimators=["plugin"], prompt="a cat", num_inference_steps=2)
+    with pytest.raises(ProbesError, match="expected logits"):
+        probes.probe(pipe, tax, classifier=LinearLogits(3), prompt="a cat", num_inference_steps=2)
+    from diffusers import PNDMScheduler
+
+    saved = pipe.scheduler
+    try:
+        pipe.scheduler = PNDMScheduler.from_config(saved.config)
+        with pytest.raises(ProbesError, match="PNDMScheduler is not supported"):
+            probes.probe(pipe, tax, classifier=clf, prompt="a cat", num_inference_steps=2)
+    finally:
+        pipe.scheduler = saved
+    assert "step" not in vars(pipe.scheduler)  # the wrapper never outlives the call
+    with pytest.raises(ProbesError, match="no adapter for"):
+        probes.probe(object(), tax, classifier=clf)

@@ -1,0 +1,101 @@
+"""ProbeResult: entropies, decisions, comparison, plots and the saved run directory.
+
+Synthetic posteriors with known entropies: a uniform posterior over L leaves has leaf-level entropy
+log L, a one-hot posterior 0; a posterior uniform inside one coarse cell has level-1 entropy 0 and
+leaf entropy log(cell size). Tolerance 1e-6 (float32 posteriors, float64 entropies).
+"""
+
+import csv
+import math
+
+import matplotlib.figure
+import numpy as np
+import pytest
+import torch
+
+import probes
+from probes.errors import ProbesError
+from probes.estimators import EstimatorOutput
+from probes.result import ProbeResult
+from probes.taxonomy import load_taxonomy
+
+
+@pytest.fixture(scope="module")
+def tax():
+    return load_taxonomy("taxonomies/animals-vehicles.yaml")
+
+
+def _result(tax, kind, n=4, sigmas=(8.0, 4.0, 2.0, 1.0, 0.5)):
+    L, S = len(tax.leaves), len(sigmas)
+    if kind == "uniform":
+        p = torch.full((n, S, L), 1.0 / L)
+    elif kind == "onehot":
+        p = torch.zeros(n, S, L)
+        p[..., 0] = 1.0
+    else:  # a decision at sigma 2: uniform above, one-hot below
+        p = torch.full((n, S, L), 1.0 / L)
+        p[:, 3:] = 0.0
+        p[:, 3:, 0] = 1.0
+    lp = p.clamp_min(1e-30).log()
+    out = EstimatorOutput("plugin", torch.tensor(sigmas, dtype=torch.float64), log_probs=lp, classifier_calls=n * S)
+    prior = torch.full((L,), 1.0 / L, dtype=torch.float64)  # else the mean posterior stands in for p(y)
+    return ProbeResult(taxonomy=tax, estimates={"plugin": out}, meta={"family": "test"}, prior=prior)
+
+
+def test_entropy_of_known_posteriors(tax):
+    L = len(tax.leaves)
+    uni, one = _result(tax, "uniform").entropy(), _result(tax, "onehot").entropy()
+    assert np.allclose(uni.level_mean()[:, -1], math.log(L), atol=1e-6)
+    assert np.allclose(one.level_mean(), 0.0, atol=1e-6)
+    # level 1 of animals-vehicles: animal (6 leaves) vs vehicle (7 leaves)
+    h1 = -(6 / 13) * math.log(6 / 13) - (7 / 13) * math.log(7 / 13)
+    assert np.allclose(uni.level_mean()[:, 0], h1, atol=1e-6)
+
+
+def test_compare_gives_the_information_gap(tax):
+    uni, one = _result(tax, "uniform"), _result(tax, "onehot")
+    gap = uni.compare(one)
+    depth = tax.max_depth
+    assert np.allclose(gap[depth]["delta"], math.log(len(tax.leaves)), atol=1e-6)
+    assert np.allclose(one.compare(one)[depth]["delta"], 0.0, atol=1e-9)
+    other_grid = _result(tax, "uniform", sigmas=(9.0, 4.0, 2.0, 1.0, 0.5))
+    with pytest.raises(ProbesError, match="different sigma grids"):
+        uni.compare(other_grid)
+
+
+def test_decisions_on_a_step_posterior(tax):
+    res = _result(tax, "step")
+    levels = res.decisions(axis="levels", n_boot=20)
+    nodes = res.decisions(axis="nodes", n_boot=20)
+    assert set(levels) == set(range(1, tax.max_depth + 1)) and set(nodes) == set(tax.internal_nodes)
+    # the entropy falls between grid points 2.0 and 1.0: every decided level lies in that step
+    for d in levels.values():
+        assert d is not None and 1.0 <= d.decision_sigma <= 2.0
+    with pytest.raises(ProbesError, match="axis must be"):
+        res.decisions(axis="leaves")
+
+
+def test_save_and_load_round_trip(tax, tmp_path):
+    res = _result(tax, "step")
+    out = res.save(tmp_path / "run")
+    for name in ("curves.csv", "decisions.csv", "tree.json", "run.json", "curves.png", "posteriors.safetensors",
+                 "taxonomy.json", "summary.txt"):
+        assert (out / name).is_file(), name
+    back = probes.load(out)
+    assert torch.equal(back.log_posteriors(), res.log_posteriors())
+    assert back.taxonomy.leaves == tax.leaves and back.meta == {"family": "test"}
+    assert back.output is None
+    a, b = res.decisions(n_boot=20), back.decisions(n_boot=20)
+    assert {k: v.decision_sigma for k, v in a.items()} == {k: v.decision_sigma for k, v in b.items()}
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    leaf_rows = [r for r in rows if r["kind"] == "level" and r["name"] == str(tax.max_depth)]
+    assert len(leaf_rows) == 5 and abs(float(leaf_rows[0]["entropy"]) - math.log(13)) < 1e-6
+    with pytest.raises(ProbesError, match="not a saved probe result"):
+        probes.load(tmp_path)
+
+
+def test_plot(tax, tmp_path):
+    res = _result(tax, "step")
+    assert isinstance(res.plot(), matplotlib.figure.Figure)
+    assert res.plot(tmp_path / "c.png").is_file()
