@@ -34,18 +34,20 @@ def curves_from_batches(batches: list[dict], name: str, taxonomy: Taxonomy, prio
 
 def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: list[str], n_batches: int,
                 prior: torch.Tensor | None = None) -> dict:
-    from probes.entropy import decide
+    from probes.entropy import decide_axes
     from probes.report import plots
     from probes.report.rundir import write_curves_csv, write_decisions_csv, write_tree
 
     t0 = time.perf_counter()
     batches = load_batches(out, n_batches)
     curves = {name: curves_from_batches(batches, name, taxonomy, prior) for name in estimator_names}
-    decisions = {name: decide(c, n_boot=recipe.analysis.n_boot, seed=recipe.seed) for name, c in curves.items()}
+    # decisions.csv has every axis; the tree, plots and run.json use the log-sigma one
+    by_axis = {name: decide_axes(c, n_boot=recipe.analysis.n_boot, seed=recipe.seed) for name, c in curves.items()}
+    decisions = {name: d["log_sigma"] for name, d in by_axis.items()}
     primary = recipe.primary_estimator
 
     write_curves_csv(out / "curves.csv", curves)
-    write_decisions_csv(out / "decisions.csv", decisions)
+    write_decisions_csv(out / "decisions.csv", by_axis)
     write_tree(out, taxonomy, decisions[primary])
     plots.plot_curves(out / "curves.png", curves)
     plots.plot_tree(out / "tree.png", taxonomy, decisions[primary])

@@ -169,7 +169,7 @@ class Sampling(Strict):
     samples: int = Field(256, gt=0)
     batch_size: int = Field(64, gt=0)
     steps: int = Field(64, ge=2)
-    grid: Literal["geometric", "karras"] = "geometric"
+    grid: Literal["geometric", "karras", "log_snr"] = "geometric"
     sigma_max: Optional[float] = Field(None, gt=0)
     sigma_min: Optional[float] = Field(None, gt=0)
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]

@@ -97,7 +97,8 @@ def test_decisions_csv(tmp_path, run):
     empty["nodes"] = {**decisions["nodes"], "root": None}
     rows = read_csv(write_decisions_csv(tmp_path / "d2.csv", {"x": empty}))
     root = next(r for r in rows if r[1] == "node" and r[2] == "root")
-    assert root[3:] == [""] * 9
+    assert root[3:12] == [""] * 9
+    assert root[12:] == ["log_sigma", "", ""]
 
 
 def test_coarse_decides_before_fine(run):

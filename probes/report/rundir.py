@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from probes import noise
-from probes.entropy.decisions import Decision
+from probes.entropy.decisions import AXES, Decision
 from probes.entropy.engine import EntropyCurves
 
 CURVES_COLUMNS = [
@@ -34,6 +34,7 @@ CURVES_COLUMNS = [
 DECISIONS_COLUMNS = [
     "estimator", "kind", "name", "decision_sigma", "window_lo", "window_hi",
     "interval_lo", "interval_hi", "vp_time", "log_snr", "peak_rate", "at_edge",
+    "axis", "points_per_half_width", "under_resolved",
 ]
 VERSION_PACKAGES = {
     "probes": "probes",
@@ -141,25 +142,38 @@ def _split(decisions) -> tuple[Mapping, Mapping]:
 def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> Path:
     """Decisions of every estimator, one row per level and internal node (see docs/outputs.md).
 
-    ``decisions_by_estimator[name]`` is a :func:`probes.entropy.decide` result. Undecided nodes
-    (flat or unsupported curves) get a row with empty values. Row order: estimator (alphabetical),
-    ``level`` rows by depth, then ``node`` rows in the decide() (taxonomy pre-order) order.
+    ``decisions_by_estimator[name]`` is a :func:`probes.entropy.decide` result, or a
+    :func:`probes.entropy.decide_axes` result ``{axis: decide() result}`` for one row per axis.
+    Undecided nodes (flat or unsupported curves) get a row with empty values but their axis.
+    Row order: estimator (alphabetical), axis (in the order given), ``level`` rows by depth, then
+    ``node`` rows in the decide() (taxonomy pre-order) order.
     """
     rows = []
     for est in sorted(decisions_by_estimator):
-        levels, nodes = _split(decisions_by_estimator[est])
-        for kind, family in (("level", levels), ("node", nodes)):
-            for name, d in family.items():
-                if d is None:
-                    rows.append([est, kind, str(name)] + [""] * (len(DECISIONS_COLUMNS) - 3))
-                    continue
-                interval = d.interval or (None, None)
-                rows.append([
-                    est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
-                    _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
-                    _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
-                ])
+        by_axis = decisions_by_estimator[est]
+        if not (isinstance(by_axis, Mapping) and by_axis and set(by_axis) <= set(AXES)):
+            by_axis = {"log_sigma": by_axis}
+        for axis, decisions in by_axis.items():
+            rows += _decision_rows(est, axis, decisions)
     return _write_csv(path, DECISIONS_COLUMNS, rows)
+
+
+def _decision_rows(est: str, axis: str, decisions) -> list[list[str]]:
+    rows = []
+    levels, nodes = _split(decisions)
+    for kind, family in (("level", levels), ("node", nodes)):
+        for name, d in family.items():
+            if d is None:
+                rows.append([est, kind, str(name)] + [""] * (len(DECISIONS_COLUMNS) - 6) + [axis, "", ""])
+                continue
+            interval = d.interval or (None, None)
+            rows.append([
+                est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
+                _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
+                _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
+                d.axis, _fmt(d.points_per_half_width), "true" if d.under_resolved else "false",
+            ])
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
