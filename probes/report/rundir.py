@@ -196,18 +196,24 @@ def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[st
 
     Decided internal nodes sit at ``log10(decision_sigma)``; leaves at ``log10(sigma_min)`` (by
     default the grid's smallest sigma, as recorded in the decisions); an undecided internal node at
-    its highest child's height.
+    its highest child's height. A node is never drawn above its parent: one that decides before
+    its parent (at a larger sigma) is drawn at the parent's height, a zero-length branch, so
+    every Newick branch length is >= 0; its own decision stays in ``decision_sigma``.
     """
     _, nodes = _split(decisions)
     base = math.log10(_leaf_sigma(nodes, sigma_min))
+    order = taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)
     height: dict[str, float] = {}
-    for n in reversed(taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)):
+    for n in reversed(order):  # children before parents
         kids = taxonomy.children(n)
         if not kids:
             height[n] = base
             continue
         d = nodes.get(n)
         height[n] = math.log10(d.decision_sigma) if d is not None else max(height[c] for c in kids)
+    for n in order:  # parents before children: clamp each node to at most its parent's height
+        for c in taxonomy.children(n):
+            height[c] = min(height[c], height[n])
     return height
 
 
@@ -216,11 +222,15 @@ def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
 
     Attributes: ``decision_sigma``, ``window`` ``[lo, hi]``, ``interval`` ``[lo, hi]`` (absent
     without a bootstrap), ``decision_vp_time``, ``decision_log_snr``, ``peak_rate``, ``at_edge``.
-    Undecided nodes carry none of them. The graph also records ``leaf_sigma``.
+    Undecided nodes carry none of them. Every internal node gets ``tree_sigma``, the sigma it is
+    drawn at (``10 ** height`` of :func:`tree_heights`; below ``decision_sigma`` where the node
+    decides before its parent). The graph also records ``leaf_sigma``.
     """
     _, nodes = _split(decisions)
     tax = taxonomy.copy()
+    height = tree_heights(taxonomy, decisions, sigma_min)
     for n in tax.internal_nodes:
+        tax.graph.nodes[n]["tree_sigma"] = float(10.0 ** height[n])
         d = nodes.get(n)
         if d is None:
             continue
@@ -244,7 +254,8 @@ def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> 
     ``sigma_min`` is where leaves sit in the Newick tree (default: the grid's smallest sigma, as
     recorded in the decisions). Newick branch
     lengths are ``log10(sigma_parent) - log10(sigma_child)`` with the heights of
-    :func:`tree_heights` (negative where a child decides at a larger sigma than its parent).
+    :func:`tree_heights` (never negative: a child that decides before its parent is drawn at the
+    parent's height).
     Returns ``{"json": path, "graphml": path, "newick": path}``.
     """
     from probes.taxonomy.export import write_taxonomy
