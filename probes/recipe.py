@@ -162,7 +162,7 @@ class Sampling(Strict):
 
     ``source: model`` samples from the model (noise -> image); ``source: data`` noises clean data
     forward (Gaussian mixtures: exact samples; digits: the held-out split). ``condition`` is
-    ``none`` (unconditional), ``leaf`` (each sample conditioned on a leaf, cycling through them) or
+    ``none`` (unconditional), ``leaf`` (each sample conditioned on a leaf drawn from the prior) or
     a list of prompts for text-conditional models (``{leaf}`` inside a prompt expands per leaf).
     """
 

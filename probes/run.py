@@ -229,7 +229,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         cond = parts.generation_cond(idx)
         with torch.no_grad():
             traj = sample(parts.generator, noise.to(parts.device), sigmas, method=s.method, cond=cond, generator=g)
-        traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx)
+        traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
