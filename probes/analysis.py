@@ -23,9 +23,14 @@ def curves_from_batches(batches: list[dict], name: str, taxonomy: Taxonomy, prio
 
     results = [b["estimators"][name] for b in batches]
     sigmas = results[0]["sigmas"]
-    if results[0]["log_probs"] is not None:
+    if results[0]["levels"] is None:
         log_probs = torch.cat([r["log_probs"] for r in results])
         return tree_entropy(log_probs, taxonomy, sigmas, prior=prior)
+    if prior is None and results[0]["log_probs"] is not None:
+        # entropies computed by the estimator (rollout's jackknife): the prior is still the pooled
+        # mean posterior, as tree_entropy takes it
+        prior = torch.cat([r["log_probs"] for r in results]).double().exp().mean((0, 1))
+        prior = prior / prior.sum()
     return EntropyCurves.from_per_sample(
         sigmas=sigmas, taxonomy=taxonomy, levels=torch.cat([r["levels"] for r in results]),
         nodes=torch.cat([r["nodes"] for r in results]), prior=prior,

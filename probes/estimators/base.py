@@ -78,6 +78,8 @@ class EstimatorOutput:
     ``log_probs`` ``[B, S', L]`` for posterior estimators; ``levels`` ``[B, S', D]`` and
     ``nodes`` ``[B, S', K]`` (per-sample, NaN where the estimator cannot resolve them) with the
     prior's ``prior_levels [D]``/``prior_nodes [K]`` for estimators of entropies (``immse``).
+    An estimator may give both (``rollout`` with its jackknife: the averaged posteriors and the
+    bias-corrected entropies); the entropies are then what the curves report.
     """
 
     name: str
@@ -94,8 +96,12 @@ class EstimatorOutput:
         """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``."""
         from probes.entropy.engine import EntropyCurves, tree_entropy
 
-        if self.log_probs is not None:
+        if self.levels is None:
             return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior)
+        if self.log_probs is not None:
+            if prior is None:  # the pooled mean posterior, as tree_entropy would use
+                prior = self.log_probs.double().exp().mean((0, 1))
+            return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior)
         return EntropyCurves(sigmas=self.sigmas, level_names=list(range(1, self.levels.shape[-1] + 1)),
                              node_names=list(taxonomy.internal_nodes), levels=self.levels, nodes=self.nodes,
                              prior_levels=self.prior_levels, prior_nodes=self.prior_nodes)
