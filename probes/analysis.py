@@ -31,10 +31,24 @@ def curves_from_batches(batches: list[dict], name: str, taxonomy: Taxonomy, prio
         # mean posterior, as tree_entropy takes it
         prior = torch.cat([r["log_probs"] for r in results]).double().exp().mean((0, 1))
         prior = prior / prior.sum()
+    bounds = None
+    if results[0].get("bounds") is not None:
+        bounds = {k: torch.cat([r["bounds"][k] for r in results]) for k in results[0]["bounds"]}
     return EntropyCurves.from_per_sample(
         sigmas=sigmas, taxonomy=taxonomy, levels=torch.cat([r["levels"] for r in results]),
-        nodes=torch.cat([r["nodes"] for r in results]), prior=prior,
+        nodes=torch.cat([r["nodes"] for r in results]), prior=prior, bounds=bounds,
     )
+
+
+def reported_name(name: str, recipe: Recipe) -> str:
+    """The estimator's name in curves.csv / decisions.csv. In guided leaf-conditional runs only
+    ``guided`` measures the entropy of the run's own process; the others read the unguided model's
+    posterior at guided states, a different quantity, and are reported under that name."""
+    g = recipe.sampling.guidance
+    guided_run = recipe.sampling.condition == "leaf" and (g.scale != 1.0)
+    if guided_run and name != "guided":
+        return f"{name}:unguided_posterior"
+    return name
 
 
 def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: list[str], n_batches: int,
@@ -51,8 +65,8 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
     decisions = {name: d["log_sigma"] for name, d in by_axis.items()}
     primary = recipe.primary_estimator
 
-    write_curves_csv(out / "curves.csv", curves)
-    write_decisions_csv(out / "decisions.csv", by_axis)
+    write_curves_csv(out / "curves.csv", {reported_name(n, recipe): c for n, c in curves.items()})
+    write_decisions_csv(out / "decisions.csv", {reported_name(n, recipe): d for n, d in by_axis.items()})
     write_tree(out, taxonomy, decisions[primary])
     plots.plot_curves(out / "curves.png", curves)
     plots.plot_tree(out / "tree.png", taxonomy, decisions[primary])

@@ -72,6 +72,8 @@ def build_components(recipe: Recipe) -> Components:
         "tiny-stable-diffusion": _build_stable_diffusion,
         "edm2": _build_edm2,
     }[recipe.model.kind]
+    if any(spec.name == "guided" for spec in recipe.estimators) and recipe.sampling.condition != "leaf":
+        raise ProbesError("estimators: 'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf")
     parts = builder(recipe, taxonomy, device)
     parts.prior = _prior(recipe, taxonomy, parts.prior)
     parts.generator = _generator(recipe, parts)

@@ -145,7 +145,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=parts.denoiser, cond_denoiser=parts.denoiser,
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
-        batch_size=s.batch_size,
+        batch_size=s.batch_size, guided_denoiser=parts.generator,
     )
     t_built = time.perf_counter() - t_start
 
@@ -249,6 +249,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
             "log_probs": None if result.log_probs is None else result.log_probs.float().cpu(),
             "levels": None if result.levels is None else result.levels.double().cpu(),
             "nodes": None if result.nodes is None else result.nodes.double().cpu(),
+            "bounds": None if result.bounds is None else {k: v.double().cpu() for k, v in result.bounds.items()},
             "denoiser_calls": int(result.denoiser_calls),
             "classifier_calls": int(result.classifier_calls),
             "seconds": time.perf_counter() - t0,

@@ -128,3 +128,43 @@ def test_guided_needs_labels_and_ancestral_paths(guided_run):
         est.estimate(unlabelled, ctx)
     with pytest.raises(ProbesError, match="reference must be one of"):
         build_estimator("guided", reference="oracle")
+
+
+def _recipe(tmp_path, **sampling):
+    import yaml
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = {"name": "guided", "seed": 0, "taxonomy": str(root / "taxonomies" / "gmm-two-class.yaml"),
+         "model": {"kind": "gmm", "std": S0, "means": {"minus": [-M], "plus": [M]}},
+         "classifier": {"kind": "exact"},
+         "sampling": {"samples": 256, "batch_size": 256, "steps": 32, "sigma_max": 30.0, "sigma_min": 0.05,
+                      "method": "ancestral", "condition": "leaf", "guidance": {"scale": W}, **sampling},
+         "estimators": ["exact", "guided"], "analysis": {"n_boot": 0, "primary": "guided"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def test_guided_run_reports_the_band_and_renames_the_old_quantity(tmp_path):
+    import csv
+
+    from probes.run import run_recipe
+
+    run_recipe(_recipe(tmp_path), tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "curves.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["estimator"] for r in rows} == {"guided", "exact:unguided_posterior"}
+    band = [r for r in rows if r["estimator"] == "guided" and r["kind"] == "level"]
+    assert band and all(r["entropy_lo"] != "" and r["entropy_hi"] != "" for r in band)
+    for r in band:  # the point estimate is the middle of the band
+        assert float(r["entropy"]) == pytest.approx(0.5 * (float(r["entropy_lo"]) + float(r["entropy_hi"])))
+    assert all(r["entropy_lo"] == "" for r in rows if r["estimator"] != "guided")
+
+
+def test_guided_estimator_without_labels_is_one_error_before_any_work(tmp_path):
+    from probes.run import run_recipe
+
+    with pytest.raises(ProbesError, match="'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf"):
+        run_recipe(_recipe(tmp_path, condition="none", guidance={"scale": 1.0}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

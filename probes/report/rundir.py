@@ -29,7 +29,7 @@ from probes.entropy.engine import EntropyCurves
 
 CURVES_COLUMNS = [
     "estimator", "sigma", "vp_time", "log_snr", "kind", "name",
-    "entropy", "stderr", "mutual_info", "n_samples",
+    "entropy", "stderr", "mutual_info", "n_samples", "entropy_lo", "entropy_hi",
 ]
 DECISIONS_COLUMNS = [
     "estimator", "kind", "name", "decision_sigma", "window_lo", "window_hi",
@@ -110,19 +110,21 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
         ls = [noise.log_snr(float(s)) for s in sig]
         families = [
             ("level", [str(n) for n in c.level_names], c.level_mean(), c.level_stderr(),
-             c.mutual_information(), c.level_count()),
+             c.mutual_information(), c.level_count(), c.level_bounds()),
             ("node", list(c.node_names), c.node_mean(), c.node_stderr(),
-             c.node_mutual_information(), c.node_count()),
+             c.node_mutual_information(), c.node_count(), c.node_bounds()),
         ]
-        for kind, names, mean, se, mi, count in families:
+        for kind, names, mean, se, mi, count, band in families:
             mean, se, count = mean[order], se[order], count[order]
             mi = None if mi is None else mi[order]
+            lo, hi = (None, None) if band is None else (band[0][order], band[1][order])
             for k, name in enumerate(names):
                 for i in range(len(sig)):
                     rows.append([
                         est, _fmt(sig[i]), _fmt(vp[i]), _fmt(ls[i]), kind, name,
                         _fmt(mean[i, k]), _fmt(se[i, k]),
                         "" if mi is None else _fmt(mi[i, k]), str(int(count[i, k])),
+                        "" if lo is None else _fmt(lo[i, k]), "" if hi is None else _fmt(hi[i, k]),
                     ])
     return _write_csv(path, CURVES_COLUMNS, rows)
 
