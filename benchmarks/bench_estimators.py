@@ -7,6 +7,11 @@ against a 20000-sample exact reference instead; the ``exact`` row shows that ref
 from the N-path exact curves, i.e. the Monte-Carlo floor at this N.
 
     .venv/bin/python benchmarks/bench_estimators.py [--paths 256] [--steps 40] [--seed 0]
+    .venv/bin/python benchmarks/bench_estimators.py --digits-rollout [--paths 16]
+
+``--digits-rollout`` times ``rollout`` (k = 8, every 8th of 48 points, as ``recipes/digits.yaml``)
+on the shipped digits model: completions on the run's grid tail without bias correction (the
+former default) against completions on their own short grid with the jackknife.
 """
 
 from __future__ import annotations
@@ -92,13 +97,49 @@ def bench(label, tax, gmm, paths, steps, seed):
         print(f"| {name} | {mae:.4f} | {worst:.4f} | {out.denoiser_calls:,} | {out.classifier_calls:,} | {wall:.2f} |")
 
 
+def digits_rollout(paths: int, seed: int) -> None:
+    from pathlib import Path
+
+    from probes.components import build_components
+    from probes.recipe import load_recipe
+    from probes.sampling import sample
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml")
+    recipe.device = "cpu"
+    parts = build_components(recipe)
+    s = recipe.sampling
+    grid = geometric_grid(s.sigma_max, s.sigma_min, s.steps)
+    gen = torch.Generator().manual_seed(seed)
+    traj = sample(parts.denoiser, torch.randn(paths, *parts.shape, generator=gen) * grid[0], grid, "ancestral",
+                  generator=gen)
+    ctx = ProbeContext(parts.taxonomy, sigmas=grid, denoiser=parts.denoiser, classifier=parts.classifier,
+                       prior=parts.prior, sampler="ancestral")
+    print(f"\n### rollout on the digits model: {paths} samples, k = 8, sigma_stride 8 of {s.steps}\n")
+    print("| completions | denoiser calls / sample | wall (s) |")
+    print("|---|---:|---:|")
+    for label, options in [
+        ("run-grid tail, ancestral, no correction (former default)",
+         {"steps": None, "method": "ancestral", "bias_correction": "none"}),
+        ("own 32-point grid, euler_maruyama, jackknife (default)", {}),
+        ("own 16-point grid, euler_maruyama, jackknife", {"steps": 16}),
+    ]:
+        start = time.perf_counter()
+        out = build_estimator("rollout", k=8, sigma_stride=8, **options).estimate(
+            traj, ctx, torch.Generator().manual_seed(seed + 1))
+        print(f"| {label} | {out.denoiser_calls // paths:,} | {time.perf_counter() - start:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits-rollout", action="store_true", help="time rollout on the digits model")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small tensors: extra threads only add contention
+    if args.digits_rollout:
+        digits_rollout(args.paths, args.seed)
+        return
     for label, tax, gmm in models():
         bench(label, tax, gmm, args.paths, args.steps, args.seed)
 
