@@ -34,10 +34,11 @@ from probes.taxonomy.tree import Taxonomy
 SETTINGS = [  # (label, estimator, options)
     ("exact", "exact", {}),
     ("plugin", "plugin", {}),
+    ("rollout k=8 former", "rollout", {"k": 8, "steps": None, "method": "ancestral", "bias_correction": "none"}),
     ("rollout k=4", "rollout", {"k": 4}),
+    ("rollout k=8", "rollout", {"k": 8}),
     ("rollout k=16", "rollout", {"k": 16}),
-    ("rollout k=16 em x2", "rollout", {"k": 16, "method": "euler_maruyama", "substeps": 2}),
-    ("rollout k=16 stride 4", "rollout", {"k": 16, "sigma_stride": 4}),
+    ("rollout k=8 stride 4", "rollout", {"k": 8, "sigma_stride": 4}),
     ("bayes", "bayes", {}),
     ("immse n=N", "immse", {}),
     ("immse n=8N", "immse", {"n_pairs": None}),  # filled in with 8 * paths
