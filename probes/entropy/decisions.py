@@ -28,7 +28,6 @@ grid spacings (on that axis, at the peak) is flagged ``under_resolved``: the gri
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
