@@ -108,12 +108,12 @@ class EstimatorOutput:
             if prior is None:  # the pooled mean posterior, as tree_entropy would use
                 prior = self.log_probs.double().exp().mean((0, 1))
             return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior)
-        if prior is not None:
+        if self.bounds is not None and prior is not None:
             return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior,
                                                  bounds=self.bounds)
         return EntropyCurves(sigmas=self.sigmas, level_names=list(range(1, self.levels.shape[-1] + 1)),
                              node_names=list(taxonomy.internal_nodes), levels=self.levels, nodes=self.nodes,
-                             prior_levels=self.prior_levels, prior_nodes=self.prior_nodes)
+                             prior_levels=self.prior_levels, prior_nodes=self.prior_nodes, bounds=self.bounds)
 
 
 class Estimator:
