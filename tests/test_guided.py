@@ -168,3 +168,23 @@ def test_guided_estimator_without_labels_is_one_error_before_any_work(tmp_path):
     with pytest.raises(ProbesError, match="'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf"):
         run_recipe(_recipe(tmp_path, condition="none", guidance={"scale": 1.0}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_cross_entropy_terms_follow_the_chain_rule():
+    """-log q(y) splits along y's path into the node terms, and a level's term is -log q(cell)."""
+    from probes.estimators.guided import cross_entropy_terms
+
+    g = nx.DiGraph([("root", "A"), ("root", "B"), ("A", "a1"), ("A", "a2"), ("B", "b1"), ("B", "b2"), ("B", "b3")])
+    tax = Taxonomy(g)
+    gen = torch.Generator().manual_seed(0)
+    log_q = torch.log_softmax(torch.randn(6, 3, 5, generator=gen, dtype=torch.float64), -1)
+    leaf = torch.tensor([0, 1, 2, 3, 4, 2])
+    levels, nodes = cross_entropy_terms(log_q, leaf, tax)
+    truth_leaf = -log_q.gather(-1, leaf[:, None, None].expand(6, 3, 1))[..., 0]
+    torch.testing.assert_close(levels[..., -1], truth_leaf)
+    torch.testing.assert_close(nodes.sum(-1), truth_leaf)  # chain rule, exactly
+    in_a = leaf < 2
+    mass_a = log_q[..., :2].logsumexp(-1)
+    truth_level1 = torch.where(in_a[:, None], -mass_a, -torch.log1p(-mass_a.exp()))
+    torch.testing.assert_close(levels[..., 0], truth_level1)
+    assert (nodes[in_a][..., tax.internal_nodes.index("B")] == 0).all()  # y outside B: no B term
