@@ -305,10 +305,10 @@ def test_internal_chunking_does_not_change_deterministic_estimates():
 
 
 def test_registry_and_options():
-    assert set(ESTIMATORS) == {"exact", "plugin", "rollout", "bayes", "immse"}
+    assert set(ESTIMATORS) == {"exact", "plugin", "rollout", "bayes", "immse", "guided"}
     est = build_estimator("rollout", k=4, method="euler_maruyama", substeps=2, sigma_stride=3)
     assert (est.k, est.method, est.substeps, est.sigma_stride) == (4, "euler_maruyama", 2, 3)
-    with pytest.raises(ProbesError, match="unknown estimator 'oracle'.*exact, plugin, rollout, bayes, immse"):
+    with pytest.raises(ProbesError, match="unknown estimator 'oracle'.*exact, plugin, rollout, bayes, immse, guided"):
         build_estimator("oracle")
     with pytest.raises(ProbesError, match="'rollout' has no option 'K'.*k, method, steps, rho, substeps, bias_correction, sigma_stride"):
         build_estimator("rollout", K=4)
