@@ -7,6 +7,12 @@ against a 20000-sample exact reference instead; the ``exact`` row shows that ref
 from the N-path exact curves, i.e. the Monte-Carlo floor at this N.
 
     .venv/bin/python benchmarks/bench_estimators.py [--paths 256] [--steps 40] [--seed 0]
+    .venv/bin/python benchmarks/bench_estimators.py --digits-rollout [--paths 16]
+    .venv/bin/python benchmarks/bench_estimators.py --leaf-conditional [--paths 4096]
+
+``--digits-rollout`` times ``rollout`` (k = 8, every 8th of 48 points, as ``recipes/digits.yaml``)
+on the shipped digits model: completions on the run's grid tail without bias correction (the
+former default) against completions on their own short grid with the jackknife.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from probes.taxonomy.tree import Taxonomy
 SETTINGS = [  # (label, estimator, options)
     ("exact", "exact", {}),
     ("plugin", "plugin", {}),
+    ("rollout k=8 former", "rollout", {"k": 8, "steps": None, "method": "ancestral", "bias_correction": "none"}),
     ("rollout k=4", "rollout", {"k": 4}),
+    ("rollout k=8", "rollout", {"k": 8}),
     ("rollout k=16", "rollout", {"k": 16}),
-    ("rollout k=16 em x2", "rollout", {"k": 16, "method": "euler_maruyama", "substeps": 2}),
-    ("rollout k=16 stride 4", "rollout", {"k": 16, "sigma_stride": 4}),
+    ("rollout k=8 stride 4", "rollout", {"k": 8, "sigma_stride": 4}),
     ("bayes", "bayes", {}),
     ("immse n=N", "immse", {}),
     ("immse n=8N", "immse", {"n_pairs": None}),  # filled in with 8 * paths
@@ -92,13 +99,110 @@ def bench(label, tax, gmm, paths, steps, seed):
         print(f"| {name} | {mae:.4f} | {worst:.4f} | {out.denoiser_calls:,} | {out.classifier_calls:,} | {wall:.2f} |")
 
 
+def digits_rollout(paths: int, seed: int) -> None:
+    from pathlib import Path
+
+    from probes.components import build_components
+    from probes.recipe import load_recipe
+    from probes.sampling import sample
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml")
+    recipe.device = "cpu"
+    parts = build_components(recipe)
+    s = recipe.sampling
+    grid = geometric_grid(s.sigma_max, s.sigma_min, s.steps)
+    gen = torch.Generator().manual_seed(seed)
+    traj = sample(parts.denoiser, torch.randn(paths, *parts.shape, generator=gen) * grid[0], grid, "ancestral",
+                  generator=gen)
+    ctx = ProbeContext(parts.taxonomy, sigmas=grid, denoiser=parts.denoiser, classifier=parts.classifier,
+                       prior=parts.prior, sampler="ancestral")
+    print(f"\n### rollout on the digits model: {paths} samples, k = 8, sigma_stride 8 of {s.steps}\n")
+    print("| completions | denoiser calls / sample | wall (s) |")
+    print("|---|---:|---:|")
+    for label, options in [
+        ("run-grid tail, ancestral, no correction (former default)",
+         {"steps": None, "method": "ancestral", "bias_correction": "none"}),
+        ("own 32-point grid, euler_maruyama, jackknife (default)", {}),
+        ("own 16-point grid, euler_maruyama, jackknife", {"steps": 16}),
+    ]:
+        start = time.perf_counter()
+        out = build_estimator("rollout", k=8, sigma_stride=8, **options).estimate(
+            traj, ctx, torch.Generator().manual_seed(seed + 1))
+        print(f"| {label} | {out.denoiser_calls // paths:,} | {time.perf_counter() - start:.2f} |")
+
+
+def guided_and_prior(paths: int, seed: int) -> None:
+    """Leaf-conditional runs on the 1-D mixture (classes at +-1.5, std 0.5, 64 ancestral steps):
+    guidance 3 (the ``guided`` band against the unguided posterior read at the guided states) and a
+    0.8 / 0.2 prior without guidance (``exact``/``bayes`` against quadrature of the weighted mixture)."""
+    from scipy.special import logsumexp
+
+    from probes.components import leaves_from_prior
+    from probes.denoisers.base import GuidedDenoiser
+    from probes.sampling import sample
+
+    two = taxonomy([("root", "minus"), ("root", "plus")])
+    grid = geometric_grid(30.0, 0.05, 64)
+    print(f"\n### leaf-conditional 1-D mixture (+-1.5, std 0.5): {paths} samples, 64 ancestral steps\n")
+    print("| case | estimator | result (nats) | denoiser calls | wall (s) |")
+    print("|---|---|---|---:|---:|")
+    for w, prior in ((3.0, (0.5, 0.5)), (1.0, (0.2, 0.8))):
+        gmm = GaussianMixture.from_means(["minus", "plus"], torch.tensor([[-1.5], [1.5]], dtype=torch.float64), 0.5,
+                                         weights=torch.tensor(prior, dtype=torch.float64))
+        gen = torch.Generator().manual_seed(seed)
+        leaf = leaves_from_prior(torch.arange(paths), gmm.weights)
+        cond = gmm.conditioner(two)
+        denoiser = GuidedDenoiser(gmm.denoiser(), w) if w != 1.0 else gmm.denoiser()
+        traj = sample(denoiser, float(grid[0]) * torch.randn(paths, 1, generator=gen, dtype=torch.float64), grid,
+                      "ancestral", cond=cond([two.leaves[i] for i in leaf.tolist()]), generator=gen, leaf=leaf)
+        ctx = ProbeContext(two, sigmas=grid, denoiser=gmm.denoiser(), conditioner=cond, guided_denoiser=denoiser,
+                           classifier=gmm.classifier(), exact_model=gmm, prior=gmm.weights)
+        if w != 1.0:
+            start = time.perf_counter()
+            out = build_estimator("guided").estimate(traj, ctx, torch.Generator().manual_seed(seed + 1))
+            wall = time.perf_counter() - start
+            c = out.curves(two, prior=ctx.prior)
+            lo, hi = (b[:, 0] for b in c.level_bounds())
+            old = build_estimator("exact").estimate(traj, ctx).curves(two, prior=ctx.prior).level_mean()[:, 0]
+            mid = c.level_mean()[:, 0]
+            print(f"| guidance 3 | guided | band width max {np.max(hi - lo):.4f}, mean {np.mean(hi - lo):.4f} | "
+                  f"{out.denoiser_calls:,} | {wall:.2f} |")
+            print(f"| guidance 3 | exact (unguided posterior) | max above the band's middle {np.max(old - mid):.3f} "
+                  f"(at sigma {float(grid[int(np.argmax(old - mid))]):.3g}) | 0 | |")
+            continue
+        truth = []
+        for s_ in np.sqrt(0.25 + grid.numpy() ** 2):
+            xs = np.linspace(-1.5 - 12 * s_, 1.5 + 12 * s_, 20001)
+            lp = np.stack([np.log(p) - (xs - m) ** 2 / (2 * s_**2) for p, m in zip(prior, (-1.5, 1.5))])
+            lp -= 0.5 * np.log(2 * np.pi * s_**2)
+            lpx = logsumexp(lp, 0)
+            lq = lp - lpx
+            truth.append(np.trapezoid(np.exp(lpx) * -(np.exp(lq) * lq).sum(0), xs))
+        for name in ("exact", "bayes"):
+            start = time.perf_counter()
+            out = build_estimator(name).estimate(traj, ctx)
+            wall = time.perf_counter() - start
+            err = np.abs(out.curves(two, prior=ctx.prior).level_mean()[:, 0] - np.array(truth))
+            print(f"| prior 0.2 / 0.8 | {name} | max err {err.max():.4f}, MAE {err.mean():.4f} | "
+                  f"{out.denoiser_calls:,} | {wall:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits-rollout", action="store_true", help="time rollout on the digits model")
+    parser.add_argument("--leaf-conditional", action="store_true",
+                        help="guided band and non-uniform prior on a 1-D mixture (default --paths 4096)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small tensors: extra threads only add contention
+    if args.digits_rollout:
+        digits_rollout(args.paths, args.seed)
+        return
+    if args.leaf_conditional:
+        guided_and_prior(args.paths, args.seed)
+        return
     for label, tax, gmm in models():
         bench(label, tax, gmm, args.paths, args.steps, args.seed)
 

@@ -36,16 +36,30 @@ def result_from_batches(batches: list[dict], taxonomy: Taxonomy, estimator_names
     from probes.result import ProbeResult
 
     def cat(results, key):
-        return None if results[0][key] is None else torch.cat([r[key] for r in results])
+        return None if results[0].get(key) is None else torch.cat([r[key] for r in results])
 
     estimates = {}
     for name in estimator_names:
         results = [b["estimators"][name] for b in batches]
+        bounds = None
+        if results[0].get("bounds") is not None:
+            bounds = {k: torch.cat([r["bounds"][k] for r in results]) for k in results[0]["bounds"]}
         estimates[name] = EstimatorOutput(
             name, results[0]["sigmas"], log_probs=cat(results, "log_probs"), levels=cat(results, "levels"),
             nodes=cat(results, "nodes"), denoiser_calls=sum(r["denoiser_calls"] for r in results),
-            classifier_calls=sum(r["classifier_calls"] for r in results))
+            classifier_calls=sum(r["classifier_calls"] for r in results), bounds=bounds)
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, prior=prior, primary=primary, meta=meta or {})
+
+
+def reported_name(name: str, recipe: Recipe) -> str:
+    """The estimator's name in curves.csv / decisions.csv. In guided leaf-conditional runs only
+    ``guided`` measures the entropy of the run's own process; the others read the unguided model's
+    posterior at guided states, a different quantity, and are reported under that name."""
+    g = recipe.sampling.guidance
+    guided_run = recipe.sampling.condition == "leaf" and (g.scale != 1.0)
+    if guided_run and name != "guided":
+        return f"{name}:unguided_posterior"
+    return name
 
 
 def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: list[str], n_batches: int,
@@ -54,7 +68,8 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
     batches = load_batches(out, n_batches)
     primary = recipe.primary_estimator
     result = result_from_batches(batches, taxonomy, estimator_names, prior, primary)
-    curves, decisions = result.write(out, n_boot=recipe.analysis.n_boot, seed=recipe.seed)
+    curves, decisions = result.write(out, n_boot=recipe.analysis.n_boot, seed=recipe.seed,
+                                     names={n: reported_name(n, recipe) for n in estimator_names})
 
     costs = {}
     for name in estimator_names:

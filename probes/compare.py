@@ -73,13 +73,23 @@ def _float(x: str) -> float:
     return float(x) if x not in ("", None) else math.nan
 
 
-def _levels(rows: list[dict], estimator: str, source: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{level: (sigma descending, mutual information, stderr)} for one estimator."""
-    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == "level"]
-    if not chosen:
+def _resolve(rows: list[dict], estimator: str) -> str:
+    """The estimator's name in a run's files: guided runs report posterior estimators as
+    ``<name>:unguided_posterior`` (see ``probes.analysis.reported_name``)."""
+    names = {r["estimator"] for r in rows}
+    if estimator not in names and f"{estimator}:unguided_posterior" in names:
+        return f"{estimator}:unguided_posterior"
+    return estimator
+
+
+def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level") -> dict:
+    """{level or node: (sigma descending, mutual information, stderr)} for one estimator."""
+    estimator = _resolve(rows, estimator)
+    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
+    if not chosen and kind == "level":
         raise ProbesError(f"{source}: no curves for estimator {estimator!r}")
     out = {}
-    for level in sorted({r["name"] for r in chosen}, key=int):
+    for level in sorted({r["name"] for r in chosen}, key=int if kind == "level" else None):
         part = sorted((r for r in chosen if r["name"] == level), key=lambda r: -float(r["sigma"]))
         out[level] = tuple(np.array([_float(r[k]) for r in part]) for k in ("sigma", "mutual_info", "stderr"))
     return out
@@ -105,8 +115,14 @@ def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
         rows += [[level, s, a, b, d, e] for s, a, b, d, e in zip(sig_a, mi_a, mi_b, delta, se)]
         summary[level] = _where(sig_a, delta)
 
+    node_summary = {}
+    nodes_a, nodes_b = _levels(curves_a, estimator, run_a, "node"), _levels(curves_b, estimator, run_b, "node")
+    for node in nodes_a:
+        if node in nodes_b:
+            node_summary[node] = _where(nodes_a[node][0], nodes_b[node][1] - nodes_a[node][1])
     shifts = _decision_shifts(dec_a, dec_b, estimator)
-    result = {"estimator": estimator, "levels": summary, "nodes": shifts, "rows": rows}
+    result = {"estimator": estimator, "levels": summary, "node_information": node_summary, "nodes": shifts,
+              "rows": rows}
     result["text"] = _format(run_a, run_b, estimator, summary, shifts)
     if out is not None:
         _write(Path(out), result, levels_a, levels_b)
@@ -126,14 +142,22 @@ def _where(sigmas: np.ndarray, delta: np.ndarray) -> dict:
     while lo > 0 and above[lo - 1]:
         lo -= 1
     # Grids are descending: the band runs from sigmas[hi] (small) to sigmas[lo] (large).
-    return {"peak_sigma": float(sigmas[i]), "peak_delta": float(delta[i]),
-            "band": [float(sigmas[hi]), float(sigmas[lo])]}
+    out = {"peak_sigma": float(sigmas[i]), "peak_delta": float(delta[i]),
+           "band": [float(sigmas[hi]), float(sigmas[lo])]}
+    # where the difference is injected: the peak of |d(dI)/dlog sigma| (as sigma falls)
+    ok = np.isfinite(delta)
+    if ok.sum() >= 3:
+        rate = -np.gradient(delta[ok], np.log(sigmas[ok]))
+        j = int(np.argmax(np.abs(rate)))
+        out["rate_peak_sigma"], out["rate_peak"] = float(sigmas[ok][j]), float(rate[j])
+    return out
 
 
 def _decision_shifts(dec_a: list[dict], dec_b: list[dict], estimator: str) -> dict:
     def table(rows):
+        name = _resolve(rows, estimator)
         return {r["name"]: _float(r["decision_sigma"]) for r in rows
-                if r["estimator"] == estimator and r["kind"] == "node"}
+                if r["estimator"] == name and r["kind"] == "node" and r.get("axis", "log_sigma") == "log_sigma"}
 
     a, b = table(dec_a), table(dec_b)
     return {n: {"sigma_a": a[n], "sigma_b": b.get(n, math.nan),

@@ -6,6 +6,7 @@ Each model kind has one builder below; it is the only place that knows how that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -70,6 +71,8 @@ def build_components(recipe: Recipe) -> Components:
     device = resolve_device(recipe.device)
     from probes.adapters import family_of_kind
 
+    if any(spec.name == "guided" for spec in recipe.estimators) and recipe.sampling.condition != "leaf":
+        raise ProbesError("estimators: 'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf")
     parts = family_of_kind(recipe.model.kind).build(recipe, taxonomy, device)
     parts.prior = _prior(recipe, taxonomy, parts.prior)
     parts.generator = _generator(recipe, parts)
@@ -118,7 +121,7 @@ def _generator(recipe: Recipe, parts: Components) -> Denoiser:
 
 
 def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tensor], Any]:
-    """Conditioning for samples with global indices ``idx`` (the leaf or prompt cycles with it)."""
+    """Conditioning for samples with global indices ``idx`` (leaves drawn from the prior; prompts cycle)."""
     condition = recipe.sampling.condition
     leaves = parts.taxonomy.leaves
     if condition == "none":
@@ -127,7 +130,7 @@ def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tenso
         if parts.conditioner is None:
             raise ProbesError("sampling.condition: this model cannot be conditioned on leaves")
         parts.conditioner([leaves[0]])  # fail now, not in the middle of the run
-        return lambda idx: parts.conditioner([leaves[i % len(leaves)] for i in idx.tolist()])
+        return lambda idx: parts.conditioner([leaves[i] for i in leaves_from_prior(idx, parts.prior).tolist()])
     from probes.adapters import family_of_kind
 
     if family_of_kind(recipe.model.kind).conditioning != "text":
@@ -141,11 +144,31 @@ def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tenso
     return lambda idx: [prompts[i % len(prompts)] for i in idx.tolist()]
 
 
-def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor) -> Optional[torch.Tensor]:
+def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor,
+                   prior: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The known leaf of each generated sample (leaf-conditional sampling), else ``None``."""
     if recipe.sampling.condition == "leaf":
-        return idx % len(taxonomy.leaves)
+        return leaves_from_prior(idx, len(taxonomy.leaves) if prior is None else prior)
     return None
+
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def leaves_from_prior(idx: torch.Tensor, prior) -> torch.Tensor:
+    """Leaf index of each sample with global index ``idx``, drawn from ``prior`` (an ``[L]`` tensor,
+    or ``L`` for uniform) so that the run's label frequencies are the prior's.
+
+    A uniform prior cycles through the leaves (exact frequencies every L samples). Otherwise leaves
+    are the prior's quantiles at the golden-ratio sequence ``frac((i + 1/2) * 0.618...)``: a
+    deterministic, per-index draw (resume-safe, batch-independent) whose frequencies match the prior
+    to ``O(log N / N)``, closer than i.i.d. draws (``O(N^-1/2)``).
+    """
+    if isinstance(prior, int) or bool(torch.allclose(prior, prior.mean().expand_as(prior), atol=1e-12)):
+        return idx % (prior if isinstance(prior, int) else len(prior))
+    u = torch.frac((idx.double() + 0.5) * GOLDEN)
+    cdf = torch.cumsum(prior.double(), 0)
+    return torch.searchsorted(cdf / cdf[-1], u, right=True).clamp(max=len(prior) - 1)
 
 
 # --- model families ---------------------------------------------------------------------------
@@ -157,6 +180,13 @@ def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
     cfg = recipe.model
     leaves = taxonomy.leaves
     weights = _leaf_weights(cfg.weights, leaves, "model.weights") if cfg.weights is not None else None
+    if recipe.prior is not None:
+        # One prior per run: the mixture's weights are the run's prior, so sampling, the exact
+        # posterior, the filters and the mutual information all use the same one.
+        prior = _prior(recipe, taxonomy, None)
+        if weights is not None and not torch.allclose(weights / weights.sum(), prior, atol=1e-9):
+            raise ProbesError("prior: differs from model.weights; a mixture's weights are its prior, give one of them")
+        weights = prior
     if cfg.means is not None:
         missing = [leaf for leaf in leaves if leaf not in cfg.means]
         extra = sorted(set(cfg.means) - set(leaves))

@@ -55,10 +55,28 @@ def karras_grid(sigma_max: float, sigma_min: float, steps: int, rho: float = 7.0
     return (hi + ramp * (lo - hi)) ** rho
 
 
+def log_snr_grid(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
+    """``steps`` sigmas evenly spaced in log-SNR ``lambda = -2 log sigma``, descending in sigma.
+
+    Since lambda is linear in log sigma, this is the geometric grid (up to rounding): the rates
+    against log sigma and log-SNR are sampled equally well on it. It is named for users who think
+    in log-SNR (VP / DDPM schedules: ``lambda = log(abar / (1 - abar))``, the same quantity).
+    """
+    if not (sigma_max > sigma_min > 0) or steps < 2:
+        raise ValueError("log_snr_grid needs sigma_max > sigma_min > 0 and steps >= 2")
+    lam = torch.linspace(log_snr(sigma_max), log_snr(sigma_min), steps, dtype=torch.float64)
+    return torch.exp(-lam / 2)
+
+
+GRIDS = ("geometric", "karras", "log_snr")
+
+
 def make_grid(kind: str, sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
-    """Grid by name: ``geometric`` (log-uniform) or ``karras``."""
+    """Grid by name: ``geometric`` (log-uniform), ``karras`` or ``log_snr`` (log-SNR-uniform)."""
     if kind == "geometric":
         return geometric_grid(sigma_max, sigma_min, steps)
     if kind == "karras":
         return karras_grid(sigma_max, sigma_min, steps)
-    raise ValueError(f"unknown sigma grid {kind!r}; expected 'geometric' or 'karras'")
+    if kind == "log_snr":
+        return log_snr_grid(sigma_max, sigma_min, steps)
+    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {', '.join(GRIDS)}")

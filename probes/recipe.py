@@ -99,14 +99,14 @@ class Sampling(Strict):
 
     ``source: model`` samples from the model (noise -> image); ``source: data`` noises clean data
     forward (Gaussian mixtures: exact samples; digits: the held-out split). ``condition`` is
-    ``none`` (unconditional), ``leaf`` (each sample conditioned on a leaf, cycling through them) or
+    ``none`` (unconditional), ``leaf`` (each sample conditioned on a leaf drawn from the prior) or
     a list of prompts for text-conditional models (``{leaf}`` inside a prompt expands per leaf).
     """
 
     samples: int = Field(256, gt=0, le=MAX_SAMPLES)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     steps: int = Field(64, ge=2, le=MAX_STEPS)
-    grid: Literal["geometric", "karras"] = "geometric"
+    grid: Literal["geometric", "karras", "log_snr"] = "geometric"
     sigma_max: Optional[float] = Field(None, gt=0)
     sigma_min: Optional[float] = Field(None, gt=0)
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]

@@ -92,20 +92,29 @@ class ProbeResult:
                 from probes.entropy import EntropyCurves
 
                 self._curves[name] = EntropyCurves.from_per_sample(
-                    sigmas=out.sigmas, taxonomy=self.taxonomy, levels=out.levels, nodes=out.nodes, prior=self.prior)
+                    sigmas=out.sigmas, taxonomy=self.taxonomy, levels=out.levels, nodes=out.nodes, prior=self.prior,
+                    bounds=out.bounds)
             else:
                 self._curves[name] = out.curves(self.taxonomy, prior=self.prior)
         return self._curves[name]
 
-    def decisions(self, axis: str = "nodes", estimator: str | None = None, n_boot: int = 200, seed: int = 0) -> dict:
-        """Decision sigma, half-peak window and bootstrap interval per internal node
-        (``axis="nodes"``) or per level cut (``axis="levels"``); ``axis="both"`` gives both."""
+    def decisions(self, axis: str = "log_sigma", estimator: str | None = None, n_boot: int = 200, seed: int = 0,
+                  kind: str = "nodes") -> dict:
+        """Decision sigma, half-peak window and bootstrap interval per internal node (``kind="nodes"``)
+        or per level cut (``kind="levels"``); ``kind="both"`` gives both. ``axis`` is the variable
+        the rate is taken against: ``log_sigma``, ``vp_time`` or ``log_snr`` (the peak moves with
+        it). For convenience ``axis="nodes" | "levels" | "both"`` selects the kind on log sigma."""
         from probes.entropy import decide
+        from probes.entropy.decisions import AXES
 
-        if axis not in ("nodes", "levels", "both"):
-            raise ProbesError(f"decisions: axis must be 'nodes', 'levels' or 'both', not {axis!r}")
-        both = decide(self.entropy(estimator), n_boot=n_boot, seed=seed)
-        return both if axis == "both" else both[axis]
+        if axis in ("nodes", "levels", "both"):
+            axis, kind = "log_sigma", axis
+        if axis not in AXES:
+            raise ProbesError(f"decisions: axis must be one of {', '.join(AXES)}, not {axis!r}")
+        if kind not in ("nodes", "levels", "both"):
+            raise ProbesError(f"decisions: kind must be 'nodes', 'levels' or 'both', not {kind!r}")
+        both = decide(self.entropy(estimator), n_boot=n_boot, seed=seed, axis=axis)
+        return both if kind == "both" else both[kind]
 
     def compare(self, other: "ProbeResult", estimator: str | None = None) -> dict:
         """Where in sigma ``other`` knows more than ``self``: per level, ``dI = I_other - I_self``
@@ -133,20 +142,25 @@ class ProbeResult:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def write(self, directory, n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
+    def write(self, directory, n_boot: int = 200, seed: int = 0, names: dict | None = None) -> tuple[dict, dict]:
         """Write the run directory's data files and plots (everything but ``run.json``); returns
-        ``(curves, decisions)`` per estimator. ``probes run`` writes its directories with this."""
+        ``(curves, decisions)`` per estimator, decisions on the log-sigma axis (``decisions.csv``
+        has every axis). ``names`` renames estimators in the CSV files (e.g. what a guided run's
+        plain estimators measure). ``probes run`` writes its directories with this."""
+        from probes.entropy import decide_axes
         from probes.report import plots
         from probes.report.rundir import atomic_write_text, write_curves_csv, write_decisions_csv, write_tree
         from probes.taxonomy.export import to_node_link
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        names = {n: (names or {}).get(n, n) for n in self.estimates}
         curves = {n: self.entropy(n) for n in self.estimates}
-        decisions = {n: self.decisions("both", n, n_boot=n_boot, seed=seed) for n in self.estimates}
+        by_axis = {n: decide_axes(c, n_boot=n_boot, seed=seed) for n, c in curves.items()}
+        decisions = {n: d["log_sigma"] for n, d in by_axis.items()}
         primary = self.primary
-        write_curves_csv(out / "curves.csv", curves)
-        write_decisions_csv(out / "decisions.csv", decisions)
+        write_curves_csv(out / "curves.csv", {names[n]: c for n, c in curves.items()})
+        write_decisions_csv(out / "decisions.csv", {names[n]: d for n, d in by_axis.items()})
         write_tree(out, self.taxonomy, decisions[primary])
         plots.plot_curves(out / "curves.png", curves)
         plots.plot_tree(out / "tree.png", self.taxonomy, decisions[primary])

@@ -279,7 +279,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=checked, cond_denoiser=checked,
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
-        batch_size=s.batch_size,
+        batch_size=s.batch_size, guided_denoiser=FiniteCheck(parts.generator),
     )
     t_built = time.perf_counter() - t_start
 
@@ -357,7 +357,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         with torch.no_grad():
             traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
                           generator=g)
-        traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx)
+        traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
@@ -378,6 +378,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
             "log_probs": None if result.log_probs is None else result.log_probs.float().cpu(),
             "levels": None if result.levels is None else result.levels.double().cpu(),
             "nodes": None if result.nodes is None else result.nodes.double().cpu(),
+            "bounds": None if result.bounds is None else {k: v.double().cpu() for k, v in result.bounds.items()},
             "denoiser_calls": int(result.denoiser_calls),
             "classifier_calls": int(result.classifier_calls),
             "seconds": time.perf_counter() - t0,

@@ -19,6 +19,8 @@ Estimator contract: on a Gaussian mixture, output on a sub-grid of the trajector
 
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -210,6 +212,13 @@ def test_estimator_contract(name, gmm_setup):
     traj = sample(gmm.denoiser(), noise, grid, method="ancestral", generator=torch.Generator().manual_seed(2))
     if x is not None and name == "exact":
         traj = forward_path(x, grid, torch.Generator().manual_seed(3))
+    if name == "guided":  # scores each sample's conditioning leaf: a leaf-conditional trajectory
+        leaf = torch.arange(4) % len(tax.leaves)
+        cond = gmm.conditioner(tax)([tax.leaves[i] for i in leaf.tolist()])
+        traj = sample(gmm.denoiser(), noise, grid, method="ancestral", cond=cond,
+                      generator=torch.Generator().manual_seed(2))
+        traj.leaf = leaf
+        ctx = dataclasses.replace(ctx, guided_denoiser=gmm.denoiser())
     options = {k: v for k, v in OPTIONS.get(name, {}).items() if k in
                __import__("probes.estimators.base", fromlist=["x"]).options_of(ESTIMATORS[name])}
     est = build_estimator(name, sigma_stride=2, **options)

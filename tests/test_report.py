@@ -97,7 +97,8 @@ def test_decisions_csv(tmp_path, run):
     empty["nodes"] = {**decisions["nodes"], "root": None}
     rows = read_csv(write_decisions_csv(tmp_path / "d2.csv", {"x": empty}))
     root = next(r for r in rows if r[1] == "node" and r[2] == "root")
-    assert root[3:] == [""] * 9
+    assert root[3:12] == [""] * 9
+    assert root[12:] == ["log_sigma", "", ""]
 
 
 def test_coarse_decides_before_fine(run):
@@ -174,3 +175,33 @@ def test_plot_tree_large_tree(tmp_path):
     lp, sigmas = synthetic_run(tax, n=8, steps=12)
     decisions = decide(tree_entropy(lp, tax, sigmas), n_boot=0)
     assert _png_ok(plot_tree(tmp_path / "big.png", tax, decisions))
+
+
+def test_child_deciding_before_parent_gives_no_negative_branch(tmp_path, run):
+    """Swap decisions so 'dog' decides at a larger sigma than 'animal' and 'root': every Newick
+    branch stays >= 0, the child sits at its lowest-deciding ancestor's height, and tree.json's
+    tree_sigma agrees with the Newick heights (exactly: both come from one height table)."""
+    from dataclasses import replace
+
+    from probes.taxonomy.export import from_newick
+
+    tax, sigmas, _, decisions = run
+    nodes = dict(decisions["nodes"])
+    nodes["dog"] = replace(nodes["dog"], decision_sigma=nodes["root"].decision_sigma * 3)
+    early = {"nodes": nodes, "levels": decisions["levels"]}
+    write_tree(tmp_path, tax, early, sigma_min=float(sigmas.min()))
+    parsed = from_newick((tmp_path / "tree.nwk").read_text())
+    lengths = [d["branch_length"] for _, _, d in parsed.graph.edges(data=True)]
+    assert lengths and min(lengths) >= 0
+    assert parsed.graph.edges["animal", "dog"]["branch_length"] == pytest.approx(0.0, abs=1e-12)
+    g = nx.node_link_graph(json.loads((tmp_path / "tree.json").read_text()), edges="edges")
+    assert g.nodes["dog"]["decision_sigma"] == pytest.approx(nodes["dog"].decision_sigma)  # kept
+    assert g.nodes["dog"]["tree_sigma"] == pytest.approx(g.nodes["animal"]["tree_sigma"])
+    h = tree_heights(tax, early, float(sigmas.min()))
+    for n in tax.internal_nodes:
+        assert math.log10(g.nodes[n]["tree_sigma"]) == pytest.approx(h[n])
+    # path lengths root -> leaf all equal the root's height above the leaves (an ultrametric tree)
+    depth = nx.shortest_path_length(parsed.graph, "root", weight="branch_length")
+    for leaf in tax.leaves:
+        assert depth[leaf] == pytest.approx(h["root"] - math.log10(float(sigmas.min())))
+

@@ -1,6 +1,6 @@
 """Entropy of class posteriors over a taxonomy, and the decision sigmas read off its curves."""
 
-from .decisions import Decision, decide, rates
+from .decisions import AXES, Decision, decide, decide_axes, rates
 from .engine import EntropyCurves, tree_entropy
 
-__all__ = ["Decision", "EntropyCurves", "decide", "rates", "tree_entropy"]
+__all__ = ["AXES", "Decision", "decide_axes", "EntropyCurves", "decide", "rates", "tree_entropy"]

@@ -17,11 +17,17 @@ deciding between n's children.
 
 The same is done for level cuts with the rate of ``H_l``. Nodes whose curve is flat (peak rate not
 above ``flat_tol``) or has fewer than three finite points get no decision (``None``).
+
+**Axes.** The peak of a rate depends on the variable differentiated against. ``decide(axis=...)``
+takes the rate against ``log_sigma`` (the default), ``vp_time`` (``t = 0.5 log(1 + sigma^2)``) or
+``log_snr`` (``lambda = -2 log sigma``; the rate is ``-dC/dlambda``, positive as sigma falls, and
+peaks where the log-sigma rate does, at half its height). Every sigma of a decision is the sigma at
+that axis's peak. A peak whose half-peak half-width spans fewer than ``MIN_POINTS_PER_HALF_WIDTH``
+grid spacings (on that axis, at the peak) is flagged ``under_resolved``: the grid cannot place it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,6 +38,31 @@ from probes.errors import ProbesError
 from .engine import EntropyCurves
 
 FLAT_TOL = 1e-9
+AXES = ("log_sigma", "vp_time", "log_snr")
+MIN_POINTS_PER_HALF_WIDTH = 3.0
+
+
+def axis_coordinate(axis: str, sigma: np.ndarray) -> np.ndarray:
+    """The coordinate rates are taken against, oriented to grow with sigma (so rates are positive
+    where information is gained as sigma falls)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if axis == "log_sigma":
+        return np.log(sigma)
+    if axis == "vp_time":
+        return 0.5 * np.log1p(sigma**2)
+    if axis == "log_snr":
+        return 2 * np.log(sigma)  # = -lambda
+    raise ProbesError(f"decide: unknown axis {axis!r}; expected one of {', '.join(AXES)}")
+
+
+def sigma_of_coordinate(axis: str, x):
+    """Inverse of :func:`axis_coordinate`."""
+    x = np.asarray(x, dtype=np.float64)
+    if axis == "log_sigma":
+        return np.exp(x)
+    if axis == "vp_time":
+        return np.sqrt(np.expm1(2 * x))
+    return np.exp(x / 2)
 
 
 @dataclass(frozen=True)
@@ -39,8 +70,11 @@ class Decision:
     """The decision of one node (``kind="node"``) or level cut (``kind="level"``, name = depth).
 
     Sigmas are noise levels; ``vp_time`` and ``log_snr`` restate ``decision_sigma``; ``peak_rate``
-    is in nats per unit log sigma; ``n_boot`` counts the bootstrap resamples that found a peak;
-    ``grid`` is the (smallest, largest) sigma of the grid the curves were on.
+    is in nats per unit of ``axis`` (the variable the rate was taken against: ``log_sigma``,
+    ``vp_time`` or ``log_snr``); ``n_boot`` counts the bootstrap resamples that found a peak;
+    ``grid`` is the (smallest, largest) sigma of the grid the curves were on;
+    ``points_per_half_width`` is the half-peak half-width over the local grid spacing (on ``axis``)
+    and ``under_resolved`` is set when it is below ``MIN_POINTS_PER_HALF_WIDTH``.
     """
 
     name: str
@@ -55,6 +89,9 @@ class Decision:
     log_snr: float
     n_boot: int = 0
     grid: tuple[float, float] | None = None
+    axis: str = "log_sigma"
+    points_per_half_width: float = float("nan")
+    under_resolved: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -179,8 +216,10 @@ def _decide_family(
     weights: np.ndarray | None,
     flat_tol: float,
     ci: float,
+    axis: str = "log_sigma",
 ) -> dict:
-    """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = log sigma)."""
+    """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate)."""
+    to_sigma = lambda v: float(sigma_of_coordinate(axis, v))  # noqa: E731
     N, S, K = per_sample.shape
     finite = np.isfinite(per_sample)
     filled = np.where(finite, per_sample, 0.0)
@@ -229,13 +268,16 @@ def _decide_family(
                 if n_valid >= 2:
                     q = 100 * (1 - ci) / 2
                     a, b = np.percentile(vals, [q, 100 - q])
-                    interval = (float(math.exp(a)), float(math.exp(b)))
-            sigma = float(math.exp(xp[g]))
+                    interval = (to_sigma(a), to_sigma(b))
+            sigma = to_sigma(xp[g])
+            ic = min(max(i, 1), len(x) - 2)
+            spacing = (x[ic + 1] - x[ic - 1]) / 2 if len(x) >= 3 else float("inf")
+            per_half = 0.5 * (hi - lo) / spacing
             out[names[k]] = Decision(
                 name=str(names[k]),
                 kind=kind,
                 decision_sigma=sigma,
-                window=(float(math.exp(lo)), float(math.exp(hi))),
+                window=(to_sigma(lo), to_sigma(hi)),
                 interval=interval,
                 peak_rate=float(yp[g]),
                 at_edge=bool(i == 0 or i == len(x) - 1),
@@ -243,7 +285,11 @@ def _decide_family(
                 vp_time=float(noise.vp_time(sigma)),
                 log_snr=float(noise.log_snr(sigma)),
                 n_boot=n_valid,
-                grid=(float(math.exp(x_all[0])), float(math.exp(x_all[-1]))),
+                grid=(to_sigma(x_all[0]), to_sigma(x_all[-1])),
+                axis=axis,
+                points_per_half_width=float(per_half),
+                # a clipped window's width is a lower bound: flag it only if even that is too narrow
+                under_resolved=bool(per_half < MIN_POINTS_PER_HALF_WIDTH),
             )
     return {n: out[n] for n in names}
 
@@ -254,26 +300,34 @@ def decide(
     seed: int = 0,
     ci: float = 0.95,
     flat_tol: float = FLAT_TOL,
+    axis: str = "log_sigma",
 ) -> dict:
     """Decision sigma, half-peak window and bootstrap interval for every internal node and level.
 
     Returns ``{"nodes": {node: Decision | None}, "levels": {depth: Decision | None}}`` in the
-    order of ``curves.node_names`` and ``curves.level_names``. Rates are ``d/dlog sigma`` of the
-    sample-mean curves; ``n_boot=0`` skips the bootstrap (intervals are then None).
+    order of ``curves.node_names`` and ``curves.level_names``. Rates are ``d/d axis`` of the
+    sample-mean curves (``axis``: ``log_sigma``, ``vp_time`` or ``log_snr``, see the module
+    docstring); ``n_boot=0`` skips the bootstrap (intervals are then None).
     """
     if not 0 < ci < 1:
         raise ProbesError(f"decide: ci must be in (0, 1); got {ci}")
     order = _ascending(curves.sigmas)
-    x = np.log(curves.sigmas[order])
+    x = axis_coordinate(axis, curves.sigmas[order])
     N = curves.n_samples
     weights = None
     if n_boot and n_boot > 0 and N > 0:
         rng = np.random.default_rng(seed)
         weights = rng.multinomial(N, np.full(N, 1.0 / N), size=int(n_boot)).astype(np.float64)
     nodes = _decide_family(
-        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci
+        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci, axis
     )
     levels = _decide_family(
-        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci
+        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci, axis
     )
     return {"nodes": nodes, "levels": levels}
+
+
+def decide_axes(curves: EntropyCurves, axes=AXES, **kwargs) -> dict:
+    """:func:`decide` on each axis: ``{axis: decide(curves, axis=axis, **kwargs)}`` (same bootstrap
+    resamples on every axis, so intervals are comparable)."""
+    return {axis: decide(curves, axis=axis, **kwargs) for axis in axes}

@@ -44,6 +44,9 @@ _AUTO_CHUNK_ELEMENTS = 2**24  # float64 elements per chunk for the node table (~
 # --------------------------------------------------------------------------------------------
 
 
+BOUND_KEYS = ("levels_lo", "levels_hi", "nodes_lo", "nodes_hi")
+
+
 def _as_float64(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().double().numpy()
@@ -91,6 +94,10 @@ class EntropyCurves:
     * ``prior`` ``[L]`` or None: the prior over leaves itself; ``prior_weight`` is the number of
       (sample, sigma) posteriors it averages when it is the default mean posterior (0 when given).
 
+    * ``bounds`` or None: per-sample lower and upper bounds on the same quantities, a dict with
+      ``levels_lo``, ``levels_hi`` ``[N, S, D]`` and ``nodes_lo``, ``nodes_hi`` ``[N, S, K]``
+      (the ``guided`` estimator's band; ``levels``/``nodes`` are then its point estimate).
+
     Any entry may be NaN (an estimator that cannot resolve a level or node at some sigma): means
     and standard errors skip NaN samples and are NaN where no sample is finite.
     Construct directly from arrays, or with :func:`tree_entropy` from log-posteriors.
@@ -106,8 +113,11 @@ class EntropyCurves:
     prior: np.ndarray | None = None
     prior_weight: float = 0.0
     _index: "_TreeIndex | None" = field(default=None, repr=False, compare=False)
+    bounds: dict | None = None
 
     def __post_init__(self):
+        if self.bounds is not None:
+            self.bounds = {key: _as_float64(self.bounds[key]) for key in BOUND_KEYS}
         self.sigmas = _as_float64(self.sigmas).reshape(-1)
         self.levels = _as_float64(self.levels)
         self.nodes = _as_float64(self.nodes)
@@ -141,8 +151,20 @@ class EntropyCurves:
         if self.prior_nodes is not None and self.prior_nodes.shape != (K,):
             raise ProbesError(f"EntropyCurves: prior_nodes must have {K} entries")
 
+    def level_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Mean lower and upper bounds of the level entropies, ``([S, D], [S, D])``, or None."""
+        if self.bounds is None:
+            return None
+        return _nan_mean(self.bounds["levels_lo"]), _nan_mean(self.bounds["levels_hi"])
+
+    def node_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Mean lower and upper bounds of the node contributions, ``([S, K], [S, K])``, or None."""
+        if self.bounds is None:
+            return None
+        return _nan_mean(self.bounds["nodes_lo"]), _nan_mean(self.bounds["nodes_hi"])
+
     @classmethod
-    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None) -> "EntropyCurves":
+    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None) -> "EntropyCurves":
         """Curves from per-sample level entropies ``[N, S, D]`` and node contributions
         ``[N, S, K]`` computed elsewhere (e.g. by the I-MMSE estimator; NaN where unresolved).
 
@@ -166,6 +188,7 @@ class EntropyCurves:
             prior_nodes=prior_nodes,
             prior=prior_p,
             _index=index,
+            bounds=bounds,
         )
 
     # -- summaries -----------------------------------------------------------------------------
@@ -226,6 +249,7 @@ class EntropyCurves:
             prior=None if self.prior is None else self.prior.copy(),
             prior_weight=self.prior_weight,
             _index=self._index,
+            bounds=None if self.bounds is None else {k: v[:, idx] for k, v in self.bounds.items()},
         )
 
     @staticmethod
@@ -287,6 +311,8 @@ class EntropyCurves:
             prior=None if prior is None else np.array(prior, dtype=np.float64),
             prior_weight=weight,
             _index=first._index,
+            bounds=None if any(p.bounds is None for p in parts) else {
+                key: np.concatenate([p.bounds[key] for p in parts], axis=0) for key in BOUND_KEYS},
         )
 
 

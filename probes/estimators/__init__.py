@@ -9,6 +9,9 @@ rollout    mean classifier probability over K stochastic completions   denoiser,
 bayes      online Bayes filter along ancestral / forward paths         cond_denoiser, conditioner
 immse      I-MMSE integral of ``|D(x) - D(x; cell)|^2`` over sigma     sample_pairs, cond_denoiser,
                                                                        conditioner
+guided     band on ``H_w(level | x)`` of the run's own guided law       guided_denoiser, conditioner,
+                                                                       leaf labels, exact_model or
+                                                                       classifier
 =========  ==========================================================  ==============================
 
 See ``docs/estimators.md`` for formulas, costs and measured accuracy.
@@ -20,6 +23,7 @@ from probes.errors import ProbesError
 from probes.estimators.base import Estimator, EstimatorOutput, ProbeContext, options_of
 from probes.estimators.bayes import BayesEstimator
 from probes.estimators.exact import ExactEstimator
+from probes.estimators.guided import GuidedEstimator
 from probes.estimators.immse import IMMSEEstimator
 from probes.estimators.plugin import PluginEstimator
 from probes.estimators.rollout import RolloutEstimator
@@ -30,6 +34,7 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "rollout": RolloutEstimator,
     "bayes": BayesEstimator,
     "immse": IMMSEEstimator,
+    "guided": GuidedEstimator,
 }
 
 
@@ -73,4 +78,5 @@ def _type_name(hint) -> str:
 
 
 __all__ = ["ESTIMATORS", "build_estimator", "Estimator", "EstimatorOutput", "ProbeContext",
-           "ExactEstimator", "PluginEstimator", "RolloutEstimator", "BayesEstimator", "IMMSEEstimator"]
+           "ExactEstimator", "PluginEstimator", "RolloutEstimator", "BayesEstimator", "IMMSEEstimator",
+           "GuidedEstimator"]

@@ -37,6 +37,8 @@ class ProbeContext:
         sample_pairs: ``f(n, generator) -> (x0 [n, ...], leaf_index [n])``: labelled clean data
             for ``immse``.
         exact_model: a :class:`probes.models.gmm.GaussianMixture` for the ``exact`` estimator.
+        guided_denoiser: the denoiser the run generated with (guided and conditional; ``guided``
+            filters with its per-leaf kernels); defaults to ``cond_denoiser``.
         batch_size: rows per internal denoiser/classifier call (bounds memory).
     """
 
@@ -51,10 +53,13 @@ class ProbeContext:
     sample_pairs: Callable | None = None
     exact_model: Any = None
     batch_size: int = 4096
+    guided_denoiser: Callable | None = None
 
     def __post_init__(self):
         if self.cond_denoiser is None:
             self.cond_denoiser = self.denoiser
+        if self.guided_denoiser is None:
+            self.guided_denoiser = self.cond_denoiser
         n_leaves = len(self.taxonomy.leaves)
         if self.prior is None:
             self.prior = torch.full((n_leaves,), 1.0 / n_leaves, dtype=torch.float64)
@@ -78,6 +83,8 @@ class EstimatorOutput:
     ``log_probs`` ``[B, S', L]`` for posterior estimators; ``levels`` ``[B, S', D]`` and
     ``nodes`` ``[B, S', K]`` (per-sample, NaN where the estimator cannot resolve them) with the
     prior's ``prior_levels [D]``/``prior_nodes [K]`` for estimators of entropies (``immse``).
+    An estimator may give both (``rollout`` with its jackknife: the averaged posteriors and the
+    bias-corrected entropies); the entropies are then what the curves report.
     """
 
     name: str
@@ -89,16 +96,24 @@ class EstimatorOutput:
     classifier_calls: int = 0
     prior_levels: torch.Tensor | None = None
     prior_nodes: torch.Tensor | None = None
+    bounds: dict | None = None  # per-sample lower/upper bounds (``guided``): levels_lo/hi, nodes_lo/hi
 
     def curves(self, taxonomy, prior=None):
         """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``."""
         from probes.entropy.engine import EntropyCurves, tree_entropy
 
-        if self.log_probs is not None:
+        if self.levels is None:
             return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior)
+        if self.log_probs is not None:
+            if prior is None:  # the pooled mean posterior, as tree_entropy would use
+                prior = self.log_probs.double().exp().mean((0, 1))
+            return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior)
+        if self.bounds is not None and prior is not None:
+            return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior,
+                                                 bounds=self.bounds)
         return EntropyCurves(sigmas=self.sigmas, level_names=list(range(1, self.levels.shape[-1] + 1)),
                              node_names=list(taxonomy.internal_nodes), levels=self.levels, nodes=self.nodes,
-                             prior_levels=self.prior_levels, prior_nodes=self.prior_nodes)
+                             prior_levels=self.prior_levels, prior_nodes=self.prior_nodes, bounds=self.bounds)
 
 
 class Estimator:

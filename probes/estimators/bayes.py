@@ -36,31 +36,43 @@ class BayesEstimator(Estimator):
                 f"estimator 'bayes' inverts the Gaussian kernel of ancestral steps (variance (1 - a) sigma_next^2); "
                 f"a {traj.method!r} trajectory has {'no' if traj.method in ('euler', 'heun', 'ddim') else 'a different'} "
                 f"step noise: sample with method='ancestral' or use forward paths")
-        states = needs_states(traj, self.name)
         denoiser = Counter(ctx.require("cond_denoiser", self.name, "it needs class-conditional predictions"))
         conditioner = ctx.require("conditioner", self.name, "it conditions the denoiser on every leaf")
-        leaves = list(ctx.taxonomy.leaves)
-        n_leaves, n_sigmas, batch = len(leaves), len(traj.sigmas), states.shape[1]
-        sig = traj.sigmas.tolist()
-        idx = self.grid_index(n_sigmas)
-        col = {i: j for j, i in enumerate(idx)}
-        out = torch.empty(batch, len(idx), n_leaves, dtype=torch.float32)
-        log_prior = ctx.prior.log().to(states.device)
-        for rows in chunks(batch, ctx.batch_size // n_leaves):
-            b = rows.stop - rows.start
-            cond = conditioner([leaf for leaf in leaves for _ in range(b)])  # leaf-major, matches repeat
-            lp = log_prior.expand(b, n_leaves).clone()
-            out[rows, 0] = lp.float().cpu()
-            for i in range(n_sigmas - 1):
-                s, t = sig[i], sig[i + 1]
-                a, var = t**2 / s**2, (1 - t**2 / s**2) * t**2
-                x = states[i, rows]
-                with torch.no_grad():
-                    d = denoiser(x.repeat(n_leaves, *([1] * (x.ndim - 1))), s, cond)
-                d = d.double().reshape(n_leaves, b, -1)
-                mu = a * x.double().reshape(1, b, -1) + (1 - a) * d
-                sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [L, b]
-                lp = torch.log_softmax(lp - sq.T / (2 * var), dim=-1)
-                if i + 1 in col:
-                    out[rows, col[i + 1]] = lp.float().cpu()
+        idx = self.grid_index(len(traj.sigmas))
+        out = filter_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name)
         return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=out, denoiser_calls=denoiser.calls)
+
+
+def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: list[int], name: str) -> torch.Tensor:
+    """``log p(leaf | x_0..x_i)`` ``[B, len(idx), L]`` along the trajectory, from ``ctx.prior`` at
+    ``sigmas[0]``, with the per-leaf Gaussian kernels of ``denoiser(x, s, conditioner(leaf))``.
+
+    With the plain conditional denoiser this is :class:`BayesEstimator`; with the guided denoiser
+    of a guided run it is the exact posterior given the whole path of that run's own chain.
+    """
+    states = needs_states(traj, name)
+    leaves = list(ctx.taxonomy.leaves)
+    n_leaves, n_sigmas, batch = len(leaves), len(traj.sigmas), states.shape[1]
+    sig = traj.sigmas.tolist()
+    col = {i: j for j, i in enumerate(idx)}
+    out = torch.empty(batch, len(idx), n_leaves, dtype=torch.float32)
+    log_prior = ctx.prior.log().to(states.device)
+    for rows in chunks(batch, ctx.batch_size // n_leaves):
+        b = rows.stop - rows.start
+        cond = conditioner([leaf for leaf in leaves for _ in range(b)])  # leaf-major, matches repeat
+        lp = log_prior.expand(b, n_leaves).clone()
+        if 0 in col:
+            out[rows, col[0]] = lp.float().cpu()
+        for i in range(n_sigmas - 1):
+            s, t = sig[i], sig[i + 1]
+            a, var = t**2 / s**2, (1 - t**2 / s**2) * t**2
+            x = states[i, rows]
+            with torch.no_grad():
+                d = denoiser(x.repeat(n_leaves, *([1] * (x.ndim - 1))), s, cond)
+            d = d.double().reshape(n_leaves, b, -1)
+            mu = a * x.double().reshape(1, b, -1) + (1 - a) * d
+            sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [L, b]
+            lp = torch.log_softmax(lp - sq.T / (2 * var), dim=-1)
+            if i + 1 in col:
+                out[rows, col[i + 1]] = lp.float().cpu()
+    return out

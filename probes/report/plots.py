@@ -116,7 +116,9 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
     """The decision-time tree: internal nodes at their decision sigma (log y axis), leaves at the
     bottom (at ``sigma_min``, the grid's smallest sigma), elbow lines parent -> child, and each
     node's half-peak window as a vertical bar. Undecided nodes are drawn hollow at their highest
-    child's height. Labels (the ``label`` attribute) are drawn for trees of up to 40 leaves.
+    child's height. A node that decides before its parent is drawn at the parent's height (the
+    heights of ``tree.nwk``), its own decision sigma marked by a hollow diamond joined by a dotted
+    line. Labels (the ``label`` attribute) are drawn for trees of up to 40 leaves.
     """
     nodes = _split_both(decisions)[1]
     height = {n: 10.0**h for n, h in tree_heights(taxonomy, decisions, sigma_min).items()}
@@ -143,7 +145,8 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
         ys = np.array([height[n] for n in decided])
         lo = np.array([nodes[n].window[0] for n in decided])
         hi = np.array([nodes[n].window[1] for n in decided])
-        ax.errorbar(xs, ys, yerr=[np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)], fmt="none",
+        own = np.array([nodes[n].decision_sigma for n in decided])  # == ys unless lowered to a parent
+        ax.errorbar(xs, own, yerr=[np.maximum(own - lo, 0), np.maximum(hi - own, 0)], fmt="none",
                     ecolor="tab:blue", alpha=0.45, lw=2.5 if not big else 1.0,
                     label="half-peak window")
         edge = np.array([bool(nodes[n].at_edge) for n in decided])
@@ -152,6 +155,11 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
         if edge.any():
             ax.scatter(xs[edge], ys[edge], s=10 if big else 36, marker="^", color="tab:orange",
                        zorder=3, label="peak at grid edge")
+        early = own > ys * (1 + 1e-9)
+        if early.any():
+            ax.vlines(xs[early], ys[early], own[early], colors="tab:red", linestyles=":", lw=lw)
+            ax.scatter(xs[early], own[early], s=10 if big else 30, marker="D", facecolors="white",
+                       edgecolors="tab:red", zorder=3, label="decides before its parent")
     if undecided:
         ax.scatter([xpos[n] for n in undecided], [height[n] for n in undecided], s=10 if big else 36,
                    facecolors="white", edgecolors="0.3", zorder=3, label="undecided")

@@ -23,17 +23,18 @@ from typing import Mapping
 import numpy as np
 
 from probes import noise
+from probes.entropy.decisions import AXES, Decision
 from probes.fileio import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: re-exported)
-from probes.entropy.decisions import Decision
 from probes.entropy.engine import EntropyCurves
 
 CURVES_COLUMNS = [
     "estimator", "sigma", "vp_time", "log_snr", "kind", "name",
-    "entropy", "stderr", "mutual_info", "n_samples",
+    "entropy", "stderr", "mutual_info", "n_samples", "entropy_lo", "entropy_hi",
 ]
 DECISIONS_COLUMNS = [
     "estimator", "kind", "name", "decision_sigma", "window_lo", "window_hi",
     "interval_lo", "interval_hi", "vp_time", "log_snr", "peak_rate", "at_edge",
+    "axis", "points_per_half_width", "under_resolved",
 ]
 VERSION_PACKAGES = {
     "probes": "probes",
@@ -91,19 +92,21 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
         ls = [noise.log_snr(float(s)) for s in sig]
         families = [
             ("level", [str(n) for n in c.level_names], c.level_mean(), c.level_stderr(),
-             c.mutual_information(), c.level_count()),
+             c.mutual_information(), c.level_count(), c.level_bounds()),
             ("node", list(c.node_names), c.node_mean(), c.node_stderr(),
-             c.node_mutual_information(), c.node_count()),
+             c.node_mutual_information(), c.node_count(), c.node_bounds()),
         ]
-        for kind, names, mean, se, mi, count in families:
+        for kind, names, mean, se, mi, count, band in families:
             mean, se, count = mean[order], se[order], count[order]
             mi = None if mi is None else mi[order]
+            lo, hi = (None, None) if band is None else (band[0][order], band[1][order])
             for k, name in enumerate(names):
                 for i in range(len(sig)):
                     rows.append([
                         est, _fmt(sig[i]), _fmt(vp[i]), _fmt(ls[i]), kind, name,
                         _fmt(mean[i, k]), _fmt(se[i, k]),
                         "" if mi is None else _fmt(mi[i, k]), str(int(count[i, k])),
+                        "" if lo is None else _fmt(lo[i, k]), "" if hi is None else _fmt(hi[i, k]),
                     ])
     return _write_csv(path, CURVES_COLUMNS, rows)
 
@@ -123,25 +126,38 @@ def _split(decisions) -> tuple[Mapping, Mapping]:
 def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> Path:
     """Decisions of every estimator, one row per level and internal node (see docs/outputs.md).
 
-    ``decisions_by_estimator[name]`` is a :func:`probes.entropy.decide` result. Undecided nodes
-    (flat or unsupported curves) get a row with empty values. Row order: estimator (alphabetical),
-    ``level`` rows by depth, then ``node`` rows in the decide() (taxonomy pre-order) order.
+    ``decisions_by_estimator[name]`` is a :func:`probes.entropy.decide` result, or a
+    :func:`probes.entropy.decide_axes` result ``{axis: decide() result}`` for one row per axis.
+    Undecided nodes (flat or unsupported curves) get a row with empty values but their axis.
+    Row order: estimator (alphabetical), axis (in the order given), ``level`` rows by depth, then
+    ``node`` rows in the decide() (taxonomy pre-order) order.
     """
     rows = []
     for est in sorted(decisions_by_estimator):
-        levels, nodes = _split(decisions_by_estimator[est])
-        for kind, family in (("level", levels), ("node", nodes)):
-            for name, d in family.items():
-                if d is None:
-                    rows.append([est, kind, str(name)] + [""] * (len(DECISIONS_COLUMNS) - 3))
-                    continue
-                interval = d.interval or (None, None)
-                rows.append([
-                    est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
-                    _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
-                    _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
-                ])
+        by_axis = decisions_by_estimator[est]
+        if not (isinstance(by_axis, Mapping) and by_axis and set(by_axis) <= set(AXES)):
+            by_axis = {"log_sigma": by_axis}
+        for axis, decisions in by_axis.items():
+            rows += _decision_rows(est, axis, decisions)
     return _write_csv(path, DECISIONS_COLUMNS, rows)
+
+
+def _decision_rows(est: str, axis: str, decisions) -> list[list[str]]:
+    rows = []
+    levels, nodes = _split(decisions)
+    for kind, family in (("level", levels), ("node", nodes)):
+        for name, d in family.items():
+            if d is None:
+                rows.append([est, kind, str(name)] + [""] * (len(DECISIONS_COLUMNS) - 6) + [axis, "", ""])
+                continue
+            interval = d.interval or (None, None)
+            rows.append([
+                est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
+                _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
+                _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
+                d.axis, _fmt(d.points_per_half_width), "true" if d.under_resolved else "false",
+            ])
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,18 +180,24 @@ def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[st
 
     Decided internal nodes sit at ``log10(decision_sigma)``; leaves at ``log10(sigma_min)`` (by
     default the grid's smallest sigma, as recorded in the decisions); an undecided internal node at
-    its highest child's height.
+    its highest child's height. A node is never drawn above its parent: one that decides before
+    its parent (at a larger sigma) is drawn at the parent's height, a zero-length branch, so
+    every Newick branch length is >= 0; its own decision stays in ``decision_sigma``.
     """
     _, nodes = _split(decisions)
     base = math.log10(_leaf_sigma(nodes, sigma_min))
+    order = taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)
     height: dict[str, float] = {}
-    for n in reversed(taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)):
+    for n in reversed(order):  # children before parents
         kids = taxonomy.children(n)
         if not kids:
             height[n] = base
             continue
         d = nodes.get(n)
         height[n] = math.log10(d.decision_sigma) if d is not None else max(height[c] for c in kids)
+    for n in order:  # parents before children: clamp each node to at most its parent's height
+        for c in taxonomy.children(n):
+            height[c] = min(height[c], height[n])
     return height
 
 
@@ -184,11 +206,15 @@ def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
 
     Attributes: ``decision_sigma``, ``window`` ``[lo, hi]``, ``interval`` ``[lo, hi]`` (absent
     without a bootstrap), ``decision_vp_time``, ``decision_log_snr``, ``peak_rate``, ``at_edge``.
-    Undecided nodes carry none of them. The graph also records ``leaf_sigma``.
+    Undecided nodes carry none of them. Every internal node gets ``tree_sigma``, the sigma it is
+    drawn at (``10 ** height`` of :func:`tree_heights`; below ``decision_sigma`` where the node
+    decides before its parent). The graph also records ``leaf_sigma``.
     """
     _, nodes = _split(decisions)
     tax = taxonomy.copy()
+    height = tree_heights(taxonomy, decisions, sigma_min)
     for n in tax.internal_nodes:
+        tax.graph.nodes[n]["tree_sigma"] = float(10.0 ** height[n])
         d = nodes.get(n)
         if d is None:
             continue
@@ -212,7 +238,8 @@ def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> 
     ``sigma_min`` is where leaves sit in the Newick tree (default: the grid's smallest sigma, as
     recorded in the decisions). Newick branch
     lengths are ``log10(sigma_parent) - log10(sigma_child)`` with the heights of
-    :func:`tree_heights` (negative where a child decides at a larger sigma than its parent).
+    :func:`tree_heights` (never negative: a child that decides before its parent is drawn at the
+    parent's height).
     Returns ``{"json": path, "graphml": path, "newick": path}``.
     """
     from probes.taxonomy.export import write_taxonomy
