@@ -25,6 +25,7 @@ from probes.analysis import BATCH_DIR, analyse_run
 from probes.components import Components, build_components, leaf_of_sample
 from probes.errors import ProbesError
 from probes.noise import make_grid
+from probes.outcomes import outcomes_of_run
 from probes.recipe import Recipe, load_recipe
 
 
@@ -182,6 +183,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     summary = analyse_run(out, recipe, parts.taxonomy, [e.name for e in estimators], n_batches,
                           prior=parts.prior if known_prior else None)
     payload.update(summary["payload"])
+    payload.update(outcomes_of_run(out, recipe, parts, summary))  # quality, calls, samples, report.html
     if parts.exact_model is not None:
         summary["text"] += "\n" + _theory_text(payload, parts, recipe.primary_estimator)
     payload["status"] = "complete"
@@ -216,8 +218,11 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     """Draw one batch of trajectories and run every estimator on it."""
     from probes.sampling import forward_path, sample
 
+    from probes.report.samples import keep_samples
+
     s = recipe.sampling
     g = torch.Generator().manual_seed(_seed(recipe.seed, b, 0))
+    record_extra = {"batch_seed": _seed(recipe.seed, b, 0)}
     bar.set_postfix_str(f"batch {b + 1}: sampling")
     if s.source == "data":
         if parts.data is None:
@@ -227,14 +232,16 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     else:
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
+        guided_before = getattr(parts.generator, "guided_calls", 0)
         with torch.no_grad():
             traj = sample(parts.generator, noise.to(parts.device), sigmas, method=s.method, cond=cond, generator=g)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx)
+        keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "guided_calls", 0) - guided_before)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
     _check_finite(traj.states, sigmas, f"sampling batch {b}", "the model's denoiser")
-    record = {"batch": b, "n": len(idx), "leaf": traj.leaf, "estimators": {}}
+    record = {"batch": b, "n": len(idx), "leaf": traj.leaf, "estimators": {}, **record_extra}
     for e, est in enumerate(estimators):
         bar.set_postfix_str(f"batch {b + 1}: {est.name}")
         ge = torch.Generator().manual_seed(_seed(recipe.seed, b, e + 1))
