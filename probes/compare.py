@@ -94,7 +94,10 @@ def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
     result = {"estimator": estimator, "levels": summary, "nodes": shifts, "rows": rows}
     result["text"] = _format(run_a, run_b, estimator, summary, shifts)
     if out is not None:
+        from probes.report.html import write_compare_report
+
         _write(Path(out), result, levels_a, levels_b)
+        write_compare_report(out, result, run_a, run_b)
     return result
 
 

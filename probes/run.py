@@ -26,6 +26,7 @@ from probes.components import Components, build_components, leaf_of_sample
 from probes.errors import ProbesError
 from probes.noise import make_grid
 from probes.outcomes import outcomes_of_run
+from probes.report.html import write_run_report
 from probes.recipe import Recipe, load_recipe
 
 
@@ -58,7 +59,7 @@ def _cmd_run(args) -> int:
     result = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not args.quiet:
         print(result["summary"])
-        print(f"\nwrote {out}/ (run.json, curves.csv, decisions.csv, tree.json, tree.graphml, tree.nwk, *.png)")
+        print(f"\nwrote {out}/ (report.html, run.json, curves.csv, decisions.csv, samples.csv, tree.*, *.png)")
     return 0
 
 
@@ -183,7 +184,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     summary = analyse_run(out, recipe, parts.taxonomy, [e.name for e in estimators], n_batches,
                           prior=parts.prior if known_prior else None)
     payload.update(summary["payload"])
-    payload.update(outcomes_of_run(out, recipe, parts, summary))  # quality, calls, samples, report.html
+    payload.update(outcomes_of_run(out, recipe, parts, summary))  # quality, calls, samples.csv, previews
     if parts.exact_model is not None:
         summary["text"] += "\n" + _theory_text(payload, parts, recipe.primary_estimator)
     payload["status"] = "complete"
@@ -194,6 +195,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         "total_s_this_session": round(time.perf_counter() - t_start, 3),
     }
     write_run_json(out / "run.json", payload)
+    write_run_report(out)
     payload["summary"] = summary["text"]
     return payload
 

@@ -27,7 +27,7 @@ import torch
 from probes.report.rundir import _fmt, _write_csv
 
 MAX_PREVIEWS = 512
-STRIP_SIGMAS = 8  # predictions per strip
+STRIP_SIGMAS = 12  # predictions per strip
 STRIPS_PER_LEAF = 2
 MAX_STRIPS = 24
 PREVIEW_SIDE = 64  # pixels; 8x8 digits are scaled up by repetition, large images down
