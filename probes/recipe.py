@@ -157,6 +157,13 @@ class Guidance(Strict):
         return v
 
 
+class GridFromRun(Strict):
+    """Steps placed where a finished run's leaf entropy changes fast (``probes.noise.entropic_grid``)."""
+
+    from_run: str
+    uniform_share: float = Field(0.5, ge=0, le=1, description="share of steps spread log-uniformly")
+
+
 class Sampling(Strict):
     """Which trajectories are probed.
 
@@ -169,7 +176,7 @@ class Sampling(Strict):
     samples: int = Field(256, gt=0)
     batch_size: int = Field(64, gt=0)
     steps: int = Field(64, ge=2)
-    grid: Literal["geometric", "karras"] = "geometric"
+    grid: Union[Literal["geometric", "karras"], GridFromRun] = "geometric"
     sigma_max: Optional[float] = Field(None, gt=0)
     sigma_min: Optional[float] = Field(None, gt=0)
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]
@@ -317,7 +324,7 @@ def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, Guidance, Analysis, GMMModel, GMMHierarchy, DigitsModel, StableDiffusionModel,
+    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, GMMModel, GMMHierarchy, DigitsModel, StableDiffusionModel,
                   TinyStableDiffusionModel, EDM2Model, ExactClassifierConfig, DigitsClassifierConfig,
                   ClipClassifierConfig, ImageNetClassifierConfig):
         names.update(model.model_fields)

@@ -138,11 +138,12 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     t_start = time.perf_counter()
     parts = build_components(recipe)
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
+    s = recipe.sampling
+    sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps,
+                       resolve=recipe.resolve_path)
     # Only now, with everything loaded, does the directory appear: a recipe that fails to build
     # leaves nothing behind.
     (out / BATCH_DIR).mkdir(parents=True, exist_ok=True)
-    s = recipe.sampling
-    sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps)
     ctx = ProbeContext(
         taxonomy=parts.taxonomy, sigmas=sigmas, denoiser=parts.denoiser, cond_denoiser=parts.denoiser,
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
