@@ -201,6 +201,13 @@ class Analysis(Strict):
     primary: Optional[str] = Field(None, description="estimator whose decisions label tree.json")
 
 
+class Quality(Strict):
+    """Sample quality: ``reference`` is a folder of images to measure the Frechet distance against
+    (models without built-in reference data: Stable Diffusion, EDM2)."""
+
+    reference: Optional[str] = None
+
+
 class Recipe(Strict):
     name: str = "run"
     seed: int = 0
@@ -212,6 +219,7 @@ class Recipe(Strict):
     sampling: Sampling = Sampling()
     estimators: list[EstimatorSpec] = Field(default_factory=lambda: [EstimatorSpec(name="plugin")], min_length=1)
     analysis: Analysis = Analysis()
+    quality: Quality = Quality()
 
     @field_validator("estimators", mode="before")
     @classmethod
@@ -324,8 +332,8 @@ def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, GMMModel, GMMHierarchy, DigitsModel, StableDiffusionModel,
-                  TinyStableDiffusionModel, EDM2Model, ExactClassifierConfig, DigitsClassifierConfig,
+    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMModel, GMMHierarchy, DigitsModel,
+                  StableDiffusionModel, TinyStableDiffusionModel, EDM2Model, ExactClassifierConfig, DigitsClassifierConfig,
                   ClipClassifierConfig, ImageNetClassifierConfig):
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)

@@ -71,6 +71,7 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json")
     data["sampling"].pop("samples", None)
     data.pop("analysis", None)
+    data.pop("quality", None)  # scored after sampling: changes no probed number
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -128,3 +128,37 @@ def test_a_guided_mixture_run_reports_quality_and_guided_calls(tmp_path):
     assert 0.9 <= q["conditional_accuracy"]["1"] <= 1.0  # coarse means 6 apart, std 0.5: separable
     assert q["frechet_distance"] >= 0 and q["frechet_reference_n"] == 4096
     assert (tmp_path / "run" / "samples.csv").read_text().count("\n") == 65
+
+
+def test_a_reference_folder_gives_the_features_of_its_images(tmp_path):
+    from PIL import Image
+
+    from probes.components import build_components
+    from probes.models.digits import load_digits_split
+    from probes.quality import reference_features
+    from probes.recipe import recipe_from_dict
+
+    x, _ = load_digits_split("test")
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    for i, img in enumerate(x[:120]):
+        grey = ((img[0].numpy() + 1) * 127.5).round().astype("uint8")
+        Image.fromarray(grey).convert("RGB").save(folder / f"{i:03d}.png")
+    data = {"taxonomy": str(ROOT / "taxonomies" / "digits-shape.yaml"), "model": {"kind": "digits"},
+            "classifier": {"kind": "digits"}, "quality": {"reference": str(folder)}, "device": "cpu"}
+    recipe = recipe_from_dict(data)
+    parts = build_components(recipe)
+    from_folder = reference_features(recipe, parts)
+    direct = reference_features(recipe_from_dict({**data, "quality": {}}), parts)[:120]
+    # The PNGs hold the same digits up to 8-bit rounding (at most 0.004 in [-1, 1] units).
+    assert from_folder.shape == direct.shape
+    assert torch.allclose(from_folder, direct, atol=0.05)
+    assert frechet_distance_of_features(from_folder, direct) < 1e-3
+
+
+def test_a_reference_that_is_not_a_folder_is_one_line(tmp_path):
+    from probes.errors import ProbesError
+    from probes.quality import load_image_folder
+
+    with pytest.raises(ProbesError, match="quality.reference"):
+        load_image_folder(tmp_path / "missing")
