@@ -83,7 +83,7 @@ def interval_table(title, parts, reference, sigmas, scale, derived: dict, n, see
         rows.append((f"guidance {scale:g} in {name}", iv, score(parts, reference, sigmas, scale, iv, n, seed)))
     everywhere = rows[1][2][2]
     print(f"\n{title} ({n} samples, {len(sigmas)} ancestral steps, same noise in every row)")
-    print(f"| setting | interval | accuracy (leaf) | Frechet distance | guided calls | saved |")
+    print("| setting | interval | accuracy (leaf) | Frechet distance | guided calls | saved |")
     print("|---|---|---|---|---|---|")
     for name, iv, (acc, fd, calls) in rows:
         saved = f"{1 - calls / everywhere:.0%}" if everywhere and calls else "–"
