@@ -52,6 +52,8 @@ document.querySelectorAll('.node').forEach(function(n){
     document.getElementById('panel').innerHTML=n.getAttribute('data-info');
   });
 });
+var first=document.querySelector('.node');
+if(first){first.dispatchEvent(new Event('mouseenter'));}  // the root's numbers until another node is hovered
 document.body.setAttribute('data-ready','1');
 """
 
