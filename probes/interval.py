@@ -4,10 +4,11 @@ Two rules (the reasons are in ``docs/control.md``):
 
 * **From a guided/unguided pair** (``--against``): per taxonomy level,
   ``dI(sigma) = I_guided(cell; x_sigma) - I_unguided(cell; x_sigma)``. Guidance acts where the gap
-  *grows* as sampling proceeds, i.e. where ``g(sigma) = d dI / d(-log sigma)`` is positive. The
-  interval is the band around the peak of ``g`` where ``g`` stays above half that peak: there
-  guidance injects information about the level fastest; before it guidance has nothing to act on,
-  after it the unguided model catches up on its own.
+  *grows* as sampling proceeds, i.e. where ``g(sigma) = d dI / d(-log sigma)`` is positive; its
+  band is where ``g`` stays above half its peak. By the chain rule the information about level L
+  is that about level 1 plus what each finer level adds, so the band is taken for each of those
+  parts (``dI_l - dI_{l-1}``, l = 1..L) and the interval spans them all: before it guidance has
+  nothing to act on, after it the unguided model catches up on its own.
 * **From one run's decision windows**: the half-peak window of the chosen node (``--node``) or
   level cut (``--level``, default the leaf level), i.e. where the model decides. Guiding there
   steers the decision itself and leaves the early (layout) and late (detail) phases alone.
@@ -116,19 +117,31 @@ def _from_pair(run: Path, state: dict, curves: list[dict], against: Path, level,
                           "sampling.guidance.scale=1")
     guided, plain = _levels(curves, estimator, run), _levels(curves_u, estimator, against)
     name = _check_level(level, list(guided), run)
-    if name not in plain:
-        raise ProbesError(f"--against {against}: its taxonomy has no level {name}; pair runs of one recipe")
-    sig, mi_g, _ = guided[name]
-    sig_u, mi_u, _ = plain[name]
-    if len(sig) != len(sig_u) or not np.allclose(sig, sig_u, rtol=1e-9):
+    if set(plain) != set(guided):
+        raise ProbesError(f"--against {against}: its taxonomy levels differ from {run}'s; pair runs of one recipe")
+    sig = guided[name][0]
+    if any(len(plain[k][0]) != len(sig) or not np.allclose(plain[k][0], sig, rtol=1e-9) for k in plain):
         raise ProbesError(f"--against {against}: its sigma grid differs from {run}'s; use the same sampling grid")
-    lo, hi, peak, gain = gain_band(sig, np.nan_to_num(mi_g) - np.nan_to_num(mi_u))
-    if lo is None:
+    # Chain rule: the information about level L is that about level 1 plus, for each finer level,
+    # what it adds beyond the level above. Guidance must act wherever any of these parts grows.
+    text, bands, above = [], [], np.zeros(len(sig))
+    for k in sorted(guided, key=int)[: int(name)]:
+        gap = np.nan_to_num(guided[k][1]) - np.nan_to_num(plain[k][1])
+        lo, hi, peak, gain = gain_band(sig, gap - above)
+        above = gap
+        if lo is None:
+            text.append(f"  level {k}: guidance adds no information here")
+            continue
+        bands.append((lo, hi))
+        text.append(f"  level {k}{' beyond level ' + str(int(k) - 1) if int(k) > 1 else ''}: gained fastest at "
+                    f"sigma={peak:.3g} ({gain:.3g} nats per unit log sigma), above half that for sigma in "
+                    f"[{lo:.3g}, {hi:.3g}]")
+    if not bands:
         raise ProbesError(f"{run}: guidance does not change the information about level {name} against {against}")
-    text = [f"{run} (guidance {scale:g}) vs {against}: information about level {name} gained fastest at "
-            f"sigma={peak:.3g} ({gain:.3g} nats per unit log sigma); above half that rate for sigma in "
-            f"[{lo:.3g}, {hi:.3g}] ({estimator} estimator)",
-            "rule: guide where guidance makes the information gap grow fastest (half-peak band of d dI/d(-log sigma))"]
+    lo, hi = min(b[0] for b in bands), max(b[1] for b in bands)
+    text.insert(0, f"{run} (guidance {scale:g}) vs {against}: where guidance adds information about level {name} "
+                   f"({estimator} estimator)")
+    text.append("rule: guide over the half-peak bands of d dI/d(-log sigma), level by level (chain rule)")
     return _result((lo, hi), "guidance-gain", text)
 
 

@@ -183,7 +183,7 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
 
     h(root)
     many = len(leaves) > 40
-    width = max(560, min(1100, 26 * len(leaves) + 140))
+    width = max(560, min(1100, 56 * len(leaves) + 140))
     # Up to three times the highest decision (not the whole grid), so close decisions stay apart.
     top_sigma = min(max(sigmas), 3 * max(height.values())) if len(height) > len(leaves) else max(sigmas)
     top_sigma = max(top_sigma, max(height.values()) * 1.2)
@@ -226,7 +226,7 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
                      f'fill="{fill}" stroke="#333"/><title>{html.escape(label)}: σ={_g(d)}</title></g>')
         anchors.append((label, x, y))
     if not many:
-        for (label, _, _), (lx, ly) in zip(anchors, place_labels(anchors)):
+        for (label, _, _), (lx, ly) in zip(anchors, place_labels(anchors, height=15.0)):
             parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}">{html.escape(label)}</text>')
         for leaf in leaves:
             label = str(nodes[leaf].get("label", leaf))
