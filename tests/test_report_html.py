@@ -87,3 +87,30 @@ def test_the_report_loads_in_chromium_without_errors_and_is_not_blank(runs, page
     # Not blank: a good share of the pixels differ from the page background.
     background = np.median(pixels)
     assert (np.abs(pixels - background) > 40).mean() > 0.01
+
+
+def test_image_runs_keep_previews_and_x0_strips(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from probes.report.samples import write_sample_files
+    from probes.taxonomy import load_taxonomy
+
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    strip = {"sigmas": [10.0, 1.0, 0.1], "samples": [0, 2], "x0_hat": torch.rand(3, 2, 1, 8, 8) * 2 - 1}
+    batch = {"batch": 0, "n": 4, "batch_seed": 99, "leaf": torch.tensor([0, 1, 2, 3]), "x0": x0, "strip": strip}
+    parts = SimpleNamespace(classifier=None, taxonomy=tax, device="cpu")
+    assert write_sample_files(tmp_path, [batch], parts, recipe=None) == 4
+    rows = (tmp_path / "samples.csv").read_text().splitlines()
+    assert rows[1].split(",")[:5] == ["0", "0", "99", "0", tax.leaves[0]]
+    preview = Image.open(tmp_path / "previews" / "sample_00003.png")
+    assert preview.size == (64, 64)  # 8x8 scaled up by repetition
+    # The preview shows the sample: pixel (0, 0) of the sample, mapped from [-1, 1] to 0..255.
+    expected = round((float(x0[3, 0, 0, 0]) + 1) * 127.5)
+    assert abs(preview.getpixel((0, 0))[0] - expected) <= 1
+    meta = json.loads((tmp_path / "strips" / "strips.json").read_text())
+    assert meta["sigmas"] == [10.0, 1.0, 0.1] and [s["index"] for s in meta["strips"]] == [0, 2]
+    assert Image.open(tmp_path / meta["strips"][1]["file"]).size == (3 * 64 + 2 * 4, 64)  # 3 frames, 2 gaps
