@@ -141,3 +141,42 @@ def test_a_grid_from_a_missing_run_is_one_line_naming_the_field(tmp_path):
     with pytest.raises(ProbesError, match="sampling.grid.from_run"):
         run_recipe(path, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def _fake_run(path: Path, scale: float, mutual_info: dict) -> Path:
+    """A finished run directory holding only what probes interval reads: run.json and curves.csv."""
+    path.mkdir()
+    state = {"status": "complete", "primary_estimator": "exact",
+             "recipe": {"sampling": {"condition": "leaf", "guidance": {"scale": scale, "interval": None}}}}
+    (path / "run.json").write_text(json.dumps(state))
+    lines = ["estimator,sigma,vp_time,log_snr,kind,name,entropy,stderr,mutual_info,n_samples"]
+    for level, (sigmas, mi) in mutual_info.items():
+        lines += [f"exact,{float(s)!r},,,level,{level},,0,{float(m)!r},100" for s, m in zip(sigmas, mi)]
+    (path / "curves.csv").write_text("\n".join(lines) + "\n")
+    (path / "decisions.csv").write_text("estimator,kind,name,decision_sigma,window_lo,window_hi,interval_lo,"
+                                        "interval_hi,vp_time,log_snr,peak_rate,at_edge\n")
+    return path
+
+
+def test_the_pair_interval_spans_the_gain_band_of_every_level(tmp_path):
+    # Guidance adds information about level 1 around sigma 8 and, beyond it, about level 2 around
+    # sigma 1: logistic gaps in log sigma whose half-peak bands are u0 +- w log(3 + 2 sqrt 2).
+    sigmas = torch.logspace(2, -2, 321, dtype=torch.float64).numpy()
+    u = np.log(sigmas)
+
+    def gap(sigma0, w, height):
+        return height / (1 + np.exp((u - math.log(sigma0)) / w))
+
+    coarse, fine = gap(8.0, 0.3, 0.6), gap(1.0, 0.3, 0.2)  # the fine gain is smaller: dI_2 peaks at 8
+    zero = np.zeros_like(u)
+    plain = _fake_run(tmp_path / "plain", 1.0, {1: (sigmas, zero), 2: (sigmas, zero)})
+    guided = _fake_run(tmp_path / "guided", 3.0, {1: (sigmas, coarse), 2: (sigmas, coarse + fine)})
+    lo, hi = derive_interval(guided, against=plain)["interval"]
+    half = 0.3 * math.log(3 + 2 * math.sqrt(2))
+    step = math.log(sigmas[0] / sigmas[1])
+    # Tolerance: band edges are grid points widened by one step, then rounded to 3 digits.
+    assert math.log(lo) == pytest.approx(math.log(1.0) - half, abs=2 * step + 1e-3)
+    assert math.log(hi) == pytest.approx(math.log(8.0) + half, abs=2 * step + 1e-3)
+    # Level 1 alone is guided only around its own split.
+    lo1, hi1 = derive_interval(guided, against=plain, level=1)["interval"]
+    assert math.log(lo1) == pytest.approx(math.log(8.0) - half, abs=2 * step + 1e-3)
