@@ -16,6 +16,7 @@ from probes.errors import ProbesError
 
 def build_parser() -> argparse.ArgumentParser:
     from probes.compare import add_compare_commands
+    from probes.interval import add_interval_commands
     from probes.models.digits import add_train_commands
     from probes.run import add_run_commands
     from probes.taxonomy.cli import add_taxonomy_commands
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_commands(sub)
     add_compare_commands(sub)
+    add_interval_commands(sub)
     add_taxonomy_commands(sub)
     add_train_commands(sub)
     return parser

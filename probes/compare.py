@@ -55,10 +55,11 @@ def _read_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
         raise ProbesError(f"{path}: the run is not finished (status {status!r}); resume it first")
     tables = []
     for name in ("curves.csv", "decisions.csv"):
-        rows = list(csv.DictReader(io.StringIO(read_text(path / name, name))))
-        if not rows or "estimator" not in rows[0]:
+        reader = csv.DictReader(io.StringIO(read_text(path / name, name)))
+        rows = list(reader)
+        if "estimator" not in (reader.fieldnames or []) or (name == "curves.csv" and not rows):
             raise ProbesError(f"{path / name}: empty or not a probes table; rerun with --resume to rewrite it")
-        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in rows[0]]
+        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in reader.fieldnames]
         for line, row in enumerate(rows, start=2):
             for column in numeric:
                 try:
@@ -125,7 +126,10 @@ def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
               "rows": rows}
     result["text"] = _format(run_a, run_b, estimator, summary, shifts)
     if out is not None:
+        from probes.report.html import write_compare_report
+
         _write(Path(out), result, levels_a, levels_b)
+        write_compare_report(out, result, run_a, run_b)
     return result
 
 

@@ -71,12 +71,84 @@ def log_snr_grid(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor
 GRIDS = ("geometric", "karras", "log_snr")
 
 
-def make_grid(kind: str, sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
-    """Grid by name: ``geometric`` (log-uniform), ``karras`` or ``log_snr`` (log-SNR-uniform)."""
+def entropic_grid(sigmas: torch.Tensor, entropy: torch.Tensor, sigma_max: float, sigma_min: float, steps: int,
+                  uniform_share: float = 0.5) -> torch.Tensor:
+    """Steps placed where a measured entropy changes fast (entropic time, after Stancevic & Ambrogioni).
+
+    ``entropy`` is a measured conditional entropy ``H(Y | x_sigma)`` on ``sigmas`` (any order). Step
+    density in ``u = log sigma`` is ``uniform_share`` times the log-uniform density plus the rest in
+    proportion to ``|dH/du|``; the steps sit at equal quantiles of that density, from sigma_max to
+    sigma_min. ``uniform_share = 1`` is the geometric grid; ``0`` is pure entropic time, which leaves
+    no steps where the class is already settled (detail still forms there, so some are kept).
+    """
+    if not (sigma_max > sigma_min > 0) or steps < 2:
+        raise ValueError("entropic_grid needs sigma_max > sigma_min > 0 and steps >= 2")
+    order = torch.argsort(sigmas.double())
+    u_meas = torch.log(sigmas.double()[order])
+    h = entropy.double()[order]
+    fine = torch.linspace(math.log(sigma_min), math.log(sigma_max), 2048, dtype=torch.float64)
+    rate = torch.zeros_like(fine)
+    if len(u_meas) >= 2:
+        slope = (h[1:] - h[:-1]).abs() / (u_meas[1:] - u_meas[:-1])  # per measured interval
+        cell = torch.searchsorted(u_meas, fine, right=True) - 1
+        inside = (cell >= 0) & (cell < len(slope))
+        rate[inside] = slope[cell[inside]]
+    span = float(fine[-1] - fine[0])
+    density = uniform_share / span + (1 - uniform_share) * (rate / float(torch.trapezoid(rate, fine))
+                                                            if rate.sum() > 0 else 1 / span)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (density[1:] + density[:-1])
+                                                                         * (fine[1:] - fine[:-1]), 0)])
+    cdf = cdf / cdf[-1]
+    targets = torch.linspace(1, 0, steps, dtype=torch.float64)  # descending: sigma_max first
+    idx = torch.searchsorted(cdf, targets).clamp(1, len(cdf) - 1)
+    c0, c1 = cdf[idx - 1], cdf[idx]
+    w = ((targets - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
+    u = fine[idx - 1] + w * (fine[idx] - fine[idx - 1])
+    grid = torch.exp(u)
+    grid[0], grid[-1] = sigma_max, sigma_min
+    return grid
+
+
+def grid_from_run(run_dir, sigma_max: float, sigma_min: float, steps: int, uniform_share: float = 0.5,
+                  field: str = "sampling.grid.from_run") -> torch.Tensor:
+    """:func:`entropic_grid` from a finished run's leaf-level entropy (its primary estimator)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from probes.errors import ProbesError
+
+    run_dir = Path(run_dir)
+    state_file = run_dir / "run.json"
+    if not state_file.is_file():
+        raise ProbesError(f"{field}: {run_dir} is not a probes run directory (no run.json)")
+    state = json.loads(state_file.read_text())
+    if state.get("status") != "complete":
+        raise ProbesError(f"{field}: {run_dir} is not finished (status {state.get('status')!r})")
+    estimator = state.get("primary_estimator")
+    with open(run_dir / "curves.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["estimator"] == estimator and r["kind"] == "level"]
+    leaf_level = max(int(r["name"]) for r in rows)
+    rows = [r for r in rows if int(r["name"]) == leaf_level and r["entropy"] not in ("", None)]
+    if len(rows) < 2:
+        raise ProbesError(f"{field}: {run_dir} has no leaf-level entropy curve to place steps by")
+    sig = torch.tensor([float(r["sigma"]) for r in rows], dtype=torch.float64)
+    ent = torch.tensor([float(r["entropy"]) for r in rows], dtype=torch.float64)
+    return entropic_grid(sig, ent, sigma_max, sigma_min, steps, uniform_share)
+
+
+def make_grid(kind, sigma_max: float, sigma_min: float, steps: int, resolve=None) -> torch.Tensor:
+    """Grid by name: ``geometric`` (log-uniform), ``karras`` or ``log_snr`` (log-SNR-uniform); or a
+    recipe's ``{from_run: DIR}`` (``resolve`` turns its path into one relative to the recipe file)."""
     if kind == "geometric":
         return geometric_grid(sigma_max, sigma_min, steps)
     if kind == "karras":
         return karras_grid(sigma_max, sigma_min, steps)
     if kind == "log_snr":
         return log_snr_grid(sigma_max, sigma_min, steps)
-    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {', '.join(GRIDS)}")
+    from_run = getattr(kind, "from_run", None) or (kind.get("from_run") if isinstance(kind, dict) else None)
+    if from_run is not None:
+        share = getattr(kind, "uniform_share", None) if not isinstance(kind, dict) else kind.get("uniform_share")
+        path = resolve(from_run) if resolve is not None else from_run
+        return grid_from_run(path, sigma_max, sigma_min, steps, 0.5 if share is None else share)
+    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {', '.join(GRIDS)} or {{from_run: DIR}}")

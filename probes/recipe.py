@@ -94,6 +94,13 @@ class Guidance(Strict):
         return v
 
 
+class GridFromRun(Strict):
+    """Steps placed where a finished run's leaf entropy changes fast (``probes.noise.entropic_grid``)."""
+
+    from_run: str
+    uniform_share: float = Field(0.5, ge=0, le=1, description="share of steps spread log-uniformly")
+
+
 class Sampling(Strict):
     """Which trajectories are probed.
 
@@ -106,7 +113,7 @@ class Sampling(Strict):
     samples: int = Field(256, gt=0, le=MAX_SAMPLES)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     steps: int = Field(64, ge=2, le=MAX_STEPS)
-    grid: Literal["geometric", "karras", "log_snr"] = "geometric"
+    grid: Union[Literal["geometric", "karras", "log_snr"], GridFromRun] = "geometric"
     sigma_max: Optional[float] = Field(None, gt=0)
     sigma_min: Optional[float] = Field(None, gt=0)
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]
@@ -137,6 +144,13 @@ class Analysis(Strict):
     primary: Optional[str] = Field(None, description="estimator whose decisions label tree.json")
 
 
+class Quality(Strict):
+    """Sample quality: ``reference`` is a folder of images to measure the Frechet distance against
+    (models without built-in reference data: Stable Diffusion, EDM2)."""
+
+    reference: Optional[str] = None
+
+
 class Recipe(Strict):
     name: str = Field("run", pattern=NAME_PATTERN.pattern, description="letters, digits and ._+- (names runs/<name>)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -148,6 +162,7 @@ class Recipe(Strict):
     sampling: Sampling = Sampling()
     estimators: list[EstimatorSpec] = Field(default_factory=lambda: [EstimatorSpec(name="plugin")], min_length=1)
     analysis: Analysis = Analysis()
+    quality: Quality = Quality()
 
     @field_validator("estimators", mode="before")
     @classmethod
@@ -271,8 +286,8 @@ def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, Guidance, Analysis, GMMHierarchy, *recipe_models(), ExactClassifierConfig,
-                  DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig):
+    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
+                  ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig):
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None

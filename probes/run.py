@@ -26,7 +26,9 @@ from probes.components import Components, build_components, leaf_of_sample
 from probes.denoisers.base import FiniteCheck
 from probes.errors import ProbesError
 from probes.noise import make_grid
+from probes.outcomes import outcomes_of_run
 from probes.recipe import DEVICE_PATTERN, Recipe, load_recipe
+from probes.report.html import write_run_report
 
 
 def add_run_commands(sub) -> None:
@@ -64,7 +66,7 @@ def _cmd_run(args) -> int:
     result = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if not args.quiet:
         print(result["summary"])
-        print(f"\nwrote {out}/ (run.json, curves.csv, decisions.csv, tree.json, tree.graphml, tree.nwk, *.png)")
+        print(f"\nwrote {out}/ (report.html, run.json, curves.csv, decisions.csv, samples.csv, tree.*, *.png)")
     return 0
 
 
@@ -238,7 +240,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     fingerprint_parts = store.fingerprint_parts(recipe, parts.taxonomy, model_files(recipe), parts.device.type)
     fingerprint = store.combined(fingerprint_parts)
     s = recipe.sampling
-    sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps)
+    sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps,
+                       resolve=recipe.resolve_path)
     n_batches = math.ceil(s.samples / s.batch_size)
     sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
     headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]
@@ -309,6 +312,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     summary = analyse_run(out, recipe, parts.taxonomy, [e.name for e in estimators], n_batches,
                           prior=parts.prior if known_prior else None)
     payload.update(summary["payload"])
+    payload.update(outcomes_of_run(out, recipe, parts, summary))  # quality, calls, samples.csv, previews
     if parts.exact_model is not None:
         summary["text"] += "\n" + _theory_text(payload, parts, recipe.primary_estimator)
     payload["status"] = "complete"
@@ -319,6 +323,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         "total_s_this_session": round(time.perf_counter() - t_start, 3),
     }
     write_run_json(out / "run.json", payload)
+    write_run_report(out)
     payload["summary"] = summary["text"]
     return payload
 
@@ -343,8 +348,11 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     """Draw one batch of trajectories and run every estimator on it."""
     from probes.sampling import forward_path, sample
 
+    from probes.report.samples import keep_samples
+
     s = recipe.sampling
     g = torch.Generator().manual_seed(_seed(recipe.seed, b, 0))
+    record_extra = {"batch_seed": _seed(recipe.seed, b, 0)}
     bar.set_postfix_str(f"batch {b + 1}: sampling")
     if s.source == "data":
         if parts.data is None:
@@ -354,16 +362,18 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     else:
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
+        guided_before = getattr(parts.generator, "guided_calls", 0)
         with torch.no_grad():
             traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
                           generator=g)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
+        keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "guided_calls", 0) - guided_before)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
     # A state goes bad one step after the prediction that made it: name that step's sigma.
     _check_finite(traj.states[1:], sigmas[:-1], f"sampling batch {b}", "the data or sampler")
-    record = {"batch": b, "n": len(idx), "leaf": traj.leaf, "estimators": {}}
+    record = {"batch": b, "n": len(idx), "leaf": traj.leaf, "estimators": {}, **record_extra}
     for e, est in enumerate(estimators):
         bar.set_postfix_str(f"batch {b + 1}: {est.name}")
         ge = torch.Generator().manual_seed(_seed(recipe.seed, b, e + 1))

@@ -39,7 +39,7 @@ BATCH_DIR = "batches"
 BATCH_SUFFIX = ".safetensors"
 # Everything probes writes into a run directory; anything else makes --overwrite refuse.
 OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
-                   "*.png", "report.html", "samples.csv", "previews", "compare.csv", "posteriors.safetensors",
+                   "*.png", "report.html", "samples.csv", "previews", "strips", "compare.csv", "posteriors.safetensors",
                    "taxonomy.json", "summary.txt", ".*.tmp", BATCH_DIR)
 BATCH_PATTERNS = ("batch_*" + BATCH_SUFFIX, "batch_*.pt", ".*.tmp")
 # Model files above this size are fingerprinted by size and modification time, not content.
@@ -84,7 +84,7 @@ def fingerprint_parts(recipe, taxonomy, model_paths: list[str], device_type: str
 
     data = recipe.model_dump(mode="json")
     data["sampling"].pop("samples", None)
-    for key in ("analysis", "name", "device"):
+    for key in ("analysis", "name", "device", "quality"):  # quality is scored after sampling
         data.pop(key, None)
     seed = data.pop("seed", None)
     return {

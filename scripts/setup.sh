@@ -29,3 +29,10 @@ if ! .venv/bin/python -c "import nltk; nltk.data.find('corpora/wordnet')" >/dev/
   fi
   .venv/bin/probes wordnet setup
 fi
+
+# Headless Chromium for the report.html tests (they skip without it).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing Debian's chromium (headless checks of report.html)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

@@ -53,20 +53,39 @@ class GuidedDenoiser(Denoiser):
         self.scale = float(scale)
         self.interval = interval
         self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
+        # Sample-evaluations of the unconditional branch: the denoiser calls guidance costs.
+        self.guided_calls = 0
 
     def forward(self, x, sigma, cond=None):
         if cond is None or self.scale == 1.0:
             return self.inner(x, sigma, cond)
         sigma = batch_sigma(sigma, x)
+        if self.interval is None:
+            inside = torch.ones_like(sigma, dtype=torch.bool)
+        else:
+            lo, hi = self.interval
+            inside = (sigma > lo) & (sigma <= hi)
+        if not inside.any():  # outside the interval: the conditional model alone, no extra call
+            return self.inner(x, sigma, cond)
+        if not inside.all():
+            out = self.inner(x, sigma, cond).clone()
+            keep = inside.nonzero().squeeze(1)
+            out[keep] = self._guided(x[keep], sigma[keep], _select(cond, keep))
+            return out
+        return self._guided(x, sigma, cond)
+
+    def _guided(self, x, sigma, cond):
         # One batched call for both branches, as diffusers pipelines do.
         both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), _pair(cond))
         uncond, condl = both.chunk(2)
-        guided = uncond + self.scale * (condl - uncond)
-        if self.interval is None:
-            return guided
-        lo, hi = self.interval
-        inside = expand_like((sigma > lo) & (sigma <= hi), x)
-        return torch.where(inside.bool(), guided, condl)
+        self.guided_calls += x.shape[0]
+        return uncond + self.scale * (condl - uncond)
+
+
+def _select(cond, index: torch.Tensor):
+    if isinstance(cond, torch.Tensor):
+        return cond[index.to(cond.device)]
+    return [cond[i] for i in index.tolist()]
 
 
 def _pair(cond):

@@ -224,14 +224,21 @@ class DigitClassifier(Classifier):
         self.config = {"width": width, "hidden": hidden}
         self.net = DigitNet(width, hidden)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _grey8(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"DigitClassifier expects NCHW images, got shape {tuple(x.shape)}")
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
         if x.shape[-2:] != (8, 8):
             x = F.interpolate(x, size=(8, 8), mode="area" if x.shape[-1] > 8 else "bilinear")
-        return self.net(x.float())
+        return x.float()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._grey8(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's hidden layer ``[batch, hidden]``: the feature space of Frechet distances."""
+        return self.net.head[:-1](self.net.features(self._grey8(x)))
 
 
 def load_digits_classifier(taxonomy=None, path: str | Path | None = None,

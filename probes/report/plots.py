@@ -103,8 +103,9 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
     handles, labels = axes[0][0].get_legend_handles_labels()
     if len(labels) > 12:
         handles, labels = handles[:: math.ceil(len(labels) / 12)], labels[:: math.ceil(len(labels) / 12)]
-    axes.flat[n - 1].legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.9,
-                       title="dotted: prior", title_fontsize=7)
+    # Beside the panels, never over the curves.
+    axes.flat[n - 1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                            fontsize=8, title="dotted: prior", title_fontsize=7)
     return _save(fig, path)
 
 
@@ -173,13 +174,30 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
         ax.set_xticks([])
         ax.set_xlabel(f"{L} leaves (labels omitted)")
     if len(taxonomy.internal_nodes) <= MAX_LABELLED_INTERNAL and not big:
-        for n in taxonomy.internal_nodes:
-            ax.annotate(_label(taxonomy, n), (xpos[n], height[n]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8, color="0.15")
+        _annotate_without_overlap(fig, ax, [(_label(taxonomy, n), xpos[n], height[n]) for n in taxonomy.internal_nodes])
     ax.grid(True, axis="y", which="major", alpha=0.3)
     ax.set_title(title or literal(f"decision-time tree: {getattr(taxonomy, 'name', '')}".rstrip(": ")))
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
     return _save(fig, path)
+
+
+def _annotate_without_overlap(fig, ax, anchors) -> None:
+    """Node labels beside their points, stacked downwards where they would collide.
+
+    Positions are worked out in points at the figure's final layout, then given to matplotlib as
+    offsets from each node (points do not change when the figure is saved at another dpi).
+    """
+    from probes.report.layout import place_labels
+
+    fig.tight_layout()
+    per_point = fig.dpi / 72.0
+    scale = 11 / 8  # place_labels measures an 11px font; these labels are 8 pt
+    pts = [(text, *(ax.transData.transform((x, y)) / per_point)) for text, x, y in anchors]
+    spots = place_labels([(t, px * scale, -py * scale) for t, px, py in pts], height=13.0)
+    for (text, x, y), (_, px, py), (lx, ly) in zip(anchors, pts, spots):
+        dx, dy = lx / scale - px, -ly / scale - py
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, color="0.15",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if dy < -10 else None)
 
 
 def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, title: str | None = None) -> Path:
@@ -208,6 +226,6 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
     extra = "" if len(decided) <= max_nodes else f" (top {max_nodes} of {len(decided)} by peak rate)"
     ax.set_title(title or f"where each node decides{extra}")
     if shown:
-        ax.legend(loc="upper right", fontsize=7, ncol=2 if len(shown) > 6 else 1, framealpha=0.9,
-                  title="node (dot: decision; band: window)", title_fontsize=7)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=7,
+                  ncol=2 if len(shown) > 12 else 1, title="node (dot: decision;\nband: window)", title_fontsize=7)
     return _save(fig, path)

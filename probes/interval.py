@@ -1,0 +1,176 @@
+"""A guidance interval derived from a measurement: ``probes interval RUN [--against UNGUIDED]``.
+
+Two rules (the reasons are in ``docs/control.md``):
+
+* **From a guided/unguided pair** (``--against``): per taxonomy level,
+  ``dI(sigma) = I_guided(cell; x_sigma) - I_unguided(cell; x_sigma)``. Guidance acts where the gap
+  *grows* as sampling proceeds, i.e. where ``g(sigma) = d dI / d(-log sigma)`` is positive; its
+  band is where ``g`` stays above half its peak. By the chain rule the information about level L
+  is that about level 1 plus what each finer level adds, so the band is taken for each of those
+  parts (``dI_l - dI_{l-1}``, l = 1..L) and the interval spans them all: before it guidance has
+  nothing to act on, after it the unguided model catches up on its own.
+* **From one run's decision windows**: the half-peak window of the chosen node (``--node``) or
+  level cut (``--level``, default the leaf level), i.e. where the model decides. Guiding there
+  steers the decision itself and leaves the early (layout) and late (detail) phases alone.
+
+The last line printed is the recipe line ``sampling.guidance.interval: [lo, hi]``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from probes.compare import _levels, _read_run
+from probes.errors import ProbesError
+
+HALF = 0.5  # band threshold: the same half-peak convention as decision windows
+
+
+def add_interval_commands(sub) -> None:
+    p = sub.add_parser(
+        "interval", help="derive a guidance interval from a run (or a guided/unguided pair)",
+        description="Derive sampling.guidance.interval from where the chosen level is decided (one run) or where "
+        "guidance changes the information about it (RUN guided, --against the same recipe unguided).",
+    )
+    p.add_argument("run", help="finished run directory (the guided one when --against is given)")
+    p.add_argument("--against", metavar="UNGUIDED_RUN", help="the same recipe run without guidance")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--level", type=int, help="taxonomy level (depth of the cut; default: the leaf level)")
+    which.add_argument("--node", help="internal node whose decision window to use (single-run rule)")
+    p.add_argument("--estimator", help="estimator whose curves to read (default: the run's primary)")
+    p.set_defaults(func=_cmd_interval)
+
+
+def _cmd_interval(args) -> int:
+    result = derive_interval(args.run, against=args.against, level=args.level, node=args.node,
+                             estimator=args.estimator)
+    print(result["text"])
+    return 0
+
+
+def _guidance(state: dict) -> tuple[float, str]:
+    sampling = (state.get("recipe") or {}).get("sampling") or {}
+    scale = float(((sampling.get("guidance") or {}).get("scale")) or 1.0)
+    return scale, sampling.get("condition", "none")
+
+
+def derive_interval(run, against=None, level: Optional[int] = None, node: Optional[str] = None,
+                    estimator: Optional[str] = None) -> dict:
+    """``{"interval": (lo, hi), "rule": ..., "text": ...}``; every bad input is one ProbesError line."""
+    run = Path(run)
+    state, curves, decisions = _read_run(run)
+    estimator = estimator or state.get("primary_estimator")
+    scale, condition = _guidance(state)
+    if condition == "none":
+        raise ProbesError(f"{run}: sampled without conditioning (sampling.condition: none), so it holds no guidance "
+                          "information; run the recipe with sampling.condition: leaf")
+    if against is not None:
+        if node is not None:
+            raise ProbesError("--node: the guided/unguided rule works per level; use --level with --against")
+        return _from_pair(run, state, curves, Path(against), level, estimator, scale)
+    return _from_windows(run, state, decisions, level, node, estimator)
+
+
+def _check_level(level: Optional[int], levels: list[str], run: Path) -> str:
+    depth = max(int(v) for v in levels)
+    if level is None:
+        return str(depth)
+    if str(level) not in levels:
+        raise ProbesError(f"--level {level}: {run}'s taxonomy has levels 1..{depth}")
+    return str(level)
+
+
+def _from_windows(run: Path, state: dict, decisions: list[dict], level, node, estimator) -> dict:
+    rows = [r for r in decisions if r["estimator"] == estimator]
+    if not rows:
+        raise ProbesError(f"{run}: no decisions for estimator {estimator!r}")
+    if node is not None:
+        nodes = [r["name"] for r in rows if r["kind"] == "node"]
+        if node not in nodes:
+            shown = ", ".join(nodes[:8]) + (" ..." if len(nodes) > 8 else "")
+            raise ProbesError(f"--node {node!r}: not an internal node of {run}'s taxonomy (internal nodes: {shown})")
+        row, what = next(r for r in rows if r["kind"] == "node" and r["name"] == node), f"node {node!r}"
+    else:
+        name = _check_level(level, [r["name"] for r in rows if r["kind"] == "level"], run)
+        row, what = next(r for r in rows if r["kind"] == "level" and r["name"] == name), f"level {name}"
+    if row["decision_sigma"] in ("", None):
+        raise ProbesError(f"{run}: {what} is undecided in this run, so it has no decision window")
+    lo, hi = float(row["window_lo"]), float(row["window_hi"])
+    text = [f"{run}: {what} decides at sigma={float(row['decision_sigma']):.3g}, half-peak window "
+            f"[{lo:.3g}, {hi:.3g}] ({estimator} estimator)",
+            "rule: guide where the model decides (the decision window)"]
+    return _result((lo, hi), "decision-window", text)
+
+
+def _from_pair(run: Path, state: dict, curves: list[dict], against: Path, level, estimator, scale: float) -> dict:
+    state_u, curves_u, _ = _read_run(against)
+    scale_u, _ = _guidance(state_u)
+    if scale == 1.0:
+        raise ProbesError(f"{run}: has no guidance (sampling.guidance.scale 1); give the guided run first and the "
+                          "unguided one with --against")
+    if scale_u != 1.0 and (state_u.get("recipe") or {}).get("sampling", {}).get("guidance", {}).get("interval") is None:
+        raise ProbesError(f"--against {against}: is guided too (scale {scale_u:g}); give the same recipe run with "
+                          "sampling.guidance.scale=1")
+    guided, plain = _levels(curves, estimator, run), _levels(curves_u, estimator, against)
+    name = _check_level(level, list(guided), run)
+    if set(plain) != set(guided):
+        raise ProbesError(f"--against {against}: its taxonomy levels differ from {run}'s; pair runs of one recipe")
+    sig = guided[name][0]
+    if any(len(plain[k][0]) != len(sig) or not np.allclose(plain[k][0], sig, rtol=1e-9) for k in plain):
+        raise ProbesError(f"--against {against}: its sigma grid differs from {run}'s; use the same sampling grid")
+    # Chain rule: the information about level L is that about level 1 plus, for each finer level,
+    # what it adds beyond the level above. Guidance must act wherever any of these parts grows.
+    text, bands, above = [], [], np.zeros(len(sig))
+    for k in sorted(guided, key=int)[: int(name)]:
+        gap = np.nan_to_num(guided[k][1]) - np.nan_to_num(plain[k][1])
+        lo, hi, peak, gain = gain_band(sig, gap - above)
+        above = gap
+        if lo is None:
+            text.append(f"  level {k}: guidance adds no information here")
+            continue
+        bands.append((lo, hi))
+        text.append(f"  level {k}{' beyond level ' + str(int(k) - 1) if int(k) > 1 else ''}: gained fastest at "
+                    f"sigma={peak:.3g} ({gain:.3g} nats per unit log sigma), above half that for sigma in "
+                    f"[{lo:.3g}, {hi:.3g}]")
+    if not bands:
+        raise ProbesError(f"{run}: guidance does not change the information about level {name} against {against}")
+    lo, hi = min(b[0] for b in bands), max(b[1] for b in bands)
+    text.insert(0, f"{run} (guidance {scale:g}) vs {against}: where guidance adds information about level {name} "
+                   f"({estimator} estimator)")
+    text.append("rule: guide over the half-peak bands of d dI/d(-log sigma), level by level (chain rule)")
+    return _result((lo, hi), "guidance-gain", text)
+
+
+def gain_band(sigmas: np.ndarray, delta: np.ndarray, threshold: float = HALF):
+    """Where ``delta`` (on a descending grid) grows fastest as sigma falls.
+
+    Returns ``(lo, hi, peak_sigma, peak_rate)``: the contiguous band around the peak of
+    ``g = d delta / d(-log sigma)`` where ``g >= threshold * peak`` (``None``s when ``g`` never
+    becomes positive).
+    """
+    sigmas, delta = np.asarray(sigmas, dtype=float), np.asarray(delta, dtype=float)
+    g = np.gradient(delta, -np.log(sigmas))
+    if not (g > 0).any():
+        return None, None, None, None
+    i = int(np.argmax(g))
+    above = g >= threshold * g[i]
+    a, b = i, i
+    while a > 0 and above[a - 1]:
+        a -= 1
+    while b + 1 < len(g) and above[b + 1]:
+        b += 1
+    # The band's edges are grid points; include the step beyond each edge, since a sampler's step
+    # from sigma_k to sigma_k+1 is guided by the test on sigma_k.
+    return float(sigmas[min(b + 1, len(g) - 1)]), float(sigmas[max(a - 1, 0)]), float(sigmas[i]), float(g[i])
+
+
+def _result(interval: tuple[float, float], rule: str, text: list[str]) -> dict:
+    lo, hi = (float(f"{v:.3g}") for v in interval)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ProbesError(f"the derived interval [{lo:g}, {hi:g}] is empty; the curves are too coarse to place it")
+    text.append(f"sampling.guidance.interval: [{lo:g}, {hi:g}]")
+    return {"interval": (lo, hi), "rule": rule, "text": "\n".join(text)}

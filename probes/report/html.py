@@ -1,0 +1,370 @@
+"""``report.html``: one self-contained page per run directory (and per ``probes compare``).
+
+Everything is inline (SVG drawn here, PNG pictures as data URIs, a few lines of JavaScript for the
+hover panel), so the file opens from disk or an e-mail without network access. The page is built
+from the run directory's files only, so it can be rebuilt from any finished run:
+``python -m probes.report.html RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from probes.report.layout import CHAR_PX, place_labels
+from probes.report.rundir import atomic_write_text
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+MAX_SAMPLE_PREVIEWS = 200
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1180px;margin:auto;padding:16px 24px}
+h1{font-size:22px;margin:8px 0} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:12px 16px;margin:12px 0}
+table{border-collapse:collapse;font-size:13px} td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+.row{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.legend{font-size:12px;list-style:none;padding:0;margin:0;min-width:150px}
+.legend span{display:inline-block;width:14px;height:3px;margin-right:6px;vertical-align:middle}
+svg text{font:11px system-ui,sans-serif;fill:#333} svg .node{cursor:pointer}
+svg .node:hover circle,svg .node.on circle{stroke:#000;stroke-width:2}
+#panel{position:sticky;top:8px;min-width:260px;max-width:300px;font-size:13px;background:#f4f7fb;
+  border:1px solid #cfd8e3;border-radius:6px;padding:8px 12px}
+.thumbs img{width:40px;height:40px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}
+.strip img{height:48px;image-rendering:pixelated} .strip td{padding:2px 6px}
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px;max-height:420px}
+"""
+
+SCRIPT = """
+document.querySelectorAll('.node').forEach(function(n){
+  n.addEventListener('mouseenter',function(){
+    document.querySelectorAll('.node.on').forEach(function(o){o.classList.remove('on');});
+    n.classList.add('on');
+    document.getElementById('panel').innerHTML=n.getAttribute('data-info');
+  });
+});
+var first=document.querySelector('.node');
+if(first){first.dispatchEvent(new Event('mouseenter'));}  // the root's numbers until another node is hovered
+document.body.setAttribute('data-ready','1');
+"""
+
+
+# --- reading a run directory ---------------------------------------------------------------------
+
+
+def _csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _g(v, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+# --- SVG pieces ------------------------------------------------------------------------------------
+
+
+class _Axis:
+    """Log sigma on x (descending, sampling order) and a linear or log y, in pixels."""
+
+    def __init__(self, sigmas, ys, width=620, height=300, left=56, right=12, top=12, bottom=40, log_y=False):
+        self.w, self.h, self.l, self.r, self.t, self.b = width, height, left, right, top, bottom
+        s = np.asarray(sigmas, dtype=float)
+        self.x0, self.x1 = math.log10(s.max()), math.log10(s.min())
+        y = np.asarray([v for v in ys if math.isfinite(v)] or [0.0, 1.0], dtype=float)
+        self.log_y = log_y
+        if log_y:
+            y = np.log10(y[y > 0]) if (y > 0).any() else np.array([0.0, 1.0])
+        lo, hi = float(y.min()), float(y.max())
+        if not log_y:
+            lo = min(lo, 0.0)
+        pad = 0.05 * (hi - lo or 1.0)
+        self.y0, self.y1 = lo - (pad if log_y else 0), hi + pad
+
+    def x(self, sigma: float) -> float:
+        f = (math.log10(sigma) - self.x0) / (self.x1 - self.x0 or 1.0)
+        return self.l + f * (self.w - self.l - self.r)
+
+    def y(self, v: float) -> float:
+        v = math.log10(v) if self.log_y else v
+        f = (v - self.y0) / (self.y1 - self.y0 or 1.0)
+        return self.t + (1 - f) * (self.h - self.t - self.b)
+
+    def frame(self, ylabel: str, xlabel: str = "noise level σ (log; sampling runs left to right)") -> str:
+        out = [f'<rect x="{self.l}" y="{self.t}" width="{self.w - self.l - self.r}" '
+               f'height="{self.h - self.t - self.b}" fill="none" stroke="#999"/>']
+        for e in range(math.floor(self.x1), math.ceil(self.x0) + 1):
+            s = 10.0**e
+            if min(self.x0, self.x1) - 1e-9 <= e <= max(self.x0, self.x1) + 1e-9:
+                px = self.x(s)
+                out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.t}" y2="{self.h - self.b}" stroke="#eee"/>'
+                           f'<text x="{px:.1f}" y="{self.h - self.b + 14}" text-anchor="middle">{s:g}</text>')
+        for v in np.linspace(self.y0, self.y1, 5):
+            val = 10.0**v if self.log_y else v
+            py = self.y(val)
+            out.append(f'<text x="{self.l - 4}" y="{py + 4:.1f}" text-anchor="end">{val:.2g}</text>')
+        out.append(f'<text x="{(self.l + self.w - self.r) / 2}" y="{self.h - 6}" text-anchor="middle">'
+                   f'{html.escape(xlabel)}</text>')
+        out.append(f'<text transform="translate(12,{(self.t + self.h - self.b) / 2}) rotate(-90)" '
+                   f'text-anchor="middle">{html.escape(ylabel)}</text>')
+        return "".join(out)
+
+
+def line_chart(series: list[tuple[str, np.ndarray, np.ndarray]], ylabel: str, shade: list | None = None) -> str:
+    """An SVG chart of ``(name, sigma, value)`` series with the legend beside it (never over it)."""
+    if not series:
+        return "<p>no curves</p>"
+    ax = _Axis(np.concatenate([s for _, s, _ in series]), np.concatenate([v for _, _, v in series]))
+    parts = [f'<svg width="{ax.w}" height="{ax.h}" role="img">', ax.frame(ylabel)]
+    for (lo, hi, color) in shade or []:
+        parts.append(f'<rect x="{ax.x(hi):.1f}" y="{ax.t}" width="{ax.x(lo) - ax.x(hi):.1f}" '
+                     f'height="{ax.h - ax.t - ax.b}" fill="{color}" opacity="0.08"/>')
+    legend = []
+    for k, (name, s, v) in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        pts = " ".join(f"{ax.x(a):.1f},{ax.y(b):.1f}" for a, b in zip(s, v) if math.isfinite(b))
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.6">'
+                     f'<title>{html.escape(name)}</title></polyline>')
+        legend.append(f'<li><span style="background:{color}"></span>{html.escape(name)}</li>')
+    parts.append("</svg>")
+    return f'<div class="row">{"".join(parts)}<ul class="legend">{"".join(legend)}</ul></div>'
+
+
+def tree_svg(tree: dict, sigmas: list[float]) -> str:
+    """The decision-time tree: internal nodes at their decision sigma (log y), leaves at the bottom;
+    hovering a node fills the side panel with its decision sigma, window and interval."""
+    nodes = {n["id"]: n for n in tree["nodes"]}
+    children: dict[str, list[str]] = {}
+    for e in tree.get("edges", tree.get("links", [])):
+        children.setdefault(e["source"], []).append(e["target"])
+    root = tree["graph"].get("root") or next(iter(nodes))
+    leaves: list[str] = []
+
+    def walk(n):
+        if n not in children:
+            leaves.append(n)
+        for c in children.get(n, []):
+            walk(c)
+
+    walk(root)
+    leaf_sigma = float(tree["graph"].get("leaf_sigma") or min(sigmas))
+    height: dict[str, float] = {}
+
+    def h(n):
+        if n in children:
+            below = max(h(c) for c in children[n])
+            d = nodes[n].get("decision_sigma")
+            height[n] = max(float(d), below) if d else below
+        else:
+            height[n] = leaf_sigma
+        return height[n]
+
+    h(root)
+    many = len(leaves) > 40
+    width = max(560, min(1100, 56 * len(leaves) + 140))
+    # Up to three times the highest decision (not the whole grid), so close decisions stay apart.
+    top_sigma = min(max(sigmas), 3 * max(height.values())) if len(height) > len(leaves) else max(sigmas)
+    top_sigma = max(top_sigma, max(height.values()) * 1.2)
+    ax = _Axis([top_sigma, leaf_sigma], [top_sigma, leaf_sigma], width=width, height=420, bottom=70, log_y=True)
+    xpos = {leaf: ax.l + 14 + i * (width - ax.l - 40) / max(1, len(leaves) - 1) for i, leaf in enumerate(leaves)}
+    for n in height:  # post-order: children are placed before their parent
+        if n in children:
+            xs = [xpos[c] for c in children[n]]
+            xpos[n] = 0.5 * (min(xs) + max(xs))
+    parts = [f'<svg width="{width}" height="{ax.h}" role="img" aria-label="decision-time tree">']
+    for v in np.linspace(ax.y0, ax.y1, 6):
+        py = ax.y(10.0**v)
+        parts.append(f'<line x1="{ax.l}" x2="{width - 10}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>'
+                     f'<text x="{ax.l - 4}" y="{py + 4:.1f}" text-anchor="end">{10.0**v:.2g}</text>')
+    parts.append(f'<text transform="translate(12,{ax.h / 2 - 30}) rotate(-90)" text-anchor="middle">'
+                 'decision noise level σ (log)</text>')
+    for p, kids in children.items():
+        for c in kids:
+            parts.append(f'<polyline points="{xpos[c]:.1f},{ax.y(height[c]):.1f} {xpos[c]:.1f},{ax.y(height[p]):.1f} '
+                         f'{xpos[p]:.1f},{ax.y(height[p]):.1f}" fill="none" stroke="#777" stroke-width="1.2"/>')
+    anchors = []
+    for n, attrs in nodes.items():
+        if n not in children:
+            continue
+        label = str(attrs.get("label", n))
+        d = attrs.get("decision_sigma")
+        x, y = xpos[n], ax.y(height[n])
+        if d:
+            lo, hi = attrs["window"]
+            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ax.y(hi):.1f}" y2="{ax.y(max(lo, leaf_sigma)):.1f}" '
+                         'stroke="#1f77b4" stroke-opacity="0.35" stroke-width="5"/>')
+        interval = attrs.get("interval")
+        info = (f"<b>{html.escape(label)}</b> ({html.escape(n)})<br>" + (
+            f"decision σ = {_g(d)}<br>half-peak window [{_g(attrs['window'][0])}, {_g(attrs['window'][1])}]<br>"
+            + (f"95% bootstrap interval [{_g(interval[0])}, {_g(interval[1])}]<br>" if interval else "")
+            + f"peak rate {_g(attrs.get('peak_rate'))} nats per unit log σ"
+            + ("<br>peak at the grid's edge" if attrs.get("at_edge") else "") if d else "undecided"))
+        fill = "#1f77b4" if d and not attrs.get("at_edge") else ("#ff7f0e" if d else "#fff")
+        parts.append(f'<g class="node" data-info="{html.escape(info)}"><circle cx="{x:.1f}" cy="{y:.1f}" r="5" '
+                     f'fill="{fill}" stroke="#333"/><title>{html.escape(label)}: σ={_g(d)}</title></g>')
+        anchors.append((label, x, y))
+    if not many:
+        for (label, _, _), (lx, ly) in zip(anchors, place_labels(anchors, height=15.0)):
+            parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}">{html.escape(label)}</text>')
+        for leaf in leaves:
+            label = str(nodes[leaf].get("label", leaf))
+            parts.append(f'<text transform="translate({xpos[leaf]:.1f},{ax.h - ax.b + 12}) rotate(50)">'
+                         f'{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- the page ---------------------------------------------------------------------------------------
+
+
+def _curve_series(rows: list[dict], estimator: str, kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
+    names = list(dict.fromkeys(r["name"] for r in chosen))
+    out = []
+    for name in names:
+        part = sorted((r for r in chosen if r["name"] == name), key=lambda r: -_num(r["sigma"]))
+        out.append((name, np.array([_num(r["sigma"]) for r in part]), np.array([_num(r["entropy"]) for r in part])))
+    return out
+
+
+def _rates(series):
+    """``-dC/dlog sigma`` read the way sampling runs (information gained per unit log sigma)."""
+    out = []
+    for name, s, v in series:
+        if len(s) > 2:
+            out.append((name, s, np.gradient(np.nan_to_num(v), np.log(s))))
+    return out
+
+
+def _quality_table(state: dict) -> str:
+    q, calls = state.get("quality") or {}, state.get("calls") or {}
+    rows = []
+    for level, acc in (q.get("conditional_accuracy") or {}).items():
+        rows.append((f"conditional accuracy, level {level}", f"{acc:.3f}"))
+    if "frechet_distance" in q:
+        rows.append(("Frechet distance (classifier features)", f"{q['frechet_distance']:.4g} "
+                     f"(vs {q.get('frechet_reference_n')} reference samples)"))
+    for k, v in calls.items():
+        rows.append((f"denoiser calls: {k.replace('_', ' ')}", str(v)))
+    if not rows:
+        return "<p>No quality measures for this run (it kept no final samples).</p>"
+    return "<table>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows) + \
+        "</table>"
+
+
+def _strips(run: Path) -> str:
+    meta = run / "strips" / "strips.json"
+    if not meta.is_file():
+        return "<p>No x0 predictions kept (vector data, or a run on data paths).</p>"
+    info = json.loads(meta.read_text())
+    head = "".join(f"<th>σ={s:.3g}</th>" for s in info["sigmas"])
+    rows = []
+    for s in info["strips"]:
+        rows.append(f'<tr><td>sample {s["index"]}<br>{html.escape(str(s["condition"]))}</td>'
+                    f'<td colspan="{len(info["sigmas"])}"><img alt="x0 predictions of sample {s["index"]}" '
+                    f'src="{_data_uri(run / s["file"])}"></td></tr>')
+    return (f'<table class="strip"><tr><th>sample, condition</th><th colspan="{len(info["sigmas"])}">'
+            f'predicted clean image D(x; σ) at σ = {", ".join(f"{s:.3g}" for s in info["sigmas"])} '
+            f'(left to right)</th></tr>{"".join(rows)}</table>' if head else "")
+
+
+def _samples(run: Path) -> str:
+    rows = _csv(run / "samples.csv")
+    if not rows:
+        return "<p>No samples listed.</p>"
+    shown = [r for r in rows if r.get("preview")][:MAX_SAMPLE_PREVIEWS]
+    thumbs = "".join(
+        f'<img src="{_data_uri(run / r["preview"])}" alt="sample {r["index"]}" '
+        f'title="sample {r["index"]}: batch {r["batch"]} (seed {r["batch_seed"]}, #{r["index_in_batch"]}); '
+        f'condition {html.escape(r["condition"] or "none")}; classifier: {html.escape(r["classifier_leaf"])} '
+        f'(p={_num(r["classifier_prob"]):.2f})">' for r in shown)
+    note = f"{len(rows)} samples in samples.csv" + (f"; the first {len(shown)} shown" if shown else "")
+    return f"<p>{note}. Hover a picture for its seed, condition and classifier reading.</p>" + \
+        f'<div class="thumbs">{thumbs}</div>'
+
+
+def render_run_report(run: Path) -> str:
+    state = json.loads((run / "run.json").read_text())
+    rows = _csv(run / "curves.csv")
+    tree = json.loads((run / "tree.json").read_text()) if (run / "tree.json").is_file() else None
+    primary = state.get("primary_estimator") or (rows[0]["estimator"] if rows else "")
+    levels = _curve_series(rows, primary, "level")
+    nodes = _curve_series(rows, primary, "node")
+    levels = [(f"level {n}", s, v) for n, s, v in levels]
+    body = [f"<h1>probes run: {html.escape(str(state.get('name')))}</h1>",
+            f"<p>status <b>{html.escape(str(state.get('status')))}</b>, {state.get('n_samples', '?')} samples, "
+            f"primary estimator <b>{html.escape(primary)}</b>.</p>"]
+    if tree is not None:
+        body.append('<h2>Decision-time tree</h2><section class="row"><div>'
+                    + tree_svg(tree, state.get("sigmas") or [1.0]) +
+                    '</div><div id="panel">Hover a node: its decision σ, half-peak window and bootstrap '
+                    'interval.</div></section>')
+    body.append(f"<h2>Entropy per level ({html.escape(primary)})</h2><section>"
+                + line_chart(levels, "conditional entropy H_l(σ) [nats]") + "</section>")
+    body.append("<h2>Entropy and rate per node</h2><section>"
+                + line_chart(nodes, "node contribution C_n(σ) [nats]")
+                + line_chart(_rates(nodes), "rate dC_n / dlog σ [nats]") + "</section>")
+    body.append("<h2>What the model sees as it decides</h2><section>" + _strips(run) + "</section>")
+    body.append("<h2>Sample quality</h2><section>" + _quality_table(state) + "</section>")
+    body.append("<h2>Samples</h2><section>" + _samples(run) + "</section>")
+    body.append("<h2>Recipe</h2><section><pre>" + html.escape(yaml.safe_dump(state.get("recipe", {}), sort_keys=False))
+                + "</pre></section>")
+    return _page(f"probes: {state.get('name')}", "".join(body))
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>")
+
+
+def write_run_report(run) -> Path:
+    run = Path(run)
+    return atomic_write_text(run / "report.html", render_run_report(run))
+
+
+def write_compare_report(out, result: dict, run_a, run_b) -> Path:
+    """report.html for ``probes compare``: the information difference per level and the node shifts."""
+    out = Path(out)
+    by_level: dict[str, list] = {}
+    for level, sigma, _a, _b, delta, _se in result["rows"]:
+        by_level.setdefault(str(level), []).append((sigma, delta))
+    series = [(f"level {k}", np.array([s for s, _ in v]), np.array([d for _, d in v])) for k, v in by_level.items()]
+    shade = [(s["band"][0], s["band"][1], PALETTE[k % len(PALETTE)])
+             for k, s in enumerate(result["levels"].values()) if s.get("band")]
+    shifts = "".join(f"<tr><td>{html.escape(n)}</td><td>{_g(s['sigma_a'])}</td><td>{_g(s['sigma_b'])}</td>"
+                     f"<td>×{_g(s['ratio'])}</td></tr>" for n, s in result["nodes"].items())
+    body = (f"<h1>probes compare</h1><p>B = {html.escape(str(run_b))} against A = {html.escape(str(run_a))} "
+            f"({html.escape(result['estimator'])} estimator).</p>"
+            "<h2>Information B gains over A, per level</h2><section>"
+            + line_chart(series, "I_B − I_A [nats]", shade) + "<p>Shaded: where |ΔI| exceeds half its peak.</p>"
+            + f"<pre>{html.escape(result['text'])}</pre></section>"
+            "<h2>Decision σ per node</h2><section><table><tr><th>node</th><th>A</th><th>B</th><th>ratio</th></tr>"
+            + shifts + "</table></section>")
+    return atomic_write_text(out / "report.html", _page("probes compare", body))
+
+
+if __name__ == "__main__":  # rebuild a finished run's report
+    for arg in sys.argv[1:]:
+        print(write_run_report(Path(arg)))

@@ -1,0 +1,182 @@
+"""Control derived from measurements: guidance intervals (probes interval) and entropic step grids."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from probes.cli import main
+from probes.errors import ProbesError
+from probes.interval import derive_interval, gain_band
+from probes.noise import entropic_grid, geometric_grid
+from probes.run import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path: Path, name: str, **sampling) -> Path:
+    recipe = {
+        "name": name, "seed": 4, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "model": {"kind": "gmm", "dim": 2, "std": 0.5,
+                  "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
+        "classifier": {"kind": "exact"},
+        "sampling": {"samples": 64, "batch_size": 32, "steps": 24, "sigma_max": 40.0, "sigma_min": 0.05,
+                     "condition": "leaf", **sampling},
+        "estimators": ["exact"], "analysis": {"n_boot": 0},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("control")
+    run_recipe(_recipe(tmp, "w1"), tmp / "w1", progress=False)
+    run_recipe(_recipe(tmp, "w3", guidance={"scale": 3.0}), tmp / "w3", progress=False)
+    run_recipe(_recipe(tmp, "plain", condition="none"), tmp / "plain", progress=False)
+    run_recipe(_recipe(tmp, "cut"), tmp / "cut", progress=False, stop_after_batches=1)
+    return tmp
+
+
+# --- the rules on curves with known answers ---------------------------------------------------------
+
+
+def test_gain_band_of_a_logistic_gap_is_its_closed_form_half_peak_band():
+    # dI(u) = A / (1 + exp((u - u0) / w)), u = log sigma: the gap opens as sigma falls through sigma0.
+    # g = d dI / d(-u) = (A / w) s (1 - s) peaks at u0 and exceeds half its peak for
+    # |u - u0| <= w log(3 + 2 sqrt 2).
+    sigmas = torch.logspace(2, -2, 401, dtype=torch.float64).numpy()
+    u0, w = math.log(1.5), 0.4
+    delta = 0.8 / (1 + np.exp((np.log(sigmas) - u0) / w))
+    lo, hi, peak, rate = gain_band(sigmas, delta)
+    half = w * math.log(3 + 2 * math.sqrt(2))
+    step = math.log(sigmas[0] / sigmas[1])
+    # Tolerance: the band edges are grid points widened by one step (two steps in log sigma).
+    assert math.log(peak) == pytest.approx(u0, abs=step)
+    assert math.log(lo) == pytest.approx(u0 - half, abs=2 * step)
+    assert math.log(hi) == pytest.approx(u0 + half, abs=2 * step)
+    assert rate == pytest.approx(0.8 / (4 * w), rel=1e-3)
+
+
+def test_gain_band_is_empty_when_guidance_adds_nothing():
+    sigmas = geometric_grid(10.0, 0.1, 20).numpy()
+    assert gain_band(sigmas, -np.linspace(0, 1, 20))[0] is None
+
+
+def test_entropic_grid_with_only_uniform_share_is_geometric():
+    sig = geometric_grid(40.0, 0.05, 50)
+    ent = torch.sigmoid(torch.log(sig))
+    assert torch.allclose(entropic_grid(sig, ent, 40.0, 0.05, 17, uniform_share=1.0),
+                          geometric_grid(40.0, 0.05, 17), rtol=1e-6)
+
+
+def test_pure_entropic_time_spaces_the_entropy_evenly():
+    # A measured H(sigma) = log 2 * sigmoid((u - u0) / w) on a fine grid: in pure entropic time the
+    # steps cut H into equal parts, so H at the steps is an arithmetic progression.
+    sig = torch.logspace(math.log10(40), math.log10(0.05), 600, dtype=torch.float64)
+    u0, w = math.log(2.0), 0.5
+    H = lambda s: math.log(2) * torch.sigmoid((torch.log(s) - u0) / w)  # noqa: E731
+    grid = entropic_grid(sig, H(sig), 40.0, 0.05, 9, uniform_share=0.0)
+    h = H(grid)
+    expected = torch.linspace(float(H(torch.tensor(40.0, dtype=torch.float64))),
+                              float(H(torch.tensor(0.05, dtype=torch.float64))), 9, dtype=torch.float64)
+    # Tolerance 2e-3 nats: piecewise-linear interpolation of a 600-point curve.
+    assert torch.allclose(h, expected, atol=2e-3)
+    assert (grid[1:] < grid[:-1]).all()
+
+
+# --- probes interval on real runs --------------------------------------------------------------------
+
+
+def test_interval_from_a_guided_pair_ends_with_the_recipe_line(runs, capsys):
+    assert main(["interval", str(runs / "w3"), "--against", str(runs / "w1"), "--level", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("sampling.guidance.interval: [")
+    lo, hi = yaml.safe_load(last.split(":", 1)[1])
+    assert 0.05 <= lo < hi <= 40.0
+
+
+def test_interval_from_one_runs_decision_window_is_that_window(runs):
+    result = derive_interval(runs / "w1", node="root")
+    state = json.loads((runs / "w1" / "run.json").read_text())
+    window = state["decisions"]["exact"]["nodes"]["root"]["window"]
+    assert result["interval"] == pytest.approx(tuple(window), rel=5e-3)  # printed to 3 significant digits
+    assert result["text"].splitlines()[-1].startswith("sampling.guidance.interval:")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plain"], "holds no guidance information"),
+    (["cut"], "not finished"),
+    (["w1", "--node", "nowhere"], "--node 'nowhere': not an internal node"),
+    (["w1", "--against", "w3"], "has no guidance"),
+    (["w3", "--against", "w1", "--level", "7"], "--level 7"),
+])
+def test_bad_interval_input_is_one_clear_line(runs, capsys, args, message):
+    argv = ["interval"] + [str(runs / a) if (runs / a).exists() else a for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+
+
+# --- grid: {from_run: DIR} ----------------------------------------------------------------------------
+
+
+def test_a_recipe_grid_from_a_run_puts_more_steps_in_its_decision_window(runs, tmp_path):
+    path = _recipe(tmp_path, "entropic", grid={"from_run": str(runs / "w1")})
+    run_recipe(path, tmp_path / "entropic", progress=False)
+    sig = torch.tensor(json.loads((tmp_path / "entropic" / "run.json").read_text())["sigmas"])
+    lo, hi = json.loads((runs / "w1" / "run.json").read_text())["decisions"]["exact"]["levels"]["2"]["window"]
+    geo = geometric_grid(40.0, 0.05, 24)
+    assert len(sig) == 24
+    assert int(((sig >= lo) & (sig <= hi)).sum()) > int(((geo >= lo) & (geo <= hi)).sum())
+
+
+def test_a_grid_from_a_missing_run_is_one_line_naming_the_field(tmp_path):
+    path = _recipe(tmp_path, "bad", grid={"from_run": "no/such/run"})
+    with pytest.raises(ProbesError, match="sampling.grid.from_run"):
+        run_recipe(path, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def _fake_run(path: Path, scale: float, mutual_info: dict) -> Path:
+    """A finished run directory holding only what probes interval reads: run.json and curves.csv."""
+    path.mkdir()
+    state = {"status": "complete", "primary_estimator": "exact",
+             "recipe": {"sampling": {"condition": "leaf", "guidance": {"scale": scale, "interval": None}}}}
+    (path / "run.json").write_text(json.dumps(state))
+    lines = ["estimator,sigma,vp_time,log_snr,kind,name,entropy,stderr,mutual_info,n_samples"]
+    for level, (sigmas, mi) in mutual_info.items():
+        lines += [f"exact,{float(s)!r},,,level,{level},,0,{float(m)!r},100" for s, m in zip(sigmas, mi)]
+    (path / "curves.csv").write_text("\n".join(lines) + "\n")
+    (path / "decisions.csv").write_text("estimator,kind,name,decision_sigma,window_lo,window_hi,interval_lo,"
+                                        "interval_hi,vp_time,log_snr,peak_rate,at_edge\n")
+    return path
+
+
+def test_the_pair_interval_spans_the_gain_band_of_every_level(tmp_path):
+    # Guidance adds information about level 1 around sigma 8 and, beyond it, about level 2 around
+    # sigma 1: logistic gaps in log sigma whose half-peak bands are u0 +- w log(3 + 2 sqrt 2).
+    sigmas = torch.logspace(2, -2, 321, dtype=torch.float64).numpy()
+    u = np.log(sigmas)
+
+    def gap(sigma0, w, height):
+        return height / (1 + np.exp((u - math.log(sigma0)) / w))
+
+    coarse, fine = gap(8.0, 0.3, 0.6), gap(1.0, 0.3, 0.2)  # the fine gain is smaller: dI_2 peaks at 8
+    zero = np.zeros_like(u)
+    plain = _fake_run(tmp_path / "plain", 1.0, {1: (sigmas, zero), 2: (sigmas, zero)})
+    guided = _fake_run(tmp_path / "guided", 3.0, {1: (sigmas, coarse), 2: (sigmas, coarse + fine)})
+    lo, hi = derive_interval(guided, against=plain)["interval"]
+    half = 0.3 * math.log(3 + 2 * math.sqrt(2))
+    step = math.log(sigmas[0] / sigmas[1])
+    # Tolerance: band edges are grid points widened by one step, then rounded to 3 digits.
+    assert math.log(lo) == pytest.approx(math.log(1.0) - half, abs=2 * step + 1e-3)
+    assert math.log(hi) == pytest.approx(math.log(8.0) + half, abs=2 * step + 1e-3)
+    # Level 1 alone is guided only around its own split.
+    lo1, hi1 = derive_interval(guided, against=plain, level=1)["interval"]
+    assert math.log(lo1) == pytest.approx(math.log(8.0) - half, abs=2 * step + 1e-3)

@@ -1,0 +1,116 @@
+"""report.html: self-contained, loads in headless Chromium without console errors, not blank."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from probes.compare import compare_runs
+from probes.report.layout import place_labels
+from probes.run import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _recipe(tmp_path: Path, scale: float) -> Path:
+    recipe = {
+        "name": f"gmm-report-w{scale:g}", "seed": 2, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "model": {"kind": "gmm", "dim": 2, "std": 0.5,
+                  "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
+        "classifier": {"kind": "exact"},
+        "sampling": {"samples": 48, "batch_size": 24, "steps": 16, "sigma_max": 40.0, "sigma_min": 0.05,
+                     "condition": "leaf", "guidance": {"scale": scale}},
+        "estimators": ["exact"], "analysis": {"n_boot": 20},
+    }
+    path = tmp_path / f"w{scale:g}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    run_recipe(_recipe(tmp, 1.0), tmp / "w1", progress=False)
+    run_recipe(_recipe(tmp, 3.0), tmp / "w3", progress=False)
+    compare_runs(tmp / "w1", tmp / "w3", out=tmp / "cmp")
+    return tmp
+
+
+def test_the_report_is_self_contained_and_shows_every_node(runs):
+    page = (runs / "w3" / "report.html").read_text()
+    # No network and no external files: no src/href pointing anywhere but inline data.
+    for ref in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert ref.startswith("data:"), ref
+    assert "<script src" not in page and "http://" not in page and "https://" not in page
+    tree = json.loads((runs / "w3" / "tree.json").read_text())
+    internal = {e["source"] for e in tree["edges"]}
+    # Every internal node is hoverable and its panel states its decision sigma (or undecided).
+    assert page.count('class="node"') == len(internal)
+    assert "decision σ" in page and "Sample quality" in page and "conditional accuracy" in page
+    assert (runs / "cmp" / "report.html").is_file()
+
+
+def test_labels_are_moved_until_they_do_not_overlap():
+    anchors = [("alpha node", 100.0, 50.0), ("beta node", 104.0, 52.0), ("gamma", 300.0, 50.0)]
+    pos = place_labels(anchors, height=13.0)
+    (ax, ay), (bx, by), (gx, gy) = pos
+    assert abs(ay - by) >= 13.0  # the two near anchors' labels were stacked apart
+    assert gy == pytest.approx(45.0)  # a free label stays where it was anchored
+
+
+def _chromium(args: list[str], url: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", *args, url],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup.sh installs it as root)")
+@pytest.mark.parametrize("page", ["w3/report.html", "cmp/report.html"])
+def test_the_report_loads_in_chromium_without_errors_and_is_not_blank(runs, page, tmp_path):
+    url = (runs / page).as_uri()
+    dom = _chromium(["--dump-dom"], url)
+    # The page's script marks the body when it ran to its end: a script error would stop it first.
+    assert 'data-ready="1"' in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    shot = tmp_path / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,1400"], url)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    # Not blank: a good share of the pixels differ from the page background.
+    background = np.median(pixels)
+    assert (np.abs(pixels - background) > 40).mean() > 0.01
+
+
+def test_image_runs_keep_previews_and_x0_strips(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from probes.report.samples import write_sample_files
+    from probes.taxonomy import load_taxonomy
+
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    strip = {"sigmas": [10.0, 1.0, 0.1], "samples": [0, 2], "x0_hat": torch.rand(3, 2, 1, 8, 8) * 2 - 1}
+    batch = {"batch": 0, "n": 4, "batch_seed": 99, "leaf": torch.tensor([0, 1, 2, 3]), "x0": x0, "strip": strip}
+    parts = SimpleNamespace(classifier=None, taxonomy=tax, device="cpu")
+    assert write_sample_files(tmp_path, [batch], parts, recipe=None) == 4
+    rows = (tmp_path / "samples.csv").read_text().splitlines()
+    assert rows[1].split(",")[:5] == ["0", "0", "99", "0", tax.leaves[0]]
+    preview = Image.open(tmp_path / "previews" / "sample_00003.png")
+    assert preview.size == (64, 64)  # 8x8 scaled up by repetition
+    # The preview shows the sample: pixel (0, 0) of the sample, mapped from [-1, 1] to 0..255.
+    expected = round((float(x0[3, 0, 0, 0]) + 1) * 127.5)
+    assert abs(preview.getpixel((0, 0))[0] - expected) <= 1
+    meta = json.loads((tmp_path / "strips" / "strips.json").read_text())
+    assert meta["sigmas"] == [10.0, 1.0, 0.1] and [s["index"] for s in meta["strips"]] == [0, 2]
+    assert Image.open(tmp_path / meta["strips"][1]["file"]).size == (3 * 64 + 2 * 4, 64)  # 3 frames, 2 gaps
