@@ -155,6 +155,8 @@ class Recipe(Strict):
     name: str = Field("run", pattern=NAME_PATTERN.pattern, description="letters, digits and ._+- (names runs/<name>)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN.pattern, description="auto, cpu, cuda, cuda:N or mps")
+    threads: Union[Literal["auto"], Annotated[int, Field(ge=1, le=1024)]] = Field(
+        "auto", description="CPU threads for torch; auto: 1 for Gaussian mixtures, else torch's default")
     taxonomy: str
     prior: Union[Literal["uniform"], dict[str, float], None] = None
     model: ModelConfig

@@ -236,6 +236,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     if group.world > 1 and recipe.device in ("auto", "cuda") and torch.cuda.is_available():
         recipe = recipe.model_copy(update={"device": f"cuda:{group.local_rank % torch.cuda.device_count()}"})
     parts = build_components(recipe)
+    _set_threads(recipe, parts, group)
     _check_memory(recipe, parts)
     fingerprint_parts = store.fingerprint_parts(recipe, parts.taxonomy, model_files(recipe), parts.device.type)
     fingerprint = store.combined(fingerprint_parts)
@@ -396,6 +397,19 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         bar.update(1)
     record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))
     return record
+
+
+def _set_threads(recipe: Recipe, parts: Components, group) -> None:
+    """Threads chosen on purpose: a mixture's small tensors gain nothing from more threads but
+    burn CPU spinning (and slow everything else on a shared machine); networks use torch's default,
+    split between the processes of a sharded run on one machine."""
+    if recipe.threads != "auto":
+        torch.set_num_threads(int(recipe.threads))
+    elif parts.exact_model is not None:
+        torch.set_num_threads(1)
+    elif group.world > 1 and parts.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", group.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def _note(message: str) -> None:
