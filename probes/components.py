@@ -6,7 +6,6 @@ Each model kind has one builder below; it is the only place that knows how that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -229,7 +228,7 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
 
         pipe = build_tiny_pipeline(seed=cfg.seed, prediction_type=cfg.prediction_type, sample_size=cfg.sample_size)
     else:
-        pipe = sd.load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
+        pipe = sd.load_pipeline(recipe.resolve_path(cfg.model), dtype=cfg.dtype, device=str(device))
     pipe = pipe.to(device)
     denoiser = sd.StableDiffusionDenoiser(pipe)
     guidance_base = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt else None
@@ -277,8 +276,7 @@ def _build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
             classifier = image_classifier
         else:
             if cfg.vae is not None:
-                local = recipe.resolve_path(cfg.vae)
-                vae = edm2.load_vae(local if Path(local).exists() else cfg.vae, device=device)
+                vae = edm2.load_vae(recipe.resolve_path(cfg.vae), device=device)  # a folder or a hub id
                 scale, bias = getattr(encoder, "scale", None), getattr(encoder, "bias", None)
                 decoder = edm2.EDM2LatentDecoder(vae=vae, scale=scale, bias=bias, decode_size=cfg.decode_size)
             elif encoder is not None:
@@ -303,9 +301,7 @@ def _image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
 
         if cfg.model == TINY_CLIP:
             register_tiny_clip()
-        pretrained = cfg.pretrained
-        if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
-            pretrained = recipe.resolve_path(pretrained)
+        pretrained = recipe.resolve_path(cfg.pretrained) if cfg.pretrained else None  # a tag or a file
         return ClipZeroShotClassifier.create(taxonomy, cfg.model, pretrained=pretrained, templates=cfg.templates,
                                              temperature=cfg.temperature, device=str(device))
     if cfg.kind == "imagenet":

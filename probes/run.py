@@ -153,6 +153,9 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
         "status": "running",
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
+        # Relative paths in the recipe are relative to its file: record both, resolved.
+        "recipe_path": str(recipe._source) if recipe._source else None,
+        "paths": recipe.resolved_paths(),
         "fingerprint": recipe_fingerprint(recipe),
         "seed": recipe.seed,
         "sigmas": sigmas.tolist(),
@@ -300,3 +303,15 @@ def _pair_sampler(recipe: Recipe, parts: Components, sigmas: torch.Tensor):
         return traj.x0, leaf
 
     return draw
+
+
+class _CallableModule(type(sys)):
+    """``probes.run(recipe, out)`` calls :func:`run_recipe`. The package attribute ``probes.run``
+    is this module once it is imported (Python's import system sets it), so the top-level API
+    function and the module have to be one object."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return run_recipe(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

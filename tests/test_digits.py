@@ -15,7 +15,7 @@ from probes.models.digits import (
     CLASSIFIER_FILES, DEFAULT_DIR, UNET_FILES, DigitClassifier, digits_conditioner, load_digits_classifier,
     load_digits_denoiser, load_digits_split, read_checksums, sample_digits, sha256_file, verify_checksums)
 
-# Measured on the shipped weights (data/digits/metrics.json) minus a margin.
+# Measured on the shipped weights (probes/data/digits/metrics.json) minus a margin.
 MAX_X0_MSE_SIGMA_005 = 0.005      # measured 0.0013 (conditional), 0.0012 (unconditional)
 MIN_CLASSIFIER_ACCURACY = 0.96     # measured 0.986 (355 of 360)
 MIN_SAMPLE_ACCURACY = 0.90         # measured 0.99 / 1.00 / 0.99 (seeds 0-2; 10 per digit, 30 steps, guidance 1)

@@ -159,7 +159,7 @@ def _recipe(tmp_path, pickles, **model):
         "name": "edm2-tiny",
         "seed": 0,
         "device": "cpu",
-        "taxonomy": str(ROOT / "taxonomies" / "animals-vehicles.yaml"),
+        "taxonomy": str(ROOT / "probes" / "taxonomies" / "animals-vehicles.yaml"),
         "model": {"kind": "edm2", "path": str(pickles[0]), **model},
         "classifier": {"kind": "imagenet", "source": "timm", "name": "test_efficientnet", "pretrained": False},
         "sampling": {"samples": 8, "batch_size": 8, "steps": 8, "grid": "karras", "method": "ancestral",
@@ -234,7 +234,7 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
 
 
 def test_shipped_recipe_validates():
-    r = load_recipe(ROOT / "recipes" / "edm2-xs.yaml")
+    r = load_recipe(ROOT / "probes" / "recipes" / "edm2-xs.yaml")
     assert r.model.kind == "edm2" and r.sampling.condition == "leaf"
     assert Path(r.resolve_path(r.taxonomy)).is_file()
     assert {e.name for e in r.estimators} == {"plugin", "bayes"}

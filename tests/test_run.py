@@ -21,7 +21,7 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     recipe = {
         "name": "gmm-small",
         "seed": 3,
-        "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 4, "std": 0.5,
                   "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True}},
         "classifier": {"kind": "exact"},
@@ -208,3 +208,19 @@ def test_bad_leaf_weights_name_the_field(tmp_path, changes, message):
            "hierarchy": {"separations": [6.0, 2.0]}}
     with pytest.raises(ProbesError, match="model.weights: 'bogus' is not a leaf"):
         build_components(load_recipe(write_recipe(tmp_path, model=gmm)))
+
+
+def test_run_json_records_the_recipe_file_and_resolved_paths(tmp_path, monkeypatch):
+    # A recipe in a sub-folder naming its taxonomy relative to itself, run from another folder.
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "taxa").mkdir()
+    (tmp_path / "taxa" / "t.yaml").write_text((ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml").read_text())
+    recipe = write_recipe(tmp_path / "recipes", taxonomy="../taxa/t.yaml", estimators=["exact"],
+                          sampling={"samples": 8, "batch_size": 8, "steps": 6})
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["recipe_path"] == str(recipe.resolve())
+    assert state["paths"] == {"taxonomy": str((tmp_path / "taxa" / "t.yaml").resolve())}
+    assert state["recipe"]["taxonomy"] == "../taxa/t.yaml"  # as written, next to where it points

@@ -1,7 +1,7 @@
 """The embedded default model: a class-conditional diffusion model and a classifier on 8x8 digits.
 
 Both are trained by :mod:`probes.models.train_digits` on scikit-learn's digits (1,797 images of
-8x8 pixels, values 0..16, 10 classes) and ship in ``data/digits/``:
+8x8 pixels, values 0..16, 10 classes) and ship in the package, ``probes/data/digits/``:
 
 - ``unet/`` and ``scheduler/``: a diffusers ``UNet2DModel`` and ``DDPMScheduler`` saved with
   ``save_pretrained``, so ``UNet2DModel.from_pretrained(path / "unet")`` loads them as any diffusers
@@ -28,10 +28,11 @@ from probes.classifiers.base import Classifier, leaf_groups
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError
+from probes.resources import shipped_path
 
 NUM_DIGITS = 10
 NULL_CLASS = 10  #: the UNet's class id for "unconditional"
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "digits"
+DEFAULT_DIR = shipped_path("data", "digits")
 CHECKSUM_FILE = "SHA256SUMS"
 UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 CLASSIFIER_FILES = ("classifier/config.json", "classifier/model.safetensors")

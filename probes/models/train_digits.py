@@ -303,7 +303,7 @@ scikit-learn's 8x8 digits ({m['setup']['data']}).
 Produced by `probes.models.train_digits` with
 seed {m['seed']}; see `docs/digits.md`.
 
-Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
+Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out probes/data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
 
 ## Quality
 
