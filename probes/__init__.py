@@ -29,9 +29,9 @@ _LAZY = {
 __all__ = ["ProbesError", "__version__", "load_recipe", "load_taxonomy", "run"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from probes import run
     from probes.errors import ProbesError
     from probes.recipe import load_recipe
-    from probes import run
     from probes.taxonomy import load_taxonomy
 
 

@@ -141,11 +141,11 @@ def _format(run_a: Path, run_b: Path, estimator: str, summary: dict, shifts: dic
 
 
 def _write(out: Path, result: dict, levels_a: dict, levels_b: dict) -> None:
-    from probes.report.rundir import _write_csv, _fmt
+    from probes.report.rundir import format_float, write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "compare.csv", ["level", "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info",
-                                      "stderr"], [[r[0]] + [_fmt(v) for v in r[1:]] for r in result["rows"]])
+    write_csv(out / "compare.csv", ["level", "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info",
+                                      "stderr"], [[r[0]] + [format_float(v) for v in r[1:]] for r in result["rows"]])
     import matplotlib
 
     matplotlib.use("Agg")

@@ -35,12 +35,13 @@ from probes.classifiers.base import Classifier
 from probes.conditioning import PromptConditioner
 from probes.denoisers.base import Denoiser
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
-from probes.errors import ProbesError
+from probes.errors import ProbesError, quote_library_error
+from probes.hub import hub_offline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _HINT = ("set model: /path/to/stable-diffusion-v1-5 (a diffusers folder with model_index.json) in the recipe, "
-         "or download it first with `huggingface-cli download {id}`")
+         "or download it first with `hf download {id}`")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -48,13 +49,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _hub_offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return bool(local_files_only)
-    flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _looks_like_path(model: str) -> bool:
@@ -98,7 +92,7 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
     """
     if dtype not in DTYPES:
         raise ProbesError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    offline = _hub_offline(local_files_only)
+    offline = hub_offline(local_files_only)
     _check_model_available(str(model), offline)
     patch_torchvision()
     from diffusers import StableDiffusionPipeline
@@ -109,8 +103,8 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
             source, dtype=DTYPES[dtype], safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, local_files_only=offline)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors are OSError subclasses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ProbesError(f"model {model!r} could not be loaded ({first}); " + _HINT.format(id=model)) from None
+        raise ProbesError(f"model {model!r} could not be loaded ({quote_library_error(err)}); "
+                          + _HINT.format(id=model)) from None
     pipe = pipe.to(resolve_device(device))
     pipe.set_progress_bar_config(disable=True)
     return pipe

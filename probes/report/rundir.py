@@ -71,7 +71,7 @@ def atomic_write_text(path, text: str) -> Path:
     return path
 
 
-def _fmt(x) -> str:
+def format_float(x) -> str:
     """A float in shortest round-trip form; NaN / None as an empty field."""
     if x is None:
         return ""
@@ -81,7 +81,7 @@ def _fmt(x) -> str:
     return repr(x)
 
 
-def _write_csv(path, columns: list[str], rows) -> Path:
+def write_csv(path, columns: list[str], rows) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -119,14 +119,14 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
             for k, name in enumerate(names):
                 for i in range(len(sig)):
                     rows.append([
-                        est, _fmt(sig[i]), _fmt(vp[i]), _fmt(ls[i]), kind, name,
-                        _fmt(mean[i, k]), _fmt(se[i, k]),
-                        "" if mi is None else _fmt(mi[i, k]), str(int(count[i, k])),
+                        est, format_float(sig[i]), format_float(vp[i]), format_float(ls[i]), kind, name,
+                        format_float(mean[i, k]), format_float(se[i, k]),
+                        "" if mi is None else format_float(mi[i, k]), str(int(count[i, k])),
                     ])
-    return _write_csv(path, CURVES_COLUMNS, rows)
+    return write_csv(path, CURVES_COLUMNS, rows)
 
 
-def _split(decisions) -> tuple[Mapping, Mapping]:
+def split_decisions(decisions) -> tuple[Mapping, Mapping]:
     """(levels, nodes) from a ``decide()`` result or a plain ``{node: Decision}`` mapping."""
     if (
         isinstance(decisions, Mapping)
@@ -147,7 +147,7 @@ def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> 
     """
     rows = []
     for est in sorted(decisions_by_estimator):
-        levels, nodes = _split(decisions_by_estimator[est])
+        levels, nodes = split_decisions(decisions_by_estimator[est])
         for kind, family in (("level", levels), ("node", nodes)):
             for name, d in family.items():
                 if d is None:
@@ -155,11 +155,11 @@ def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> 
                     continue
                 interval = d.interval or (None, None)
                 rows.append([
-                    est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
-                    _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
-                    _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
+                    est, kind, str(name), format_float(d.decision_sigma), format_float(d.window[0]),
+                    format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]), format_float(d.vp_time),
+                    format_float(d.log_snr), format_float(d.peak_rate), "true" if d.at_edge else "false",
                 ])
-    return _write_csv(path, DECISIONS_COLUMNS, rows)
+    return write_csv(path, DECISIONS_COLUMNS, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[st
     default the grid's smallest sigma, as recorded in the decisions); an undecided internal node at
     its highest child's height.
     """
-    _, nodes = _split(decisions)
+    _, nodes = split_decisions(decisions)
     base = math.log10(_leaf_sigma(nodes, sigma_min))
     height: dict[str, float] = {}
     for n in reversed(taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)):
@@ -204,7 +204,7 @@ def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
     without a bootstrap), ``decision_vp_time``, ``decision_log_snr``, ``peak_rate``, ``at_edge``.
     Undecided nodes carry none of them. The graph also records ``leaf_sigma``.
     """
-    _, nodes = _split(decisions)
+    _, nodes = split_decisions(decisions)
     tax = taxonomy.copy()
     for n in tax.internal_nodes:
         d = nodes.get(n)
