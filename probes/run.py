@@ -222,6 +222,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     s = recipe.sampling
     g = torch.Generator().manual_seed(_seed(recipe.seed, b, 0))
     bar.set_postfix_str(f"batch {b + 1}: sampling")
+    guided_before = getattr(parts.generator, "extra_evaluations", 0)
     if s.source == "data":
         if parts.data is None:
             raise ProbesError("sampling.source: this model has no data to noise forward; use 'model'")
@@ -257,7 +258,8 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
             "seconds": time.perf_counter() - t0,
         }
         bar.update(1)
-    record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))
+    record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))  # guided steps count twice
+    record["guided_denoiser_calls"] = int(getattr(parts.generator, "extra_evaluations", 0) - guided_before)
     return record
 
 

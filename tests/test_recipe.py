@@ -126,3 +126,16 @@ def test_overrides_set_nested_fields_and_are_validated(tmp_path):
         load_recipe(path, ["sampling.steps"])
     with pytest.raises(ProbesError, match="--set model.kind.x: 'kind' is not a mapping"):
         load_recipe(path, ["model.kind.x=1"])
+
+
+def test_library_errors_are_quoted_whole_or_cut_between_words():
+    from probes.errors import quote_library_error
+
+    wrapped = OSError("Error no file named diffusion_pytorch_model.bin found\nin directory /weights/unet.")
+    assert quote_library_error(wrapped) == "Error no file named diffusion_pytorch_model.bin found in directory /weights/unet."
+    long = ValueError(" ".join(f"word{i}" for i in range(200)))
+    quoted = quote_library_error(long, limit=100)
+    assert quoted.endswith(" ...") and len(quoted) <= 104
+    kept = quoted.removesuffix(" ...").split(" ")
+    assert kept == [f"word{i}" for i in range(len(kept))]  # every word whole, none cut
+    assert quote_library_error(KeyError()) == "KeyError"

@@ -224,3 +224,13 @@ def test_run_json_records_the_recipe_file_and_resolved_paths(tmp_path, monkeypat
     assert state["recipe_path"] == str(recipe.resolve())
     assert state["paths"] == {"taxonomy": str((tmp_path / "taxa" / "t.yaml").resolve())}
     assert state["recipe"]["taxonomy"] == "../taxa/t.yaml"  # as written, next to where it points
+
+
+def test_run_json_charges_guidance_its_second_denoiser_call(tmp_path):
+    recipe = write_recipe(tmp_path, estimators=["exact"],
+                          sampling={"samples": 8, "batch_size": 4, "steps": 6, "condition": "leaf",
+                                    "guidance": {"scale": 2.0}})
+    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    # 8 samples x 6 steps, each guided step evaluated conditionally and unconditionally.
+    assert state["calls"] == {"sampling_denoiser": 2 * 8 * 6, "guided_denoiser": 8 * 6}
+    assert state["sampling_denoiser_calls"] == 2 * 8 * 6

@@ -45,6 +45,10 @@ class GuidedDenoiser(Denoiser):
     ``w = 1`` is the plain conditional model; ``w = 0`` the unconditional one. Outside the guidance
     interval the conditional prediction is used (as in Kynkaanniemi et al. 2024). With ``cond=None``
     the unconditional prediction is returned unguided.
+
+    A guided evaluation costs two model evaluations per sample (conditional and unconditional);
+    ``extra_evaluations`` counts the second ones (sample-evaluations, like every call count), so
+    samplers and run reports can charge guidance its real cost.
     """
 
     def __init__(self, inner: Denoiser, scale: float, interval: tuple[float, float] | None = None):
@@ -53,12 +57,16 @@ class GuidedDenoiser(Denoiser):
         self.scale = float(scale)
         self.interval = interval
         self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
+        self.extra_evaluations = 0
 
     def forward(self, x, sigma, cond=None):
         if cond is None or self.scale == 1.0:
             return self.inner(x, sigma, cond)
         sigma = batch_sigma(sigma, x)
+        if self.interval is not None and not ((sigma > self.interval[0]) & (sigma <= self.interval[1])).any():
+            return self.inner(x, sigma, cond)  # no sample inside the interval: the conditional model alone
         # One batched call for both branches, as diffusers pipelines do.
+        self.extra_evaluations += x.shape[0]
         both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), _pair(cond))
         uncond, condl = both.chunk(2)
         guided = uncond + self.scale * (condl - uncond)

@@ -57,13 +57,33 @@ def _looks_like_path(model: str) -> bool:
             or "\\" in model or model.endswith("/"))
 
 
+# Pipelines whose components and UNet call are Stable Diffusion 1.x/2.x's (text embeddings only).
+SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+
+
+def _check_pipeline_class(model: str, model_index: str | Path) -> None:
+    """Refuse, in one line and before loading gigabytes, a folder of another pipeline family (an
+    SDXL UNet needs ``added_cond_kwargs`` and would fail mid-run with a ``TypeError``)."""
+    import json
+
+    try:
+        name = json.loads(Path(model_index).read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        raise ProbesError(f"model {model!r}: {model_index} is not a readable model_index.json") from None
+    if name not in SD_PIPELINES:
+        raise ProbesError(f"model {model!r}: model_index.json names {name!r}, but model kind 'stable-diffusion' loads "
+                          f"Stable Diffusion 1.x/2.x pipelines ({SD_PIPELINES[0]})")
+
+
 def _check_model_available(model: str, offline: bool) -> None:
-    """Fail fast, with one line, when the weights cannot be found without a download."""
+    """Fail fast, with one line, when the weights cannot be found without a download or are of
+    another pipeline family."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise ProbesError(f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json); "
                               + _HINT.format(id="<hub id> --local-dir " + str(path)))
+        _check_pipeline_class(model, path / "model_index.json")
         return
     if _looks_like_path(model):
         raise ProbesError(f"model {model!r}: no such folder; " + _HINT.format(id="<hub id> --local-dir " + model))
@@ -74,6 +94,7 @@ def _check_model_available(model: str, offline: bool) -> None:
         if not isinstance(cached, str):
             raise ProbesError(f"model {model!r} is not in the local Hugging Face cache and the hub is offline "
                               f"(HF_HUB_OFFLINE / local_files_only); " + _HINT.format(id=model))
+        _check_pipeline_class(model, cached)
 
 
 def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device = "cpu",
