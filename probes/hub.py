@@ -4,6 +4,7 @@ download command to suggest, and probes' own cache folder."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +27,39 @@ def cache_dir() -> Path:
     root = os.environ.get("PROBES_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "probes")
     return Path(root)
+
+
+@contextmanager
+def quiet_loading_bars():
+    """Silence diffusers', transformers' and huggingface_hub's own progress bars ("Loading
+    pipeline components", "Loading weights", downloads) while loading; the run shows its own."""
+    restore = []
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        if diffusers_logging.is_progress_bar_enabled():
+            diffusers_logging.disable_progress_bar()
+            restore.append(diffusers_logging.enable_progress_bar)
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            restore.append(transformers_logging.enable_progress_bar)
+    except ImportError:
+        pass
+    try:
+        import huggingface_hub.utils as hub_utils
+
+        if not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
+            restore.append(hub_utils.enable_progress_bars)
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()

@@ -234,3 +234,10 @@ def test_run_json_charges_guidance_its_second_denoiser_call(tmp_path):
     # 8 samples x 6 steps, each guided step evaluated conditionally and unconditionally.
     assert state["calls"] == {"sampling_denoiser": 2 * 8 * 6, "guided_denoiser": 8 * 6}
     assert state["sampling_denoiser_calls"] == 2 * 8 * 6
+
+
+def test_the_progress_bar_shows_sampling_steps(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, estimators=["exact"], sampling={"samples": 4, "batch_size": 4, "steps": 5})
+    run_recipe(recipe, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "batch 1: sampling step 1/5" in err and "batch 1: sampling step 5/5" in err

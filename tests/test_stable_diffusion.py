@@ -258,3 +258,14 @@ def test_an_sdxl_folder_is_refused_at_load_in_one_line(tmp_path):
     message = str(err.value)
     assert "StableDiffusionXLPipeline" in message and str(path) in message and "\n" not in message
     assert time.monotonic() - start < 5
+
+
+def test_loading_keeps_the_libraries_bars_quiet_and_restores_them(tmp_path, capfd):
+    from diffusers.utils import logging as diffusers_logging
+
+    path = save_tiny_pipeline(tmp_path / "tiny-sd", seed=0)
+    capfd.readouterr()
+    load_pipeline(str(path))
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err and "it/s]" not in err
+    assert diffusers_logging.is_progress_bar_enabled()  # the user's own settings come back

@@ -28,6 +28,7 @@ from probes.classifiers.base import Classifier, leaf_groups
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError
+from probes.hub import quiet_loading_bars
 from probes.resources import shipped_path
 
 NUM_DIGITS = 10
@@ -183,8 +184,9 @@ def load_digits_denoiser(path: str | Path | None = None) -> DiscreteScheduleDeno
     patch_torchvision()
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel.from_pretrained(directory / "unet")
-    scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+    with quiet_loading_bars():
+        unet = UNet2DModel.from_pretrained(directory / "unet")
+        scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     unet.eval().requires_grad_(False)
     denoiser = DiscreteScheduleDenoiser(UNetClassFn(unet), scheduler.alphas_cumprod,
                                         scheduler.config.prediction_type)

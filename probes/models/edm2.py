@@ -301,7 +301,7 @@ def load_vae(name: str, device: str | torch.device = "cpu", local_files_only: bo
     """A diffusers ``AutoencoderKL`` from a hub id or a folder (a VAE folder, or a pipeline folder
     with ``vae/``); one-line :class:`ProbesError` when it cannot be had without a download."""
     from probes._compat import patch_torchvision
-    from probes.hub import download_command, hub_offline
+    from probes.hub import download_command, hub_offline, quiet_loading_bars
 
     offline = hub_offline(local_files_only)
     path = Path(name).expanduser()
@@ -318,7 +318,8 @@ def load_vae(name: str, device: str | torch.device = "cpu", local_files_only: bo
     from diffusers import AutoencoderKL
 
     try:
-        vae = AutoencoderKL.from_pretrained(source, local_files_only=offline, **kwargs)
+        with quiet_loading_bars():
+            vae = AutoencoderKL.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as err:
         raise ProbesError(f"model.vae {name!r} could not be loaded ({quote_library_error(err)}); download it first, "
                           f"e.g. `{download_command(VAE_NAME, '/weights/sd-vae-ft-mse')}`, and set "

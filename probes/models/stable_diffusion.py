@@ -36,7 +36,7 @@ from probes.conditioning import PromptConditioner
 from probes.denoisers.base import Denoiser
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError, quote_library_error
-from probes.hub import hub_offline
+from probes.hub import hub_offline, quiet_loading_bars
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -120,9 +120,10 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
 
     source = str(Path(model).expanduser()) if Path(model).expanduser().exists() else str(model)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, dtype=DTYPES[dtype], safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=offline)
+        with quiet_loading_bars():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, dtype=DTYPES[dtype], safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False, local_files_only=offline)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors are OSError subclasses
         raise ProbesError(f"model {model!r} could not be loaded ({quote_library_error(err)}); "
                           + _HINT.format(id=model)) from None
