@@ -73,7 +73,7 @@ def _levels(rows: list[dict], estimator: str, source: Path) -> dict[str, tuple[n
 def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
     run_a, run_b = Path(run_a), Path(run_b)
     state_a, curves_a, dec_a = _read_run(run_a)
-    state_b, curves_b, dec_b = _read_run(run_b)
+    _state_b, curves_b, dec_b = _read_run(run_b)
     estimator = estimator or state_a.get("primary_estimator")
     levels_a, levels_b = _levels(curves_a, estimator, run_a), _levels(curves_b, estimator, run_b)
     if set(levels_a) != set(levels_b):

@@ -47,7 +47,7 @@ class Components:
     guidance_base: Optional[Denoiser] = None
     data: Optional[DataSampler] = None
     generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,7 +183,8 @@ def _build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
         missing = [leaf for leaf in leaves if leaf not in cfg.means]
         extra = sorted(set(cfg.means) - set(leaves))
         if missing or extra:
-            raise ProbesError(f"model.means: {'no mean for leaf ' + repr(missing[0]) if missing else repr(extra[0]) + ' is not a leaf'}")
+            problem = f"no mean for leaf {missing[0]!r}" if missing else f"{extra[0]!r} is not a leaf"
+            raise ProbesError(f"model.means: {problem}")
         rows = [cfg.means[leaf] for leaf in leaves]
         if len({len(r) for r in rows}) != 1 or (cfg.dim is not None and len(rows[0]) != cfg.dim):
             raise ProbesError("model.means: every mean must have the same length (model.dim)")
@@ -256,7 +257,8 @@ def _build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compo
                                 device=str(device))
     pipe = pipe.to(device)
     denoiser = sd.StableDiffusionDenoiser(pipe)
-    guidance_base = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt else None
+    guidance_base = (sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt
+                     else None)
     classifier = None
     if recipe.classifier is not None:
         image_classifier = _image_classifier(recipe, taxonomy, device)

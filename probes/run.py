@@ -231,9 +231,12 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     else:
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
+        def show_step(done: int, total: int) -> None:
+            bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}")
+
         with torch.no_grad():
             traj = sample(parts.generator, noise.to(parts.device), sigmas, method=s.method, cond=cond, generator=g,
-                          progress=lambda done, total: bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}"))
+                          progress=show_step)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.

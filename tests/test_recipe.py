@@ -132,7 +132,8 @@ def test_library_errors_are_quoted_whole_or_cut_between_words():
     from probes.errors import quote_library_error
 
     wrapped = OSError("Error no file named diffusion_pytorch_model.bin found\nin directory /weights/unet.")
-    assert quote_library_error(wrapped) == "Error no file named diffusion_pytorch_model.bin found in directory /weights/unet."
+    expected = "Error no file named diffusion_pytorch_model.bin found in directory /weights/unet."
+    assert quote_library_error(wrapped) == expected
     long = ValueError(" ".join(f"word{i}" for i in range(200)))
     quoted = quote_library_error(long, limit=100)
     assert quoted.endswith(" ...") and len(quoted) <= 104

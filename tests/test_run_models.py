@@ -49,7 +49,7 @@ def test_missing_stable_diffusion_weights_fail_in_one_line(tmp_path, capsys, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(ROOT / "probes" / "recipes" / "sd15.yaml")
     assert recipe.model.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    code = main(["run", str(ROOT / "probes" / "recipes" / "sd15.yaml"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    code = main(["run", "sd15", "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "/path/to/stable-diffusion-v1-5" in err

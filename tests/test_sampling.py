@@ -4,6 +4,7 @@ Data ``x0 ~ N(m, s0^2 I)``: ``D(x; sigma) = m + s0^2 / (s0^2 + sigma^2) (x - m)`
 probability-flow ODE maps ``x_T`` at ``sigma_max`` to ``m + s0 / sqrt(s0^2 + sigma_max^2) (x_T - m)``.
 """
 
+import itertools
 import math
 
 import pytest
@@ -72,7 +73,7 @@ def discrete_variance(method, grid):
     variance term and under-disperses; ``euler_maruyama`` over-disperses; both converge)."""
     v = SIGMA_MAX**2
     sig = grid.tolist() + [0.0]
-    for s, t in zip(sig[:-1], sig[1:]):
+    for s, t in itertools.pairwise(sig):
         c = S0**2 / (S0**2 + s**2)  # D - m = c (x - m)
         if t == 0:
             v *= c**2

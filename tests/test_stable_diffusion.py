@@ -30,7 +30,7 @@ def test_tiny_pipeline_is_deterministic_and_sd_shaped(pipes):
     pipe = pipes["epsilon"]
     again = build_tiny_pipeline(seed=0)
     other = build_tiny_pipeline(seed=1)
-    for a, b, c in zip(pipe.unet.parameters(), again.unet.parameters(), other.unet.parameters()):
+    for a, b, _c in zip(pipe.unet.parameters(), again.unet.parameters(), other.unet.parameters()):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, c) for a, c in zip(pipe.unet.parameters(), other.unet.parameters()))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 16

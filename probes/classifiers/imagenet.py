@@ -208,7 +208,8 @@ def _load_into(model: torch.nn.Module, path: str) -> None:
     try:
         model.load_state_dict(_load_state_dict(path))
     except RuntimeError as err:
-        raise ProbesError(f"classifier.pretrained: {path} does not fit the model ({quote_library_error(err)})") from None
+        raise ProbesError(f"classifier.pretrained: {path} does not fit the model "
+                          f"({quote_library_error(err)})") from None
 
 
 def _efficientnet_lite0(name: str, pretrained):

@@ -17,6 +17,7 @@ Taxonomy leaves map to digits by their ``index`` attribute, or by their name whe
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -107,7 +108,8 @@ def verify_checksums(directory: str | Path, files: Sequence[str]) -> None:
         if f not in sums:
             raise ProbesError(f"{path}: no checksum listed in {directory / CHECKSUM_FILE}")
         if sha256_file(path) != sums[f]:
-            raise ProbesError(f"{path}: SHA-256 does not match {directory / CHECKSUM_FILE}; the file is corrupted or was replaced")
+            raise ProbesError(f"{path}: SHA-256 does not match {directory / CHECKSUM_FILE}; the file is corrupted or "
+                              "was replaced")
 
 
 def _model_dir(path) -> Path:
@@ -285,7 +287,7 @@ def sample_digits(denoiser, labels: Any, steps: int = 50, guidance: float = 1.0,
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     x = torch.randn(len(labels), 1, 8, 8, generator=generator) * sigmas[0]
     all_null = bool((labels < 0).all())
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in itertools.pairwise(sigmas):
         x0 = model(x, float(s), None if all_null else labels)
         x = x0 + (s_next / s).float() * (x - x0)
     return x

@@ -172,7 +172,8 @@ class EDM2Denoiser(Denoiser):
         xin, sin = x.to(device), sigma.to(device)
         if self.label_dim == 0:
             if cond is not None and (torch.as_tensor(cond) >= 0).any():
-                raise ProbesError("the EDM2 network is unconditional (label_dim 0) and cannot be conditioned on a class")
+                raise ProbesError("the EDM2 network is unconditional (label_dim 0) and cannot be conditioned on a "
+                                  "class")
             return self.net(xin, sin, None).to(device=x.device, dtype=x.dtype)
         if cond is None:
             uncond = torch.ones(x.shape[0], dtype=torch.bool)
@@ -338,4 +339,5 @@ def init_encoder(encoder, device: torch.device) -> None:
     except Exception as err:  # hub and cache errors of diffusers / huggingface_hub, by many names
         name = getattr(encoder, "vae_name", VAE_NAME)
         raise ProbesError(f"model: the EDM2 pickle's encoder could not load its VAE {name!r} ({type(err).__name__}: "
-                          f"{quote_library_error(err)}); download it once with network access, or set model.vae to a local copy") from None
+                          f"{quote_library_error(err)}); download it once with network access, or set model.vae to a "
+                          "local copy") from None

@@ -54,7 +54,8 @@ def clip_tokenizer_files(directory: str | os.PathLike | None = None) -> tuple[Pa
     import open_clip
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]
     tokens = list(_bytes_to_unicode().values())
     tokens = tokens + [t + "</w>" for t in tokens]

@@ -156,7 +156,8 @@ def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> 
                 interval = d.interval or (None, None)
                 rows.append([
                     est, kind, str(name), format_float(d.decision_sigma), format_float(d.window[0]),
-                    format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]), format_float(d.vp_time),
+                    format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]),
+                    format_float(d.vp_time),
                     format_float(d.log_snr), format_float(d.peak_rate), "true" if d.at_edge else "false",
                 ])
     return write_csv(path, DECISIONS_COLUMNS, rows)
