@@ -231,6 +231,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     else:
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
+
         def show_step(done: int, total: int) -> None:
             bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}")
 
