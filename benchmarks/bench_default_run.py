@@ -46,7 +46,7 @@ def decisions(out: Path, estimator: str) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="recipes/digits.yaml")
+    p.add_argument("--recipe", default="digits")
     p.add_argument("--reference-samples", type=int, default=2048)
     p.add_argument("--keep", help="keep both run directories under this folder")
     p.add_argument("--reference", help="reuse this finished reference run directory instead of running one")

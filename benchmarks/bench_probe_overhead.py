@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     pipe = build_tiny_pipeline(sample_size=16)
-    tax = load_taxonomy("taxonomies/animals-vehicles.yaml")
+    tax = load_taxonomy("animals-vehicles")
     w = torch.randn(3 * 16, len(tax.leaves), generator=torch.Generator().manual_seed(0))
 
     def clf(images):

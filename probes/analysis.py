@@ -84,6 +84,11 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
         "n_batches": n_batches,
         "primary_estimator": primary,
         "sampling_denoiser_calls": sum(b["sampling_denoiser_calls"] for b in batches),
+        # Sample-evaluations: a guided step costs two; guided_denoiser counts the second ones.
+        "calls": {
+            "sampling_denoiser": sum(b["sampling_denoiser_calls"] for b in batches),
+            "guided_denoiser": sum(b.get("guided_denoiser_calls", 0) for b in batches),
+        },
         "estimators": costs,
         "decisions": {name: _decisions_to_json(d) for name, d in decisions.items()},
         "analysis_s": round(time.perf_counter() - t0, 3),

@@ -17,7 +17,7 @@ from probes.errors import ProbesError
 def build_parser() -> argparse.ArgumentParser:
     from probes.compare import add_compare_commands
     from probes.interval import add_interval_commands
-    from probes.models.digits import add_train_commands
+    from probes.models.train_digits import add_train_commands
     from probes.run import add_run_commands
     from probes.taxonomy.cli import add_taxonomy_commands
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="When does a diffusion model decide what it is drawing, and at which level of meaning? "
         "Entropy of class posteriors along sampling, restricted to the levels of a taxonomy, "
         "summarised as a decision-time tree.",
-        epilog="Start with: probes run recipes/digits.yaml --out runs/digits",
+        epilog="Start with: probes run digits --out runs/digits  (shipped recipes run by name; a path works too)",
     )
     parser.add_argument("--version", action="version", version=f"probes {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")

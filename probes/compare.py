@@ -99,7 +99,7 @@ def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level")
 def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
     run_a, run_b = Path(run_a), Path(run_b)
     state_a, curves_a, dec_a = _read_run(run_a)
-    state_b, curves_b, dec_b = _read_run(run_b)
+    _state_b, curves_b, dec_b = _read_run(run_b)
     estimator = estimator or state_a.get("primary_estimator")
     levels_a, levels_b = _levels(curves_a, estimator, run_a), _levels(curves_b, estimator, run_b)
     if set(levels_a) != set(levels_b):
@@ -184,11 +184,11 @@ def _format(run_a: Path, run_b: Path, estimator: str, summary: dict, shifts: dic
 
 
 def _write(out: Path, result: dict, levels_a: dict, levels_b: dict) -> None:
-    from probes.report.rundir import _write_csv, _fmt
+    from probes.report.rundir import format_float, write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "compare.csv", ["level", "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info",
-                                      "stderr"], [[r[0]] + [_fmt(v) for v in r[1:]] for r in result["rows"]])
+    write_csv(out / "compare.csv", ["level", "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info",
+                                      "stderr"], [[r[0]] + [format_float(v) for v in r[1:]] for r in result["rows"]])
     import matplotlib
 
     matplotlib.use("Agg")

@@ -5,9 +5,11 @@ Each model kind has one builder below; it is the only place that knows how that 
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 import math
-from pathlib import Path
+import re
 from typing import Any, Callable, Optional
 
 import torch
@@ -47,7 +49,7 @@ class Components:
     guidance_base: Optional[Denoiser] = None
     data: Optional[DataSampler] = None
     generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,6 +66,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ProbesError(f"device: {name!r} requested but Apple's MPS backend is not available here")
     return device
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """``float16`` on a CPU runs at a small fraction of float32's speed (minutes per step for SD
+    1.5): use float32 there, and say so in one line."""
+    if dtype == "float16" and device.type == "cpu":
+        print("probes: model.dtype float16 on CPU is very slow; using float32 (float16 is for GPUs)", file=sys.stderr)
+        return "float32"
+    return dtype
 
 
 def build_components(recipe: Recipe) -> Components:
@@ -138,10 +149,23 @@ def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tenso
     prompts = []
     for prompt in condition:
         if "{leaf}" in prompt:
-            prompts += [prompt.replace("{leaf}", parts.taxonomy.node_attrs(leaf).get("label", leaf)) for leaf in leaves]
+            prompts += [leaf_prompt(prompt, parts.taxonomy, leaf) for leaf in leaves]
         else:
             prompts.append(prompt)
     return lambda idx: [prompts[i % len(prompts)] for i in idx.tolist()]
+
+
+def leaf_prompt(template: str, taxonomy: Taxonomy, leaf: str) -> str:
+    """A ``{leaf}`` prompt for one leaf: the taxonomy's curated prompt for it (its first
+    ``prompts`` entry) when it has one, else ``template`` with the leaf's label in place of
+    ``{leaf}`` (and "a" before a vowel made "an")."""
+    attrs = taxonomy.node_attrs(leaf)
+    if attrs.get("prompts"):
+        return attrs["prompts"][0]
+    label = str(attrs.get("label") or leaf)
+    if label[:1].lower() in "aeiou":
+        template = re.sub(r"\b([Aa]) \{leaf\}", r"\1n {leaf}", template)
+    return template.replace("{leaf}", label)
 
 
 def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor,
@@ -191,7 +215,8 @@ def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
         missing = [leaf for leaf in leaves if leaf not in cfg.means]
         extra = sorted(set(cfg.means) - set(leaves))
         if missing or extra:
-            raise ProbesError(f"model.means: {'no mean for leaf ' + repr(missing[0]) if missing else repr(extra[0]) + ' is not a leaf'}")
+            problem = f"no mean for leaf {missing[0]!r}" if missing else f"{extra[0]!r} is not a leaf"
+            raise ProbesError(f"model.means: {problem}")
         rows = [cfg.means[leaf] for leaf in leaves]
         if len({len(r) for r in rows}) != 1 or (cfg.dim is not None and len(rows[0]) != cfg.dim):
             raise ProbesError("model.means: every mean must have the same length (model.dim)")
@@ -260,10 +285,12 @@ def build_stable_diffusion(recipe: Recipe, taxonomy: Taxonomy, device) -> Compon
 
         pipe = build_tiny_pipeline(seed=cfg.seed, prediction_type=cfg.prediction_type, sample_size=cfg.sample_size)
     else:
-        pipe = sd.load_pipeline(cfg.model, dtype=cfg.dtype, device=str(device))
+        pipe = sd.load_pipeline(recipe.resolve_path(cfg.model), dtype=resolve_dtype(cfg.dtype, device),
+                                device=str(device))
     pipe = pipe.to(device)
     denoiser = sd.StableDiffusionDenoiser(pipe)
-    guidance_base = sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt else None
+    guidance_base = (sd.StableDiffusionDenoiser(pipe, negative_prompt=cfg.negative_prompt) if cfg.negative_prompt
+                     else None)
     classifier = None
     if recipe.classifier is not None:
         clean_classifier = image_classifier(recipe, taxonomy, device)
@@ -308,8 +335,7 @@ def build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
             classifier = clean_classifier
         else:
             if cfg.vae is not None:
-                local = recipe.resolve_path(cfg.vae)
-                vae = edm2.load_vae(local if Path(local).exists() else cfg.vae, device=device)
+                vae = edm2.load_vae(recipe.resolve_path(cfg.vae), device=device)  # a folder or a hub id
                 scale, bias = getattr(encoder, "scale", None), getattr(encoder, "bias", None)
                 decoder = edm2.EDM2LatentDecoder(vae=vae, scale=scale, bias=bias, decode_size=cfg.decode_size)
             elif encoder is not None:
@@ -334,9 +360,7 @@ def image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
 
         if cfg.model == TINY_CLIP:
             register_tiny_clip()
-        pretrained = cfg.pretrained
-        if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
-            pretrained = recipe.resolve_path(pretrained)
+        pretrained = recipe.resolve_path(cfg.pretrained) if cfg.pretrained else None  # a tag or a file
         return ClipZeroShotClassifier.create(taxonomy, cfg.model, pretrained=pretrained, templates=cfg.templates,
                                              temperature=cfg.temperature, device=str(device))
     if cfg.kind == "imagenet":

@@ -18,3 +18,19 @@ class ProbesError(Exception):
 class UnsupportedCondition(ProbesError):
     """The model cannot be conditioned on the requested taxonomy node (e.g. an internal node of a
     model trained on leaf labels only)."""
+
+
+def quote_library_error(err: BaseException, limit: int = 300) -> str:
+    """A library's error message for quoting inside a one-line :class:`ProbesError`.
+
+    Libraries hard-wrap long messages, so the lines are joined rather than the first one kept; a
+    message longer than ``limit`` characters is cut at a word boundary and marked with ``...``,
+    never mid-word. An empty message gives the exception's type name.
+    """
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
+    return cut.rstrip(" ,;:") + " ..."

@@ -190,14 +190,47 @@ class Recipe(Strict):
     def primary_estimator(self) -> str:
         return self.analysis.primary or self.estimators[0].name
 
-    # Set by load_recipe: the folder relative paths are resolved against.
+    # Set by load_recipe: the recipe file, and the folder relative paths are resolved against.
+    _source: Optional[Path] = None
     _base_dir: Path = Path(".")
 
     def resolve_path(self, value: str) -> str:
-        """A recipe path, relative to the recipe file; ``wordnet:`` specs pass through."""
-        if ":" in value.split("/")[0] or Path(value).is_absolute():
+        """Every path in a recipe is relative to the recipe file (never the working directory).
+
+        ``wordnet:`` specs and absolute paths pass through; ``~`` expands. A value that names no
+        file beside the recipe and reads as a name rather than a path (``digits-shape``, a hub id
+        ``owner/model``) is returned as is, for the shipped-name or hub lookup that follows.
+        """
+        if ":" in value.split("/")[0]:
             return value
-        return str((self._base_dir / value).resolve())
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return str(path)
+        beside = (self._base_dir / path).resolve()
+        if beside.exists() or _reads_as_path(value):
+            return str(beside)
+        return value
+
+    def resolved_paths(self) -> dict[str, str]:
+        """``{dotted field: resolved value}`` for the recipe's path fields that are set (run.json)."""
+        out = {}
+        for dotted in PATH_FIELDS:
+            section, _, name = dotted.rpartition(".")
+            holder = getattr(self, section) if section else self
+            value = getattr(holder, name, None) if holder is not None else None
+            if isinstance(value, str):
+                out[dotted] = self.resolve_path(value)
+        return out
+
+
+# Recipe fields that hold a path (or a name or hub id that may be one); all resolve as above.
+PATH_FIELDS = ("taxonomy", "model.path", "model.model", "model.uncond_path", "model.vae", "classifier.path",
+               "classifier.pretrained")
+
+
+def _reads_as_path(value: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; ``./x``, ``a/b/c``, ``x.yaml``, ``x.pt`` are paths."""
+    return value.startswith((".", "~")) or value.count("/") > 1 or value.endswith("/") or bool(Path(value).suffix)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -206,13 +239,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML) applied before
     validation, e.g. ``sampling.guidance.scale=3``.
     """
-    path = Path(path)
+    path = find_recipe(path)
     data = load_yaml_file(path, "recipe")
     for override in overrides or []:
         apply_override(data, override, source=str(path))
     recipe = recipe_from_dict(data, source=str(path))
-    recipe._base_dir = path.resolve().parent
+    recipe._source = path.resolve()
+    recipe._base_dir = recipe._source.parent
     return recipe
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe file by path, or a shipped recipe by name (``digits``, ``sd15``)."""
+    from probes.resources import RECIPES, find_shipped, is_bare_name, shipped_names
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = find_shipped(RECIPES, str(path)) if is_bare_name(str(path)) else None
+    if shipped is not None:
+        return shipped
+    known = ", ".join(shipped_names(RECIPES)) or "none"
+    raise ProbesError(f"{path}: no such recipe file or shipped recipe (shipped: {known})")
 
 
 def apply_override(data: dict, override: str, source: str = "recipe") -> None:

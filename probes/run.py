@@ -250,6 +250,9 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         "status": "running",
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
+        # Relative paths in the recipe are relative to its file: record both, resolved.
+        "recipe_path": str(recipe._source) if recipe._source else None,
+        "paths": recipe.resolved_paths(),
         "fingerprint": fingerprint,
         "seed": recipe.seed,
         "sigmas": sigmas.tolist(),
@@ -363,12 +366,16 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
     else:
         noise = torch.randn((len(idx), *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.generation_cond(idx)
-        guided_before = getattr(parts.generator, "guided_calls", 0)
+        guided_before = getattr(parts.generator, "extra_evaluations", 0)
+
+        def show_step(done: int, total: int) -> None:
+            bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}")
+
         with torch.no_grad():
             traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
-                          generator=g)
+                          generator=g, progress=show_step)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
-        keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "guided_calls", 0) - guided_before)
+        keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "extra_evaluations", 0) - guided_before)
         if cond is not None:
             # Estimators must read p(leaf | x) without the condition: drop the conditional predictions.
             traj.denoised = None
@@ -395,7 +402,7 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
             "seconds": time.perf_counter() - t0,
         }
         bar.update(1)
-    record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))
+    record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))  # guided steps count twice
     return record
 
 
@@ -458,3 +465,15 @@ def _pair_sampler(recipe: Recipe, parts: Components, sigmas: torch.Tensor):
         return traj.x0, leaf
 
     return draw
+
+
+class _CallableModule(type(sys)):
+    """``probes.run(recipe, out)`` calls :func:`run_recipe`. The package attribute ``probes.run``
+    is this module once it is imported (Python's import system sets it), so the top-level API
+    function and the module have to be one object."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return run_recipe(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

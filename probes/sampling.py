@@ -81,6 +81,7 @@ def _run(denoiser, x, sigmas, method, cond, generator, record, progress):
     states = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device) if record else None
     denoised = torch.empty_like(states) if record else None
     calls = 0
+    extra_before = getattr(denoiser, "extra_evaluations", 0)  # guidance's second branch
     bar = _progress_bar(progress, n, method)
     for i in range(n):
         s = float(sigmas[i])
@@ -108,6 +109,7 @@ def _run(denoiser, x, sigmas, method, cond, generator, record, progress):
             x = x + (var / s**2) * (d - x) + var**0.5 * _noise(x, generator)
         if bar is not None:
             bar(i + 1, n)
+    calls += getattr(denoiser, "extra_evaluations", 0) - extra_before
     return states, denoised, x, calls
 
 

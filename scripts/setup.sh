@@ -19,6 +19,11 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Plain `import torchvision` (and so diffusers, open_clip, timm) fails on CPU torch with the CUDA
+# torchvision build the pins give; a startup hook in site-packages patches it on first import.
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+.venv/bin/python -m probes._compat "$site" >/dev/null
+
 # WordNet for nltk. Offline machines take Debian's WordNet 3.0 packages; elsewhere
 # `probes wordnet setup` falls back to nltk's own download.
 if ! .venv/bin/python -c "import nltk; nltk.data.find('corpora/wordnet')" >/dev/null 2>&1; then

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _recipe(tmp_path: Path, name: str, **sampling) -> Path:
     recipe = {
-        "name": name, "seed": 4, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "name": name, "seed": 4, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 2, "std": 0.5,
                   "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
         "classifier": {"kind": "exact"},

@@ -11,11 +11,12 @@ from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError, UnsupportedCondition
 from probes.models import digits
+from probes.models import train_digits as train_module
 from probes.models.digits import (
     CLASSIFIER_FILES, DEFAULT_DIR, UNET_FILES, DigitClassifier, digits_conditioner, load_digits_classifier,
     load_digits_denoiser, load_digits_split, read_checksums, sample_digits, sha256_file, verify_checksums)
 
-# Measured on the shipped weights (data/digits/metrics.json) minus a margin.
+# Measured on the shipped weights (probes/data/digits/metrics.json) minus a margin.
 MAX_X0_MSE_SIGMA_005 = 0.005      # measured 0.0013 (conditional), 0.0012 (unconditional)
 MIN_CLASSIFIER_ACCURACY = 0.96     # measured 0.986 (355 of 360)
 MIN_SAMPLE_ACCURACY = 0.90         # measured 0.99 / 1.00 / 0.99 (seeds 0-2; 10 per digit, 30 steps, guidance 1)
@@ -212,7 +213,7 @@ def test_train_digits_tiny_run_is_reproducible(tmp_path):
 def test_train_command_is_registered():
     parser = argparse.ArgumentParser(prog="probes")
     sub = parser.add_subparsers(dest="command")
-    digits.add_train_commands(sub)
+    train_module.add_train_commands(sub)
     args = parser.parse_args(["train", "digits", "--out", "somewhere", "--seed", "2", "--steps", "10"])
     assert args.out == "somewhere" and args.seed == 2 and args.steps == 10 and callable(args.func)
-    assert digits.train_digits.__name__ == "train_digits"
+    assert args.func is train_module._train_digits_command

@@ -10,14 +10,21 @@ import networkx as nx
 import pytest
 import torch
 import yaml
-
 from edm2_tiny import StandardRGBEncoder, TinyLatentEncoder, TinyPrecond, write_pickle
+
 from probes.classifiers.imagenet import imagenet_wnids
 from probes.denoisers import GuidedDenoiser
 from probes.errors import ProbesError, UnsupportedCondition
-from probes.models.edm2 import (EDM2Denoiser, EDM2LatentDecoder, edm2_conditioner, is_pixel_space, latent_normalisation,
-                                load_edm2)
+from probes.models.edm2 import (
+    EDM2Denoiser,
+    EDM2LatentDecoder,
+    edm2_conditioner,
+    is_pixel_space,
+    latent_normalisation,
+    load_edm2,
+)
 from probes.recipe import load_recipe
+from probes.resources import find_shipped
 from probes.run import run_recipe
 from probes.taxonomy import Taxonomy
 
@@ -159,7 +166,7 @@ def _recipe(tmp_path, pickles, **model):
         "name": "edm2-tiny",
         "seed": 0,
         "device": "cpu",
-        "taxonomy": str(ROOT / "taxonomies" / "animals-vehicles.yaml"),
+        "taxonomy": str(ROOT / "probes" / "taxonomies" / "animals-vehicles.yaml"),
         "model": {"kind": "edm2", "path": str(pickles[0]), **model},
         "classifier": {"kind": "imagenet", "source": "timm", "name": "test_efficientnet", "pretrained": False},
         "sampling": {"samples": 8, "batch_size": 8, "steps": 8, "grid": "karras", "method": "ancestral",
@@ -234,7 +241,8 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
 
 
 def test_shipped_recipe_validates():
-    r = load_recipe(ROOT / "recipes" / "edm2-xs.yaml")
+    r = load_recipe(ROOT / "probes" / "recipes" / "edm2-xs.yaml")
     assert r.model.kind == "edm2" and r.sampling.condition == "leaf"
-    assert Path(r.resolve_path(r.taxonomy)).is_file()
+    # Shipped recipes name shipped taxonomies, so a copy of the recipe anywhere still finds it.
+    assert find_shipped("taxonomies", r.resolve_path(r.taxonomy)) is not None
     assert {e.name for e in r.estimators} == {"plugin", "bayes"}

@@ -135,7 +135,7 @@ def _recipe(tmp_path, **sampling):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    r = {"name": "guided", "seed": 0, "taxonomy": str(root / "taxonomies" / "gmm-two-class.yaml"),
+    r = {"name": "guided", "seed": 0, "taxonomy": str(root / "probes" / "taxonomies" / "gmm-two-class.yaml"),
          "model": {"kind": "gmm", "std": S0, "means": {"minus": [-M], "plus": [M]}},
          "classifier": {"kind": "exact"},
          "sampling": {"samples": 256, "batch_size": 256, "steps": 32, "sigma_max": 30.0, "sigma_min": 0.05,

@@ -13,7 +13,7 @@ from probes.adapters.base import sigma_of_flow_t
 from probes.errors import ProbesError
 from probes.taxonomy import load_taxonomy
 
-TAX = "taxonomies/animals-vehicles.yaml"
+TAX = "animals-vehicles"
 
 
 class LinearLogits:

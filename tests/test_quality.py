@@ -53,7 +53,7 @@ def test_frechet_distance_of_samples_converges_to_the_gaussians_distance():
 
 
 def test_conditional_accuracy_per_level_on_a_known_case():
-    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
     leaves = tax.leaves
     idx = {leaf: i for i, leaf in enumerate(leaves)}
     # Conditioned on 0, 0, 6, 1; the classifier says 0 (right), 8 (same 'closed' cell), 2 (another
@@ -69,7 +69,7 @@ def test_conditional_accuracy_per_level_on_a_known_case():
 
 
 def test_cell_accuracy_sums_leaf_mass_before_the_argmax():
-    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
     idx = {leaf: i for i, leaf in enumerate(tax.leaves)}
     p = torch.zeros(len(tax.leaves))
     p[idx["1"]] = 0.4  # the top leaf is straight, but the three curvy leaves together outweigh it
@@ -106,7 +106,7 @@ def test_guidance_outside_its_interval_costs_no_extra_call():
 
 def test_a_guided_mixture_run_reports_quality_and_guided_calls(tmp_path):
     recipe = {
-        "name": "gmm-quality", "seed": 1, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "name": "gmm-quality", "seed": 1, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 2, "std": 0.5, "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True,
                                                                       "share_level_axes": True}},
         "classifier": {"kind": "exact"},
@@ -144,7 +144,7 @@ def test_a_reference_folder_gives_the_features_of_its_images(tmp_path):
     for i, img in enumerate(x[:120]):
         grey = ((img[0].numpy() + 1) * 127.5).round().astype("uint8")
         Image.fromarray(grey).convert("RGB").save(folder / f"{i:03d}.png")
-    data = {"taxonomy": str(ROOT / "taxonomies" / "digits-shape.yaml"), "model": {"kind": "digits"},
+    data = {"taxonomy": str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"), "model": {"kind": "digits"},
             "classifier": {"kind": "digits"}, "quality": {"reference": str(folder)}, "device": "cpu"}
     recipe = recipe_from_dict(data)
     parts = build_components(recipe)

@@ -10,7 +10,7 @@ README = (ROOT / "README.md").read_text()
 def test_readme_opens_with_the_two_commands_ci_runs():
     block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
     assert len(block) == 2
-    assert "probes run recipes/digits.yaml" in block[0] and block[0].startswith("bash scripts/setup.sh")
+    assert "probes run digits " in block[0] and block[0].startswith("bash scripts/setup.sh")
     ci = (ROOT / ".ci" / "run").read_text()
     assert block[1] in ci
 
@@ -32,7 +32,7 @@ def test_pipeline_example_runs(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
                         classmethod(lambda cls, *a, **k: build_tiny_pipeline(sample_size=8)))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "taxonomies").symlink_to(ROOT / "taxonomies")
+    (tmp_path / "taxonomies").symlink_to(ROOT / "probes" / "taxonomies")
     exec(compile(code.replace("num_inference_steps=30", "num_inference_steps=4"), "README.md", "exec"), {})
     assert "torch.Size([2, 4, 13])" in capsys.readouterr().out
     assert (tmp_path / "runs" / "my-sd15" / "tree.json").is_file()

@@ -22,7 +22,7 @@ from probes.taxonomy import load_taxonomy
 
 @pytest.fixture(scope="module")
 def tax():
-    return load_taxonomy("taxonomies/animals-vehicles.yaml")
+    return load_taxonomy("animals-vehicles")
 
 
 def _result(tax, kind, n=4, sigmas=(8.0, 4.0, 2.0, 1.0, 0.5)):

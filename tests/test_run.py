@@ -20,7 +20,7 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     recipe = {
         "name": "gmm-small",
         "seed": 3,
-        "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 4, "std": 0.5,
                   "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True}},
         "classifier": {"kind": "exact"},
@@ -207,3 +207,36 @@ def test_bad_leaf_weights_name_the_field(tmp_path, changes, message):
            "hierarchy": {"separations": [6.0, 2.0]}}
     with pytest.raises(ProbesError, match="model.weights: 'bogus' is not a leaf"):
         build_components(load_recipe(write_recipe(tmp_path, model=gmm)))
+
+
+def test_run_json_records_the_recipe_file_and_resolved_paths(tmp_path, monkeypatch):
+    # A recipe in a sub-folder naming its taxonomy relative to itself, run from another folder.
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "taxa").mkdir()
+    (tmp_path / "taxa" / "t.yaml").write_text((ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml").read_text())
+    recipe = write_recipe(tmp_path / "recipes", taxonomy="../taxa/t.yaml", estimators=["exact"],
+                          sampling={"samples": 8, "batch_size": 8, "steps": 6})
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["recipe_path"] == str(recipe.resolve())
+    assert state["paths"] == {"taxonomy": str((tmp_path / "taxa" / "t.yaml").resolve())}
+    assert state["recipe"]["taxonomy"] == "../taxa/t.yaml"  # as written, next to where it points
+
+
+def test_run_json_charges_guidance_its_second_denoiser_call(tmp_path):
+    recipe = write_recipe(tmp_path, estimators=["exact"],
+                          sampling={"samples": 8, "batch_size": 4, "steps": 6, "condition": "leaf",
+                                    "guidance": {"scale": 2.0}})
+    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    # 8 samples x 6 steps, each guided step evaluated conditionally and unconditionally.
+    assert state["calls"] == {"sampling_denoiser": 2 * 8 * 6, "guided_denoiser": 8 * 6}
+    assert state["sampling_denoiser_calls"] == 2 * 8 * 6
+
+
+def test_the_progress_bar_shows_sampling_steps(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, estimators=["exact"], sampling={"samples": 4, "batch_size": 4, "steps": 5})
+    run_recipe(recipe, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "batch 1: sampling step 1/5" in err and "batch 1: sampling step 5/5" in err

@@ -4,6 +4,7 @@ Data ``x0 ~ N(m, s0^2 I)``: ``D(x; sigma) = m + s0^2 / (s0^2 + sigma^2) (x - m)`
 probability-flow ODE maps ``x_T`` at ``sigma_max`` to ``m + s0 / sqrt(s0^2 + sigma_max^2) (x_T - m)``.
 """
 
+import itertools
 import math
 
 import pytest
@@ -72,7 +73,7 @@ def discrete_variance(method, grid):
     variance term and under-disperses; ``euler_maruyama`` over-disperses; both converge)."""
     v = SIGMA_MAX**2
     sig = grid.tolist() + [0.0]
-    for s, t in zip(sig[:-1], sig[1:]):
+    for s, t in itertools.pairwise(sig):
         c = S0**2 / (S0**2 + s**2)  # D - m = c (x - m)
         if t == 0:
             v *= c**2
@@ -176,3 +177,28 @@ def test_forward_path_marginals_and_brownian_increments():
 def test_forward_path_rejects_ascending_grid():
     with pytest.raises(ProbesError, match="descending"):
         forward_path(torch.zeros(3, 2), torch.tensor([0.1, 1.0]))
+
+
+def test_a_guided_step_costs_two_denoiser_calls():
+    from probes.denoisers.base import Denoiser, GuidedDenoiser
+
+    class Calls(Denoiser):
+        """Counts the samples it is evaluated on (the truth the sampler's count must match)."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen = 0
+
+        def forward(self, x, sigma, cond=None):
+            self.seen += x.shape[0]
+            return 0.5 * x
+
+    sigmas = geometric_grid(10.0, 0.1, 12)
+    cond = torch.zeros(5, dtype=torch.long)
+    for interval, guided_steps in [(None, 12), ((0.5, 3.0), int(((sigmas > 0.5) & (sigmas <= 3.0)).sum()))]:
+        inner = Calls()
+        guided = GuidedDenoiser(inner, scale=3.0, interval=interval)
+        traj = sample(guided, torch.randn(5, 2) * 10, sigmas, method="euler", cond=cond)
+        assert 0 < guided_steps <= 12
+        assert traj.denoiser_calls == inner.seen == 5 * (12 + guided_steps)
+        assert guided.extra_evaluations == 5 * guided_steps

@@ -1,6 +1,7 @@
 """Stable Diffusion on the sigma axis: the tiny offline pipeline, x0 against diffusers' schedulers,
 prompts and guidance, latent decoding, and loading from disk."""
 
+import math
 import time
 
 import networkx as nx
@@ -29,7 +30,7 @@ def test_tiny_pipeline_is_deterministic_and_sd_shaped(pipes):
     pipe = pipes["epsilon"]
     again = build_tiny_pipeline(seed=0)
     other = build_tiny_pipeline(seed=1)
-    for a, b, c in zip(pipe.unet.parameters(), again.unet.parameters(), other.unet.parameters()):
+    for a, b, _c in zip(pipe.unet.parameters(), again.unet.parameters(), other.unet.parameters()):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, c) for a, c in zip(pipe.unet.parameters(), other.unet.parameters()))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 16
@@ -194,7 +195,8 @@ def test_missing_models_fail_fast_with_one_line(tmp_path, monkeypatch):
     assert "no-such-model" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ProbesError) as err:
         load_pipeline("someone/not-downloaded-sd")
-    assert "someone/not-downloaded-sd" in str(err.value) and "huggingface-cli" in str(err.value)
+    assert "someone/not-downloaded-sd" in str(err.value) and "`hf download someone/not-downloaded-sd`" in str(err.value)
+    assert "huggingface-cli" not in str(err.value)  # gone from current huggingface_hub releases
     (tmp_path / "empty").mkdir()
     with pytest.raises(ProbesError, match="model_index.json"):
         load_pipeline(str(tmp_path / "empty"))
@@ -219,3 +221,51 @@ def test_prompt_conditioner_from_taxonomy():
     assert prompts["dog.n.01"] == "a photo of a doggo."
     cond = prompt_conditioner(tax, template="{}", overrides={"animal": "an animal"})
     assert cond(["animal", "dogs", "cat"]) == ["an animal", "dogs", "a cute cat"]
+
+
+def test_a_zero_terminal_snr_scheduler_ends_at_the_largest_finite_sigma():
+    from diffusers import DDIMScheduler
+
+    from probes.models.tiny_sd import build_tiny_pipeline
+    from probes.noise import make_grid
+    from probes.sampling import sample
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True,
+                                               prediction_type="v_prediction")
+    abar = pipe.scheduler.alphas_cumprod.double()
+    assert abar[-1] == 0  # sigma_T = inf
+    denoiser = StableDiffusionDenoiser(pipe)
+    expected = float(((1 - abar[-2]) / abar[-2]).sqrt())  # the last finite sigma
+    assert math.isfinite(denoiser.sigma_max) and denoiser.sigma_max == pytest.approx(expected, rel=1e-5)
+    sigmas = make_grid("karras", denoiser.sigma_max, denoiser.sigma_min, 4)
+    g = torch.Generator().manual_seed(0)
+    traj = sample(denoiser, denoiser.init_noise(2, g), sigmas, method="ancestral", generator=g)
+    assert torch.isfinite(traj.states).all() and torch.isfinite(traj.x0).all()
+
+
+def test_an_sdxl_folder_is_refused_at_load_in_one_line(tmp_path):
+    import json
+
+    path = save_tiny_pipeline(tmp_path / "xl", seed=0)
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    (path / "model_index.json").write_text(json.dumps(index))
+    start = time.monotonic()
+    with pytest.raises(ProbesError) as err:
+        load_pipeline(str(path))
+    message = str(err.value)
+    assert "StableDiffusionXLPipeline" in message and str(path) in message and "\n" not in message
+    assert time.monotonic() - start < 5
+
+
+def test_loading_keeps_the_libraries_bars_quiet_and_restores_them(tmp_path, capfd):
+    from diffusers.utils import logging as diffusers_logging
+
+    path = save_tiny_pipeline(tmp_path / "tiny-sd", seed=0)
+    capfd.readouterr()
+    load_pipeline(str(path))
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err and "it/s]" not in err
+    assert diffusers_logging.is_progress_bar_enabled()  # the user's own settings come back

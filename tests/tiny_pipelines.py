@@ -163,7 +163,7 @@ def text_embeddings(family, batch, seed=1):
 
 # -- one table of pipeline families for the adapter, probe and contract tests ------------------------
 
-TAXONOMY = "taxonomies/animals-vehicles.yaml"
+TAXONOMY = "animals-vehicles"
 
 
 @dataclass

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier
-from probes.errors import ProbesError
+from probes.classifiers.images import resize_center_crop
+from probes.errors import ProbesError, quote_library_error
 from probes.fileio import atomic_path, atomic_write_text
 
 Template = Union[str, Callable[[str], str]]
@@ -57,7 +58,7 @@ def _imagenet_names() -> dict[str, str]:
     """ImageNet-1k wnid -> curated class name (open_clip's list, sorted-wnid order)."""
     global _IMAGENET_NAMES
     if _IMAGENET_NAMES is None:
-        from probes.classifiers.imagenet import imagenet_wnids
+        from probes.taxonomy.wordnet import imagenet_wnids
 
         patch_torchvision()
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -169,9 +170,9 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
-    from probes.models.tiny_sd import _cache_dir
+    from probes.hub import cache_dir
 
-    directory = _cache_dir() / "open_clip_configs"
+    directory = cache_dir() / "open_clip_configs"
     path = atomic_write_text(directory / f"{name}.json", json.dumps(config))  # concurrent writers agree
     # open_clip re-reads every registered path on each registration, so the file stays in place.
     open_clip.add_model_config(path)
@@ -179,11 +180,6 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
 
 
 # --- the classifier -----------------------------------------------------------------------------
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class ClipZeroShotClassifier(Classifier):
@@ -332,11 +328,12 @@ class ClipZeroShotClassifier(Classifier):
             tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as err:  # open_clip and torch.load fail in many ways on a bad file or no network
             raise ProbesError(f"classifier: cannot load open_clip {model_name} with pretrained={pretrained!r} "
-                              f"({type(err).__name__}: {_one_line(err)[:200]}); download the checkpoint and set pretrained: /path/to/file") from None
+                              f"({type(err).__name__}: {quote_library_error(err)}); download the checkpoint and set "
+                              "pretrained: /path/to/file") from None
         if cache_dir == "default":
-            from probes.models.tiny_sd import _cache_dir
+            from probes.hub import cache_dir as probes_cache_dir
 
-            cache_dir = _cache_dir() / "clip"
+            cache_dir = probes_cache_dir() / "clip"
         return cls(model, tokenizer, leaf_texts(taxonomy, templates),
                    temperature=1.0 if temperature is None else float(temperature),
                    cache_key=cache_key, cache_dir=cache_dir).to(device)
@@ -353,27 +350,3 @@ def _model_preprocess_cfg(model) -> dict:
         cfg.setdefault("mean", getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN)
         cfg.setdefault("std", getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
     return cfg
-
-
-def resize_center_crop(x: torch.Tensor, size: tuple[int, int], mode: str = "shortest") -> torch.Tensor:
-    """Tensor version of the usual eval transform for ``[0, 1]`` images (result clamped to [0, 1]).
-
-    ``shortest``: scale so the image covers ``size``, then centre-crop; ``squash``: resize to
-    ``size`` directly; ``longest``: scale so the image fits inside ``size``, pad with zeros
-    (black) to ``size``.
-    """
-    h, w = x.shape[-2:]
-    th, tw = size
-    if (h, w) == (th, tw):
-        return x
-    if mode == "squash":
-        return F.interpolate(x, size=(th, tw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    scale = max(th / h, tw / w) if mode != "longest" else min(th / h, tw / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    if mode == "longest":
-        top, left = (th - nh) // 2, (tw - nw) // 2
-        return F.pad(x, (left, tw - nw - left, top, th - nh - top))
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return x[..., top:top + th, left:left + tw]

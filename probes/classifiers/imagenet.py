@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier, leaf_groups
-from probes.classifiers.clip import resize_center_crop
-from probes.errors import ProbesError
+from probes.classifiers.images import resize_center_crop
+from probes.errors import ProbesError, quote_library_error
 from probes.taxonomy.wordnet import imagenet_wnids, wnid_of
 
 SOURCES = ("timm", "torchvision", "efficientnet_lite0")
@@ -208,8 +208,8 @@ def _load_into(model: torch.nn.Module, path: str) -> None:
     try:
         model.load_state_dict(_load_state_dict(path))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ProbesError(f"classifier.pretrained: {path} does not fit the model ({first})") from None
+        raise ProbesError(f"classifier.pretrained: {path} does not fit the model "
+                          f"({quote_library_error(err)})") from None
 
 
 def _efficientnet_lite0(name: str, pretrained):
@@ -247,7 +247,7 @@ def _timm(name: str, pretrained):
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ProbesError(f"classifier.name: {name!r} is not a timm model (see timm.list_models())") from None
-        raise ProbesError(f"classifier: timm {name}: {str(err).strip().splitlines()[0]}") from None
+        raise ProbesError(f"classifier: timm {name}: {quote_library_error(err)}") from None
     except Exception as err:  # hub errors when the weights are not cached and the hub is offline
         raise ProbesError(f"classifier: timm {name}: weights not available offline ({type(err).__name__}); "
                           "download them once or set pretrained: /path/to/checkpoint") from None

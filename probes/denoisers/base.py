@@ -45,6 +45,10 @@ class GuidedDenoiser(Denoiser):
     ``w = 1`` is the plain conditional model; ``w = 0`` the unconditional one. Outside the guidance
     interval the conditional prediction is used (as in Kynkaanniemi et al. 2024). With ``cond=None``
     the unconditional prediction is returned unguided.
+
+    A guided evaluation costs two model evaluations per sample (conditional and unconditional);
+    ``extra_evaluations`` counts the second ones (sample-evaluations, like every call count), so
+    samplers and run reports can charge guidance its real cost.
     """
 
     def __init__(self, inner: Denoiser, scale: float, interval: tuple[float, float] | None = None):
@@ -53,8 +57,7 @@ class GuidedDenoiser(Denoiser):
         self.scale = float(scale)
         self.interval = interval
         self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
-        # Sample-evaluations of the unconditional branch: the denoiser calls guidance costs.
-        self.guided_calls = 0
+        self.extra_evaluations = 0
 
     def forward(self, x, sigma, cond=None):
         if cond is None or self.scale == 1.0:
@@ -76,9 +79,9 @@ class GuidedDenoiser(Denoiser):
 
     def _guided(self, x, sigma, cond):
         # One batched call for both branches, as diffusers pipelines do.
+        self.extra_evaluations += x.shape[0]
         both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), _pair(cond))
         uncond, condl = both.chunk(2)
-        self.guided_calls += x.shape[0]
         return uncond + self.scale * (condl - uncond)
 
 
@@ -108,6 +111,11 @@ class FiniteCheck:
 
     def __init__(self, denoiser, what: str = "the model's denoiser"):
         self.denoiser, self.what = denoiser, what
+
+    @property
+    def extra_evaluations(self) -> int:
+        """The wrapped denoiser's count of guidance's extra evaluations (samplers charge them)."""
+        return getattr(self.denoiser, "extra_evaluations", 0)
 
     def __call__(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
         out = self.denoiser(x, sigma, cond)

@@ -26,6 +26,10 @@ class DiscreteScheduleDenoiser(Denoiser):
         model_fn: the network call on the model's own input scale and timestep.
         alphas_cumprod: the training schedule's ``abar_t``, index = timestep.
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample`` (diffusers' names).
+
+    A zero-terminal-SNR schedule (``rescale_betas_zero_snr``: ``abar_T = 0``) puts its last
+    timestep at ``sigma = inf``, which no grid can start from; the schedule then ends at its largest
+    finite sigma (``sigma_max``), the timestep below pure noise.
     """
 
     def __init__(self, model_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
@@ -36,6 +40,10 @@ class DiscreteScheduleDenoiser(Denoiser):
         self.model_fn = model_fn
         self.prediction_type = prediction_type
         sigmas = sigmas_from_alphas_cumprod(torch.as_tensor(alphas_cumprod))
+        finite = int(torch.isfinite(sigmas).sum())
+        if finite < 2 or not torch.isfinite(sigmas[:finite]).all():
+            raise ValueError("alphas_cumprod must be positive except at the last timesteps (zero terminal SNR)")
+        sigmas = sigmas[:finite]  # timesteps keep their indices: only infinite ones at the end go
         self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
         self.sigma_min, self.sigma_max = float(sigmas[0]), float(sigmas[-1])
 

@@ -26,6 +26,7 @@ import torch
 from probes.errors import ProbesError, UnsupportedCondition
 from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks
 from probes.sampling import forward_path
+from probes.taxonomy.index import TreeIndex
 
 
 class IMMSEEstimator(Estimator):
@@ -77,12 +78,12 @@ class IMMSEEstimator(Estimator):
         # run[b, j, d]: integral for the cell at depth d + 1 on y's path; depth 0 (root) is 0.
         run = torch.cat([torch.zeros_like(run[..., :1]), run], -1)
 
-        prior = ctx.prior
+        prior_levels, prior_nodes = (torch.from_numpy(a) for a in tree.index.prior_entropies(ctx.prior))
         levels = torch.empty(n, len(sigmas), tree.max_depth, dtype=torch.float64)
         for lvl in range(1, tree.max_depth + 1):
             depth = torch.clamp(tree.leaf_depth[y], max=lvl)  # the cell of y at level l sits at this depth
             taken = run.gather(2, depth[:, None, None].expand(n, len(sigmas), 1))[..., 0]
-            levels[..., lvl - 1] = tree.level_prior(lvl, prior) - taken
+            levels[..., lvl - 1] = prior_levels[lvl - 1] - taken
             if not tree.level_ok[lvl - 1]:
                 levels[..., lvl - 1] = math.nan
         nodes = torch.empty(n, len(sigmas), len(tree.internal), dtype=torch.float64)
@@ -90,11 +91,9 @@ class IMMSEEstimator(Estimator):
             d = tree.depth[node]
             inside = tree.under[node][y]
             diff = torch.where(inside[:, None], run[..., d + 1] - run[..., d], torch.zeros(()).double())
-            nodes[..., k] = tree.node_prior(node, prior) - diff
+            nodes[..., k] = prior_nodes[k] - diff
             if not tree.node_ok[k]:
                 nodes[..., k] = math.nan
-        prior_levels = torch.tensor([tree.level_prior(lvl, prior) for lvl in range(1, tree.max_depth + 1)])
-        prior_nodes = torch.tensor([tree.node_prior(node, prior) for node in tree.internal])
         return EstimatorOutput(self.name, sigmas, levels=levels, nodes=nodes, denoiser_calls=denoiser.calls,
                                prior_levels=prior_levels, prior_nodes=prior_nodes)
 
@@ -124,41 +123,18 @@ class IMMSEEstimator(Estimator):
 
 
 class _Tree:
-    """The taxonomy facts immse needs, as index tables (leaf paths, supported nodes, prior entropies)."""
+    """The shared :class:`~probes.taxonomy.index.TreeIndex` plus what this conditioner supports."""
 
     def __init__(self, taxonomy, conditioner):
-        self.leaves = list(taxonomy.leaves)
-        self.internal = list(taxonomy.internal_nodes)
-        self.max_depth = int(taxonomy.max_depth)
-        self.root = self.internal[0]
-        self.depth = {v: int(taxonomy.depth(v)) for v in self.leaves + self.internal}
-        leaf_index = {leaf: i for i, leaf in enumerate(self.leaves)}
-        # path[i]: nodes at depths 1..depth(leaf i) on the way from the root to leaf i.
-        self.path = [[v for v in taxonomy.ancestors(leaf) if v != self.root] + [leaf] for leaf in self.leaves]
-        self.leaf_depth = torch.tensor([len(p) for p in self.path])
-        self.children = {v: list(taxonomy.children(v)) for v in self.internal}
-        self.cell_leaves = {v: [leaf_index[u] for u in taxonomy.leaves_under(v)] for v in self.internal}
-        self.cell_leaves.update({leaf: [i] for leaf, i in leaf_index.items()})
-        self.under = {v: _indicator(self.cell_leaves[v], len(self.leaves)) for v in self.internal}
-        self.supported = {v: _supports(conditioner, v) for v in self.leaves + self.internal if v != self.root}
-        self.cuts = [sorted(set(taxonomy.level_cut(lvl).values()), key=str) for lvl in range(1, self.max_depth + 1)]
-        self.level_ok = [all(self.supported[c] for c in cells) for cells in self.cuts]
-        self.node_ok = [all(self.supported[c] for c in self.children[v]) and (v == self.root or self.supported[v])
-                        for v in self.internal]
-
-    def mass(self, node, prior) -> float:
-        return float(prior[self.cell_leaves[node]].sum())
-
-    def level_prior(self, lvl, prior) -> float:
-        """``H(cell_l)`` under the prior."""
-        return _entropy([self.mass(c, prior) for c in self.cuts[lvl - 1]])
-
-    def node_prior(self, node, prior) -> float:
-        """``C_n`` under the prior: ``p(n) H(children | n)``."""
-        p_n = self.mass(node, prior)
-        if p_n == 0:
-            return 0.0
-        return p_n * _entropy([self.mass(c, prior) / p_n for c in self.children[node]])
+        self.index = index = TreeIndex(taxonomy)
+        self.internal, self.max_depth = index.internal, index.max_depth
+        self.depth, self.path, self.leaf_depth = index.depth, index.path, index.leaf_depth
+        self.under = {v: index.under(v) for v in index.internal}
+        root = index.internal[0]
+        self.supported = {v: _supports(conditioner, v) for v in index.leaves + index.internal if v != root}
+        self.level_ok = [all(self.supported[c] for c in cells) for cells in index.level_cells]
+        self.node_ok = [all(self.supported[c] for c in index.children[v]) and (v == root or self.supported[v])
+                        for v in index.internal]
 
 
 def _supports(conditioner, node) -> bool:
@@ -167,13 +143,3 @@ def _supports(conditioner, node) -> bool:
     except UnsupportedCondition:
         return False
     return True
-
-
-def _indicator(index, size) -> torch.Tensor:
-    out = torch.zeros(size, dtype=torch.bool)
-    out[index] = True
-    return out
-
-
-def _entropy(p) -> float:
-    return -sum(q * math.log(q) for q in p if q > 0)

@@ -1,7 +1,7 @@
 """The embedded default model: a class-conditional diffusion model and a classifier on 8x8 digits.
 
 Both are trained by :mod:`probes.models.train_digits` on scikit-learn's digits (1,797 images of
-8x8 pixels, values 0..16, 10 classes) and ship in ``data/digits/``:
+8x8 pixels, values 0..16, 10 classes) and ship in the package, ``probes/data/digits/``:
 
 - ``unet/`` and ``scheduler/``: a diffusers ``UNet2DModel`` and ``DDPMScheduler`` saved with
   ``save_pretrained``, so ``UNet2DModel.from_pretrained(path / "unet")`` loads them as any diffusers
@@ -17,6 +17,7 @@ Taxonomy leaves map to digits by their ``index`` attribute, or by their name whe
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,10 +29,12 @@ from probes.classifiers.base import Classifier, leaf_groups
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError
+from probes.hub import quiet_loading_bars
+from probes.resources import shipped_path
 
 NUM_DIGITS = 10
 NULL_CLASS = 10  #: the UNet's class id for "unconditional"
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "digits"
+DEFAULT_DIR = shipped_path("data", "digits")
 CHECKSUM_FILE = "SHA256SUMS"
 UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 CLASSIFIER_FILES = ("classifier/config.json", "classifier/model.safetensors")
@@ -105,7 +108,8 @@ def verify_checksums(directory: str | Path, files: Sequence[str]) -> None:
         if f not in sums:
             raise ProbesError(f"{path}: no checksum listed in {directory / CHECKSUM_FILE}")
         if sha256_file(path) != sums[f]:
-            raise ProbesError(f"{path}: SHA-256 does not match {directory / CHECKSUM_FILE}; the file is corrupted or was replaced")
+            raise ProbesError(f"{path}: SHA-256 does not match {directory / CHECKSUM_FILE}; the file is corrupted or "
+                              "was replaced")
 
 
 def _model_dir(path) -> Path:
@@ -182,8 +186,9 @@ def load_digits_denoiser(path: str | Path | None = None) -> DiscreteScheduleDeno
     patch_torchvision()
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel.from_pretrained(directory / "unet")
-    scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+    with quiet_loading_bars():
+        unet = UNet2DModel.from_pretrained(directory / "unet")
+        scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     unet.eval().requires_grad_(False)
     denoiser = DiscreteScheduleDenoiser(UNetClassFn(unet), scheduler.alphas_cumprod,
                                         scheduler.config.prediction_type)
@@ -289,48 +294,7 @@ def sample_digits(denoiser, labels: Any, steps: int = 50, guidance: float = 1.0,
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     x = torch.randn(len(labels), 1, 8, 8, generator=generator) * sigmas[0]
     all_null = bool((labels < 0).all())
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in itertools.pairwise(sigmas):
         x0 = model(x, float(s), None if all_null else labels)
         x = x0 + (s_next / s).float() * (x - x0)
     return x
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-def add_train_commands(subparsers) -> None:
-    """Register ``train digits`` on the ``probes`` command's subparsers (handler in ``func``)."""
-    train = subparsers.add_parser("train", help="train the embedded models")
-    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
-    p = models.add_parser("digits", help="the 8x8 digits diffusion model and classifier",
-                          description="Train the digits UNet and classifier; writes weights, SHA256SUMS, "
-                                      "metrics.json and README.md to --out.")
-    p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the shipped setup)")
-    p.add_argument("--classifier-epochs", type=int, default=None, help="classifier epochs (default: the shipped setup)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_train_digits_command)
-
-
-def _train_digits_command(args) -> int:
-    from probes.models.train_digits import DEFAULTS, train_digits
-
-    metrics = train_digits(
-        args.out, seed=args.seed,
-        diffusion_steps=DEFAULTS["diffusion_steps"] if args.steps is None else args.steps,
-        classifier_epochs=DEFAULTS["classifier_epochs"] if args.classifier_epochs is None else args.classifier_epochs,
-        progress=not args.quiet)
-    s = metrics["samples"]
-    print(f"classifier held-out accuracy {metrics['classifier']['test_accuracy']:.3f}; "
-          f"samples recognised as their digit {s['guidance_1']['accuracy']:.3f} (w=1), "
-          f"{s['guidance_2']['accuracy']:.3f} (w=2); written to {args.out}")
-    return 0
-
-
-def __getattr__(name):  # train_digits lives apart so that loading never imports training code
-    if name == "train_digits":
-        from probes.models.train_digits import train_digits
-
-        return train_digits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.base import Denoiser, batch_sigma
-from probes.errors import ProbesError
+from probes.errors import ProbesError, quote_library_error
 
 #: Where NVlabs publishes the EDM2 pickles (``generate_images.py``'s ``model_root``).
 RELEASE_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
@@ -88,7 +88,7 @@ def load_edm2(path: str | os.PathLike, key: str = "ema") -> tuple[torch.nn.Modul
                           f"of {CODE_URL} on PYTHONPATH (PYTHONPATH=/path/to/edm2)") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as err:
         raise ProbesError(f"{file}: not a readable EDM2 network pickle ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+                          f"{quote_library_error(err)})") from None
     if not isinstance(data, dict) or key not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ProbesError(f"{file}: no network {key!r} in the pickle (it holds {keys})")
@@ -172,7 +172,8 @@ class EDM2Denoiser(Denoiser):
         xin, sin = x.to(device), sigma.to(device)
         if self.label_dim == 0:
             if cond is not None and (torch.as_tensor(cond) >= 0).any():
-                raise ProbesError("the EDM2 network is unconditional (label_dim 0) and cannot be conditioned on a class")
+                raise ProbesError("the EDM2 network is unconditional (label_dim 0) and cannot be conditioned on a "
+                                  "class")
             return self.net(xin, sin, None).to(device=x.device, dtype=x.dtype)
         if cond is None:
             uncond = torch.ones(x.shape[0], dtype=torch.bool)
@@ -301,9 +302,9 @@ def load_vae(name: str, device: str | torch.device = "cpu", local_files_only: bo
     """A diffusers ``AutoencoderKL`` from a hub id or a folder (a VAE folder, or a pipeline folder
     with ``vae/``); one-line :class:`ProbesError` when it cannot be had without a download."""
     from probes._compat import patch_torchvision
-    from probes.models.stable_diffusion import _hub_offline
+    from probes.hub import download_command, hub_offline, quiet_loading_bars
 
-    offline = _hub_offline(local_files_only)
+    offline = hub_offline(local_files_only)
     path = Path(name).expanduser()
     kwargs = {}
     if path.exists():
@@ -318,11 +319,11 @@ def load_vae(name: str, device: str | torch.device = "cpu", local_files_only: bo
     from diffusers import AutoencoderKL
 
     try:
-        vae = AutoencoderKL.from_pretrained(source, local_files_only=offline, **kwargs)
+        with quiet_loading_bars():
+            vae = AutoencoderKL.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ProbesError(f"model.vae {name!r} could not be loaded ({first}); download it first, e.g. "
-                          f"`huggingface-cli download {VAE_NAME} --local-dir /weights/sd-vae-ft-mse`, and set "
+        raise ProbesError(f"model.vae {name!r} could not be loaded ({quote_library_error(err)}); download it first, "
+                          f"e.g. `{download_command(VAE_NAME, '/weights/sd-vae-ft-mse')}`, and set "
                           "model.vae to that folder") from None
     return vae.eval().requires_grad_(False).to(device)
 
@@ -337,6 +338,6 @@ def init_encoder(encoder, device: torch.device) -> None:
         init(device)
     except Exception as err:  # hub and cache errors of diffusers / huggingface_hub, by many names
         name = getattr(encoder, "vae_name", VAE_NAME)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ProbesError(f"model: the EDM2 pickle's encoder could not load its VAE {name!r} ({type(err).__name__}: "
-                          f"{first}); download it once with network access, or set model.vae to a local copy") from None
+                          f"{quote_library_error(err)}); download it once with network access, or set model.vae to a "
+                          "local copy") from None

@@ -35,12 +35,13 @@ from probes.classifiers.base import Classifier
 from probes.conditioning import PromptConditioner
 from probes.denoisers.base import Denoiser
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
-from probes.errors import ProbesError
+from probes.errors import ProbesError, quote_library_error
+from probes.hub import hub_offline, quiet_loading_bars
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _HINT = ("set model: /path/to/{folder} (a diffusers folder with model_index.json) in the recipe, "
-         "or download it first with `huggingface-cli download {id}`")
+         "or download it first with `hf download {id}`")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -48,13 +49,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _hub_offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return bool(local_files_only)
-    flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _looks_like_path(model: str) -> bool:
@@ -100,7 +94,7 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
     """
     if dtype not in DTYPES:
         raise ProbesError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    offline = _hub_offline(local_files_only)
+    offline = hub_offline(local_files_only)
     folder = "stable-diffusion-v1-5" if pipeline == "StableDiffusionPipeline" else Path(str(model)).name
     _check_model_available(str(model), offline, folder)
     pipeline = _check_pipeline_class(Path(model).expanduser(), (pipeline,) if isinstance(pipeline, str) else pipeline)
@@ -111,11 +105,11 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
     extra = (dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
              if pipeline == "StableDiffusionPipeline" else {})
     try:
-        pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=DTYPES[dtype], local_files_only=offline,
-                                                            **extra)
+        with quiet_loading_bars():
+            pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=DTYPES[dtype],
+                                                                local_files_only=offline, **extra)
     except (OSError, ValueError, EnvironmentError) as err:  # hub errors are OSError subclasses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ProbesError(f"model {model!r} could not be loaded ({first}); "
+        raise ProbesError(f"model {model!r} could not be loaded ({quote_library_error(err)}); "
                           + _HINT.format(folder=folder, id=model)) from None
     pipe = pipe.to(resolve_device(device))
     pipe.set_progress_bar_config(disable=True)

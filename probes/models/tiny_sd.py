@@ -20,6 +20,7 @@ import torch
 
 from probes._compat import patch_torchvision
 from probes.fileio import atomic_write_text
+from probes.hub import cache_dir
 
 #: SD 1.x's noise schedule (``scaled_linear`` betas, 1000 training steps).
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -40,12 +41,6 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PROBES_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "probes")
-    return Path(root)
-
-
 def clip_tokenizer_files(directory: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """Write (once) and return ``(vocab.json, merges.txt)`` of the CLIP BPE tokenizer.
 
@@ -53,14 +48,15 @@ def clip_tokenizer_files(directory: str | os.PathLike | None = None) -> tuple[Pa
     builds its vocabulary: 256 byte tokens, the same with ``</w>``, the first 48,894 merges, then
     ``<|startoftext|>`` and ``<|endoftext|>``.
     """
-    directory = Path(directory) if directory is not None else _cache_dir() / "clip-bpe"
+    directory = Path(directory) if directory is not None else cache_dir() / "clip-bpe"
     vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
     if vocab_path.is_file() and merges_path.is_file():
         return vocab_path, merges_path
     import open_clip
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]
     tokens = list(_bytes_to_unicode().values())
     tokens = tokens + [t + "</w>" for t in tokens]

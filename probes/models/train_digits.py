@@ -303,7 +303,7 @@ scikit-learn's 8x8 digits ({m['setup']['data']}).
 Produced by `probes.models.train_digits` with
 seed {m['seed']}; see `docs/digits.md`.
 
-Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
+Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out probes/data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
 
 ## Quality
 
@@ -334,3 +334,33 @@ diffusers {m['versions']['diffusers']}).
 {sums}
 ```
 """
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def add_train_commands(subparsers) -> None:
+    """Register ``train digits`` on the ``probes`` command's subparsers (handler in ``func``)."""
+    train = subparsers.add_parser("train", help="train the embedded models")
+    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    p = models.add_parser("digits", help="the 8x8 digits diffusion model and classifier",
+                          description="Train the digits UNet and classifier; writes weights, SHA256SUMS, "
+                                      "metrics.json and README.md to --out.")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the shipped setup)")
+    p.add_argument("--classifier-epochs", type=int, default=None, help="classifier epochs (default: the shipped setup)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_digits_command)
+
+
+def _train_digits_command(args) -> int:
+    metrics = train_digits(
+        args.out, seed=args.seed,
+        diffusion_steps=DEFAULTS["diffusion_steps"] if args.steps is None else args.steps,
+        classifier_epochs=DEFAULTS["classifier_epochs"] if args.classifier_epochs is None else args.classifier_epochs,
+        progress=not args.quiet)
+    s = metrics["samples"]
+    print(f"classifier held-out accuracy {metrics['classifier']['test_accuracy']:.3f}; "
+          f"samples recognised as their digit {s['guidance_1']['accuracy']:.3f} (w=1), "
+          f"{s['guidance_2']['accuracy']:.3f} (w=2); written to {args.out}")
+    return 0

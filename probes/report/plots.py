@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from probes.fileio import atomic_path  # noqa: E402
 from probes.entropy.decisions import rates  # noqa: E402
 from probes.entropy.engine import EntropyCurves  # noqa: E402
-from probes.report.rundir import _split as _split_both, tree_heights  # noqa: E402
+from probes.report.rundir import split_decisions, tree_heights  # noqa: E402
 
 DPI = 150
 SIGMA_LABEL = r"noise level $\sigma$ (log scale; sampling runs left to right)"
@@ -121,7 +121,7 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
     heights of ``tree.nwk``), its own decision sigma marked by a hollow diamond joined by a dotted
     line. Labels (the ``label`` attribute) are drawn for trees of up to 40 leaves.
     """
-    nodes = _split_both(decisions)[1]
+    nodes = split_decisions(decisions)[1]
     height = {n: 10.0**h for n, h in tree_heights(taxonomy, decisions, sigma_min).items()}
     leaves = list(taxonomy.leaves)
     L = len(leaves)
@@ -206,7 +206,7 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
     Shows the ``max_nodes`` decided nodes with the largest peak rates (all of them when fewer), in
     nats per unit log sigma.
     """
-    nodes = _split_both(decisions)[1]
+    nodes = split_decisions(decisions)[1]
     s, r = rates(curves.sigmas, curves.node_mean().T)  # r [K, S] ascending sigma
     index = {n: k for k, n in enumerate(curves.node_names)}
     decided = [n for n in curves.node_names if nodes.get(n) is not None]

@@ -54,7 +54,7 @@ VERSION_PACKAGES = {
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(x) -> str:
+def format_float(x) -> str:
     """A float in shortest round-trip form; NaN / None as an empty field."""
     if x is None:
         return ""
@@ -64,7 +64,7 @@ def _fmt(x) -> str:
     return repr(x)
 
 
-def _write_csv(path, columns: list[str], rows) -> Path:
+def write_csv(path, columns: list[str], rows) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -103,15 +103,15 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
             for k, name in enumerate(names):
                 for i in range(len(sig)):
                     rows.append([
-                        est, _fmt(sig[i]), _fmt(vp[i]), _fmt(ls[i]), kind, name,
-                        _fmt(mean[i, k]), _fmt(se[i, k]),
-                        "" if mi is None else _fmt(mi[i, k]), str(int(count[i, k])),
-                        "" if lo is None else _fmt(lo[i, k]), "" if hi is None else _fmt(hi[i, k]),
+                        est, format_float(sig[i]), format_float(vp[i]), format_float(ls[i]), kind, name,
+                        format_float(mean[i, k]), format_float(se[i, k]),
+                        "" if mi is None else format_float(mi[i, k]), str(int(count[i, k])),
+                        "" if lo is None else format_float(lo[i, k]), "" if hi is None else format_float(hi[i, k]),
                     ])
-    return _write_csv(path, CURVES_COLUMNS, rows)
+    return write_csv(path, CURVES_COLUMNS, rows)
 
 
-def _split(decisions) -> tuple[Mapping, Mapping]:
+def split_decisions(decisions) -> tuple[Mapping, Mapping]:
     """(levels, nodes) from a ``decide()`` result or a plain ``{node: Decision}`` mapping."""
     if (
         isinstance(decisions, Mapping)
@@ -139,12 +139,12 @@ def write_decisions_csv(path, decisions_by_estimator: Mapping[str, Mapping]) -> 
             by_axis = {"log_sigma": by_axis}
         for axis, decisions in by_axis.items():
             rows += _decision_rows(est, axis, decisions)
-    return _write_csv(path, DECISIONS_COLUMNS, rows)
+    return write_csv(path, DECISIONS_COLUMNS, rows)
 
 
 def _decision_rows(est: str, axis: str, decisions) -> list[list[str]]:
     rows = []
-    levels, nodes = _split(decisions)
+    levels, nodes = split_decisions(decisions)
     for kind, family in (("level", levels), ("node", nodes)):
         for name, d in family.items():
             if d is None:
@@ -152,10 +152,10 @@ def _decision_rows(est: str, axis: str, decisions) -> list[list[str]]:
                 continue
             interval = d.interval or (None, None)
             rows.append([
-                est, kind, str(name), _fmt(d.decision_sigma), _fmt(d.window[0]),
-                _fmt(d.window[1]), _fmt(interval[0]), _fmt(interval[1]), _fmt(d.vp_time),
-                _fmt(d.log_snr), _fmt(d.peak_rate), "true" if d.at_edge else "false",
-                d.axis, _fmt(d.points_per_half_width), "true" if d.under_resolved else "false",
+                est, kind, str(name), format_float(d.decision_sigma), format_float(d.window[0]),
+                format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]), format_float(d.vp_time),
+                format_float(d.log_snr), format_float(d.peak_rate), "true" if d.at_edge else "false",
+                d.axis, format_float(d.points_per_half_width), "true" if d.under_resolved else "false",
             ])
     return rows
 
@@ -184,7 +184,7 @@ def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[st
     its parent (at a larger sigma) is drawn at the parent's height, a zero-length branch, so
     every Newick branch length is >= 0; its own decision stays in ``decision_sigma``.
     """
-    _, nodes = _split(decisions)
+    _, nodes = split_decisions(decisions)
     base = math.log10(_leaf_sigma(nodes, sigma_min))
     order = taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)
     height: dict[str, float] = {}
@@ -210,7 +210,7 @@ def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
     drawn at (``10 ** height`` of :func:`tree_heights`; below ``decision_sigma`` where the node
     decides before its parent). The graph also records ``leaf_sigma``.
     """
-    _, nodes = _split(decisions)
+    _, nodes = split_decisions(decisions)
     tax = taxonomy.copy()
     height = tree_heights(taxonomy, decisions, sigma_min)
     for n in tax.internal_nodes:

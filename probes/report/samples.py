@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from probes.report.rundir import _fmt, _write_csv
+from probes.report.rundir import format_float, write_csv
 
 MAX_PREVIEWS = 512
 STRIP_SIGMAS = 12  # predictions per strip
@@ -117,9 +117,9 @@ def write_sample_files(out: Path, batches: list[dict], parts, recipe) -> int:
                 _save_png(pictures[i], out / preview)
             rows.append([i, b["batch"], b.get("batch_seed", ""), j, condition,
                          leaves[int(top[i])] if top is not None else "",
-                         _fmt(top_prob[i]) if top_prob is not None else "", preview])
+                         format_float(top_prob[i]) if top_prob is not None else "", preview])
             i += 1
-    _write_csv(out / "samples.csv", ["index", "batch", "batch_seed", "index_in_batch", "condition", "classifier_leaf",
+    write_csv(out / "samples.csv", ["index", "batch", "batch_seed", "index_in_batch", "condition", "classifier_leaf",
                                      "classifier_prob", "preview"], rows)
     strip = batches[0].get("strip")
     if strip is not None:

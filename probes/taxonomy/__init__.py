@@ -3,7 +3,7 @@
 ``load_taxonomy(source)`` accepts
 
 * a YAML file (nested form or WordNet-backed form): ``"taxonomies/digits-shape.yaml"``;
-* the name of a taxonomy shipped in the repository's ``taxonomies/`` folder: ``"digits-shape"``;
+* the name of a taxonomy shipped in the package (``probes/taxonomies/``): ``"digits-shape"``;
 * a file written by :func:`write_taxonomy` (``.json``, ``.graphml``, ``.nwk``/``.newick``);
 * a WordNet spec: ``"wordnet:imagenet-1k"`` or ``"wordnet:dog.n.01,cat.n.01,n02958343"``;
 * a :class:`Taxonomy` (returned as is).
@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from probes.errors import ProbesError
+from probes.resources import TAXONOMIES, find_shipped, is_bare_name, shipped_names
 from probes.taxonomy.export import (
     from_newick,
     from_node_link,
@@ -25,7 +26,6 @@ from probes.taxonomy.export import (
 from probes.taxonomy.tree import Taxonomy, collapse_chains
 from probes.taxonomy.yaml_source import from_nested, load_yaml_taxonomy, parse_yaml_taxonomy
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "taxonomies"
 WORDNET_PREFIX = "wordnet:"
 
 __all__ = [
@@ -48,8 +48,8 @@ __all__ = [
 
 
 def shipped_taxonomies() -> list[str]:
-    """Names of the YAML taxonomies in the repository's ``taxonomies/`` folder."""
-    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")) if SHIPPED_DIR.is_dir() else []
+    """Names of the YAML taxonomies shipped in the package (``probes taxonomy show NAME``)."""
+    return shipped_names(TAXONOMIES)
 
 
 def load_taxonomy(source) -> Taxonomy:
@@ -64,9 +64,9 @@ def load_taxonomy(source) -> Taxonomy:
 
         return parse_wordnet_spec(text[len(WORDNET_PREFIX):])
     path = Path(text)
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-        shipped = SHIPPED_DIR / f"{text}.yaml"
-        if shipped.is_file():
+    if not path.exists() and is_bare_name(text):
+        shipped = find_shipped(TAXONOMIES, text)
+        if shipped is not None:
             path = shipped
         else:
             known = ", ".join(shipped_taxonomies()) or "none"

@@ -1,0 +1,7 @@
+"""``python -m probes`` is the ``probes`` command."""
+
+import sys
+
+from probes.cli import main
+
+sys.exit(main())
