@@ -72,7 +72,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     """``float16`` on a CPU runs at a small fraction of float32's speed (minutes per step for SD
     1.5): use float32 there, and say so in one line."""
     if dtype == "float16" and device.type == "cpu":
-        print("probes: model.dtype float16 on CPU is very slow; using float32 (float16 is for GPUs)", file=sys.stderr)
+        print("probes: note: model.dtype float16 on CPU is very slow; using float32 (float16 is for GPUs)", file=sys.stderr)
         return "float32"
     return dtype
 

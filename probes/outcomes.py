@@ -25,7 +25,8 @@ def outcomes_of_run(out: Path, recipe, parts, summary: dict) -> dict:
     batches = load_batches(out, n_batches)
     guided = sum(int(b.get("guided_calls", 0)) for b in batches)
     payload = {"calls": {
-        "sampling_denoiser": sum(int(b.get("sampling_denoiser_calls", 0)) for b in batches) + guided,
+        # sampling_denoiser_calls already charges guided steps their second evaluation
+        "sampling_denoiser": sum(int(b.get("sampling_denoiser_calls", 0)) for b in batches),
         "guided_denoiser": guided,
     }}
     quality = run_quality(batches, recipe, parts)

@@ -122,7 +122,6 @@ def test_conditioner_feeds_the_denoiser(name):
         source = tp.FAMILY_CASES[name].conditioner_taxonomy
         if source is None:
             pytest.skip("the tiny instance has no T5 encoder: prompts cannot be encoded offline")
-        source = str(ROOT / source)
     elif name in CONDITIONER_TAXONOMY:
         source = CONDITIONER_TAXONOMY[name]
     else:

@@ -31,7 +31,7 @@ def weighted_two_class_entropy(sigma, w=(0.2, 0.8), m=1.5, s0=0.5):
 
 def recipe(tmp_path, model_extra=None, **top):
     model = {"kind": "gmm", "std": 0.5, "means": {"minus": [-1.5], "plus": [1.5]}, **(model_extra or {})}
-    r = {"name": "prior", "seed": 1, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-class.yaml"),
+    r = {"name": "prior", "seed": 1, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-class.yaml"),
          "model": model, "classifier": {"kind": "exact"},
          "sampling": {"samples": 4096, "batch_size": 4096, "steps": 64, "sigma_max": 20.0, "sigma_min": 0.02,
                       "method": "ancestral", "condition": "leaf"},

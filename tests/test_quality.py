@@ -97,10 +97,10 @@ def test_guidance_outside_its_interval_costs_no_extra_call():
     x = torch.zeros(4, 2)
     cond = [1, 1, 1, 1]  # prompt-like list conditioning
     out_in = guided(x, 1.0, cond)
-    assert inner.evaluations == 8 and guided.guided_calls == 4
+    assert inner.evaluations == 8 and guided.extra_evaluations == 4
     assert torch.allclose(out_in, torch.full_like(x, 3.0))  # 0 + 3 (1 - 0)
     out_out = guided(x, 5.0, cond)
-    assert inner.evaluations == 12 and guided.guided_calls == 4
+    assert inner.evaluations == 12 and guided.extra_evaluations == 4
     assert torch.allclose(out_out, torch.ones_like(x))  # the conditional model alone
 
 

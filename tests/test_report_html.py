@@ -20,7 +20,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 def _recipe(tmp_path: Path, scale: float) -> Path:
     recipe = {
-        "name": f"gmm-report-w{scale:g}", "seed": 2, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
+        "name": f"gmm-report-w{scale:g}", "seed": 2, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 2, "std": 0.5,
                   "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
         "classifier": {"kind": "exact"},
@@ -98,7 +98,7 @@ def test_image_runs_keep_previews_and_x0_strips(tmp_path):
     from probes.report.samples import write_sample_files
     from probes.taxonomy import load_taxonomy
 
-    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     strip = {"sigmas": [10.0, 1.0, 0.1], "samples": [0, 2], "x0_hat": torch.rand(3, 2, 1, 8, 8) * 2 - 1}
     batch = {"batch": 0, "n": 4, "batch_seed": 99, "leaf": torch.tensor([0, 1, 2, 3]), "x0": x0, "strip": strip}
