@@ -29,9 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import probes  # noqa: E402,F401  (the torchvision fix before anything imports it)
 import torch  # noqa: E402
 
+import probes  # noqa: E402,F401  (the torchvision fix before anything imports it)
 from probes.components import build_components  # noqa: E402
 from probes.denoisers import GuidedDenoiser  # noqa: E402
 from probes.interval import derive_interval  # noqa: E402

@@ -61,7 +61,7 @@ def load_tree():
         from probes.taxonomy import load_taxonomy
 
         return load_taxonomy("wordnet:imagenet-1k"), "wordnet:imagenet-1k"
-    except Exception as exc:  # noqa: BLE001 - any failure means: fall back, and say why
+    except Exception as exc:
         return synthetic_tree(), f"synthetic 1000-leaf tree (wordnet:imagenet-1k unavailable: {exc})"
 
 

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-import probes  # noqa: F401
+import probes
 from probes._compat import patch_torchvision
 
 patch_torchvision()

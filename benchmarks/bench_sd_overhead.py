@@ -33,7 +33,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from probes._compat import patch_torchvision  # noqa: E402
+from probes._compat import patch_torchvision
 
 patch_torchvision()
 

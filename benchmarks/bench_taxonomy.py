@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.taxonomy import read_taxonomy, write_taxonomy  # noqa: E402
-from probes.taxonomy import wordnet as wordnet_module  # noqa: E402
-from probes.taxonomy.wordnet_data import ensure_wordnet  # noqa: E402
+from probes.taxonomy import read_taxonomy, write_taxonomy
+from probes.taxonomy import wordnet as wordnet_module
+from probes.taxonomy.wordnet_data import ensure_wordnet
 
 
 def timed(fn, repeats=1, setup=None):

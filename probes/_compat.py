@@ -48,7 +48,7 @@ def patch_torchvision() -> None:
             return
     except (OSError, RuntimeError):
         pass
-    library = torch.library.Library("torchvision", "DEF")  # noqa: F841 - kept alive below
+    library = torch.library.Library("torchvision", "DEF")
     library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _keep_alive.append(library)

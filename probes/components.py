@@ -5,12 +5,12 @@ Each model kind has one builder below; it is the only place that knows how that 
 
 from __future__ import annotations
 
-import re
-import sys
-from dataclasses import dataclass, field
 import math
 import re
-from typing import Any, Callable, Optional
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,8 +36,8 @@ class Components:
     taxonomy: Taxonomy
     denoiser: Denoiser
     generator: Denoiser
-    conditioner: Optional[Conditioner]
-    classifier: Optional[Classifier]
+    conditioner: Conditioner | None
+    classifier: Classifier | None
     prior: torch.Tensor
     shape: tuple[int, ...]
     sigma_max: float
@@ -46,8 +46,8 @@ class Components:
     # What classifier-free guidance calls (``None``: ``denoiser``). Stable Diffusion's negative
     # prompt lives here: it replaces the unconditional branch of guidance, not the plain model
     # that posteriors are read with.
-    guidance_base: Optional[Denoiser] = None
-    data: Optional[DataSampler] = None
+    guidance_base: Denoiser | None = None
+    data: DataSampler | None = None
     generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -169,7 +169,7 @@ def leaf_prompt(template: str, taxonomy: Taxonomy, leaf: str) -> str:
 
 
 def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor,
-                   prior: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+                   prior: torch.Tensor | None = None) -> torch.Tensor | None:
     """The known leaf of each generated sample (leaf-conditional sampling), else ``None``."""
     if recipe.sampling.condition == "leaf":
         return leaves_from_prior(idx, len(taxonomy.leaves) if prior is None else prior)

@@ -8,7 +8,8 @@ prompt, a mask of mixture components. A conditioner answers for a batch of node 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

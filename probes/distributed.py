@@ -13,9 +13,10 @@ through torchrun; its finished batches stay on disk and ``--resume`` redoes the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from probes.errors import ProbesError
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -58,8 +57,8 @@ def _guidance(state: dict) -> tuple[float, str]:
     return scale, sampling.get("condition", "none")
 
 
-def derive_interval(run, against=None, level: Optional[int] = None, node: Optional[str] = None,
-                    estimator: Optional[str] = None) -> dict:
+def derive_interval(run, against=None, level: int | None = None, node: str | None = None,
+                    estimator: str | None = None) -> dict:
     """``{"interval": (lo, hi), "rule": ..., "text": ...}``; every bad input is one ProbesError line."""
     run = Path(run)
     state, curves, decisions = _read_run(run)
@@ -75,7 +74,7 @@ def derive_interval(run, against=None, level: Optional[int] = None, node: Option
     return _from_windows(run, state, decisions, level, node, estimator)
 
 
-def _check_level(level: Optional[int], levels: list[str], run: Path) -> str:
+def _check_level(level: int | None, levels: list[str], run: Path) -> str:
     depth = max(int(v) for v in levels)
     if level is None:
         return str(depth)

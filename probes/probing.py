@@ -20,7 +20,8 @@ are left out: there the posterior is the prior, whatever the model.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +30,9 @@ from probes.adapters.schedulers import check_estimators, read_step
 from probes.errors import ProbesError
 from probes.estimators import ESTIMATORS, Estimator, ProbeContext, build_estimator
 from probes.sampling import Trajectory
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.result import ProbeResult
 
 
 class LatentClassifier(torch.nn.Module):
@@ -127,7 +131,7 @@ def _estimators(estimators) -> list[Estimator]:
 
 def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugin",), *,
           family: str | Family | None = None, conditioner=None, estimator_seed: int = 0, batch_size: int = 64,
-          **pipe_kwargs) -> "ProbeResult":
+          **pipe_kwargs) -> ProbeResult:
     """Run ``pipe(**pipe_kwargs)`` and estimate ``p(leaf | x_sigma)`` along its own trajectory.
 
     Args:

@@ -15,7 +15,6 @@ Both need only the final samples, which every model-sampled run keeps in its bat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -112,7 +111,7 @@ def load_image_folder(folder: str | Path, limit: int = 2048) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def reference_features(recipe, parts) -> Optional[torch.Tensor]:
+def reference_features(recipe, parts) -> torch.Tensor | None:
     """Features of the reference data for this run's model, or ``None`` when it has none."""
     reference = getattr(getattr(recipe, "quality", None), "reference", None)
     if reference is not None:
@@ -135,7 +134,7 @@ def reference_features(recipe, parts) -> Optional[torch.Tensor]:
 # --- a run's quality ----------------------------------------------------------------------------
 
 
-def measure_quality(x0: torch.Tensor, leaf: Optional[torch.Tensor], parts, reference: Optional[torch.Tensor]) -> dict:
+def measure_quality(x0: torch.Tensor, leaf: torch.Tensor | None, parts, reference: torch.Tensor | None) -> dict:
     """The ``quality`` block of run.json for final samples ``x0`` (``leaf``: conditioning leaves)."""
     out: dict = {"n_samples": int(x0.shape[0])}
     classifier = parts.classifier
@@ -152,7 +151,7 @@ def measure_quality(x0: torch.Tensor, leaf: Optional[torch.Tensor], parts, refer
     return out
 
 
-def run_quality(batches: list[dict], recipe, parts) -> Optional[dict]:
+def run_quality(batches: list[dict], recipe, parts) -> dict | None:
     """Quality of a finished run from its batches (``None`` when they hold no final samples)."""
     if not batches or any(b.get("x0") is None for b in batches):
         return None

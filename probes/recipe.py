@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +48,7 @@ class DigitsClassifierConfig(Strict):
     """The shipped digit classifier; ``temperature: calibrate`` fits it on the held-out digits."""
 
     kind: Literal["digits"]
-    path: Optional[str] = None
+    path: str | None = None
     temperature: Union[Literal["calibrate"], Annotated[float, Field(gt=0)]] = 1.0
 
 
@@ -57,9 +57,9 @@ class ClipClassifierConfig(Strict):
 
     kind: Literal["clip"]
     model: str = "ViT-B-32"
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     templates: Union[Literal["imagenet", "simple"], list[str]] = "simple"
-    temperature: Optional[float] = Field(None, gt=0)
+    temperature: float | None = Field(None, gt=0)
 
 
 class ImageNetClassifierConfig(Strict):
@@ -84,7 +84,7 @@ class Guidance(Strict):
     """Classifier-free guidance ``D_u + scale (D_c - D_u)``, only for sigma in ``interval`` if set."""
 
     scale: float = 1.0
-    interval: Optional[tuple[float, float]] = None
+    interval: tuple[float, float] | None = None
 
     @field_validator("interval")
     @classmethod
@@ -114,8 +114,8 @@ class Sampling(Strict):
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     steps: int = Field(64, ge=2, le=MAX_STEPS)
     grid: Union[Literal["geometric", "karras", "log_snr"], GridFromRun] = "geometric"
-    sigma_max: Optional[float] = Field(None, gt=0)
-    sigma_min: Optional[float] = Field(None, gt=0)
+    sigma_max: float | None = Field(None, gt=0)
+    sigma_min: float | None = Field(None, gt=0)
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]
     source: Literal["model", "data"] = "model"
     condition: Union[Literal["none", "leaf"], list[str]] = "none"
@@ -141,14 +141,14 @@ class EstimatorSpec(BaseModel):
 
 class Analysis(Strict):
     n_boot: int = Field(200, ge=0)
-    primary: Optional[str] = Field(None, description="estimator whose decisions label tree.json")
+    primary: str | None = Field(None, description="estimator whose decisions label tree.json")
 
 
 class Quality(Strict):
     """Sample quality: ``reference`` is a folder of images to measure the Frechet distance against
     (models without built-in reference data: Stable Diffusion, EDM2)."""
 
-    reference: Optional[str] = None
+    reference: str | None = None
 
 
 class Recipe(Strict):
@@ -160,7 +160,7 @@ class Recipe(Strict):
     taxonomy: str
     prior: Union[Literal["uniform"], dict[str, float], None] = None
     model: ModelConfig
-    classifier: Optional[ClassifierConfig] = None
+    classifier: ClassifierConfig | None = None
     sampling: Sampling = Sampling()
     estimators: list[EstimatorSpec] = Field(default_factory=lambda: [EstimatorSpec(name="plugin")], min_length=1)
     analysis: Analysis = Analysis()
@@ -191,7 +191,7 @@ class Recipe(Strict):
         return self.analysis.primary or self.estimators[0].name
 
     # Set by load_recipe: the recipe file, and the folder relative paths are resolved against.
-    _source: Optional[Path] = None
+    _source: Path | None = None
     _base_dir: Path = Path(".")
 
     def resolve_path(self, value: str) -> str:
@@ -332,7 +332,7 @@ def _kinds(loc) -> str:
     return ", ".join(map(repr, kinds)) or "a kind"
 
 
-def _closest_field(_title: str, loc: list[str]) -> Optional[str]:
+def _closest_field(_title: str, loc: list[str]) -> str | None:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()

@@ -116,7 +116,7 @@ class ProbeResult:
         both = decide(self.entropy(estimator), n_boot=n_boot, seed=seed, axis=axis)
         return both if kind == "both" else both[kind]
 
-    def compare(self, other: "ProbeResult", estimator: str | None = None) -> dict:
+    def compare(self, other: ProbeResult, estimator: str | None = None) -> dict:
         """Where in sigma ``other`` knows more than ``self``: per level, ``dI = I_other - I_self``
         of the mutual information ``I_l = H(cell_l) - H_l(sigma)``, its peak and half-peak band.
         The two results must share the taxonomy's levels and the sigma grid."""

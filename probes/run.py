@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -73,7 +72,7 @@ def _cmd_run(args) -> int:
 # --- the run directory's life cycle -----------------------------------------------------------
 
 
-def check_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
     """What ``out`` holds, checked against the flags before anything is built or deleted.
 
     Returns the marker of the run being resumed (``None`` otherwise).
@@ -205,7 +204,7 @@ def _check_memory(recipe: Recipe, parts: Components) -> None:
 
 
 def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = False, overwrite: bool = False,
-               progress: bool = True, stop_after_batches: Optional[int] = None) -> dict:
+               progress: bool = True, stop_after_batches: int | None = None) -> dict:
     """Run a recipe into ``out``; returns the summary payload (also written as run.json).
 
     ``stop_after_batches`` ends the sampling early after that many *new* batches, leaving an
@@ -350,9 +349,8 @@ def _theory_text(payload: dict, parts: Components, primary: str) -> str:
 
 def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: int, idx: torch.Tensor, bar) -> dict:
     """Draw one batch of trajectories and run every estimator on it."""
-    from probes.sampling import forward_path, sample
-
     from probes.report.samples import keep_samples
+    from probes.sampling import forward_path, sample
 
     s = recipe.sampling
     g = torch.Generator().manual_seed(_seed(recipe.seed, b, 0))

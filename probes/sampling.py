@@ -17,8 +17,9 @@ Methods (``i -> i+1`` is one step from ``s = sigma_i`` to ``t = sigma_{i+1}``, `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

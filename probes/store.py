@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -105,7 +105,7 @@ def combined(parts: dict[str, str]) -> str:
 # --- the marker -------------------------------------------------------------------------------
 
 
-def read_marker(out: Path) -> Optional[dict]:
+def read_marker(out: Path) -> dict | None:
     """The marker's content, ``None`` if absent; a marker that cannot be parsed is ``{}``."""
     path = Path(out) / MARKER
     if not path.exists():
@@ -168,7 +168,7 @@ class BatchHeader:
 
     fingerprint: str
     batch: int
-    n: Optional[int] = None
+    n: int | None = None
 
 
 def _flatten(record: dict, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -123,7 +123,7 @@ def _check_expanded_size(root: yaml.Node) -> None:
 def load_yaml(text: str, source: str, loader: type[yaml.SafeLoader] = StrictLoader) -> Any:
     """Parse YAML text; every problem is one ``ProbesError`` line ``source:LINE: what``."""
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 (loader is a SafeLoader subclass)
+        return yaml.load(text, Loader=loader)
     except YamlProblem as exc:
         where = f"{source}:{exc.line}" if exc.line else source
         raise ProbesError(f"{where}: {exc.message}") from None

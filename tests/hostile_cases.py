@@ -23,9 +23,9 @@ import shutil
 import signal
 import stat
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 TAXONOMY = "tree:\n  left: [a, b]\n  right: [c, d]\n"
@@ -51,9 +51,9 @@ class Case:
     family: str
     argv: Callable[[Path], list[str]]  # builds files under the folder, returns the CLI arguments
     expect: str = "clear"  # or "ok"
-    check: Optional[Callable[[Path], bool]] = None  # True when nothing was lost and no code ran
+    check: Callable[[Path], bool] | None = None  # True when nothing was lost and no code ran
     timeout: int = 60
-    needle: Optional[str] = None  # a word the one-line error must contain (names the file/field/flag)
+    needle: str | None = None  # a word the one-line error must contain (names the file/field/flag)
     tags: tuple = field(default_factory=tuple)
 
 
@@ -419,7 +419,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
             signal.alarm(0)
     except (_Hang, MemoryError):  # ran without end, or until memory ran out
         return "hang", err.getvalue()
-    except Exception as exc:  # noqa: BLE001 (classifying is the point)
+    except Exception as exc:
         return "traceback", f"{type(exc).__name__}: {exc}"
     finally:
         signal.signal(signal.SIGALRM, old)
@@ -433,7 +433,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
         return ("ok" if case.expect == "ok" else "silent"), text
     if "internal error" in text:
         return "traceback", text
-    if code == 2 and (len(lines) == 1 and lines[0].startswith("probes: error:") or _argparse_error(lines)):
+    if code == 2 and ((len(lines) == 1 and lines[0].startswith("probes: error:")) or _argparse_error(lines)):
         if case.needle and case.needle.lower() not in text.lower():
             return "vague", text
         return "clear", text

@@ -18,9 +18,9 @@ it holds to 2e-3 of the scale.
 import math
 
 import pytest
+import tiny_pipelines as tp
 import torch
 
-import tiny_pipelines as tp
 from probes.adapters import FAMILIES, family_of
 from probes.adapters.base import flow_t
 from probes.adapters.schedulers import read_step, scheduler_kind
@@ -36,7 +36,7 @@ def _record(pipe, call):
     original, seen = pipe.scheduler.step, []
 
     def step(model_output, timestep, sample, *args, **kwargs):
-        rows = lambda t: family.step_rows(t, call)  # noqa: E731
+        rows = lambda t: family.step_rows(t, call)
         native_index = getattr(pipe.scheduler, "step_index", None)
         sigma, x, x0 = read_step(pipe.scheduler, kind, rows(model_output), timestep, rows(sample))
         reference = None

@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from probes.classifiers import clip as clip_mod
-from probes.classifiers.clip import (ClipZeroShotClassifier, leaf_texts, node_names, register_tiny_clip,
-                                     resolve_templates)
+from probes.classifiers.clip import (
+    ClipZeroShotClassifier,
+    leaf_texts,
+    node_names,
+    register_tiny_clip,
+    resolve_templates,
+)
 from probes.errors import ProbesError
 from probes.taxonomy import Taxonomy
 

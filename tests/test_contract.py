@@ -17,14 +17,13 @@ Estimator contract: on a Gaussian mixture, output on a sub-grid of the trajector
   reproducible with the same seed, costs counted.
 """
 
+import dataclasses
 from pathlib import Path
 
-import dataclasses
-
 import pytest
+import tiny_pipelines as tp
 import torch
 
-import tiny_pipelines as tp
 from probes.adapters import FAMILIES
 from probes.estimators import ESTIMATORS, ProbeContext, build_estimator
 from probes.models.gmm import GaussianMixture

@@ -80,7 +80,7 @@ def test_pure_entropic_time_spaces_the_entropy_evenly():
     # steps cut H into equal parts, so H at the steps is an arithmetic progression.
     sig = torch.logspace(math.log10(40), math.log10(0.05), 600, dtype=torch.float64)
     u0, w = math.log(2.0), 0.5
-    H = lambda s: math.log(2) * torch.sigmoid((torch.log(s) - u0) / w)  # noqa: E731
+    H = lambda s: math.log(2) * torch.sigmoid((torch.log(s) - u0) / w)
     grid = entropic_grid(sig, H(sig), 40.0, 0.05, 9, uniform_share=0.0)
     h = H(grid)
     expected = torch.linspace(float(H(torch.tensor(40.0, dtype=torch.float64))),

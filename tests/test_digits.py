@@ -10,11 +10,21 @@ import torch
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError, UnsupportedCondition
-from probes.models import digits
 from probes.models import train_digits as train_module
 from probes.models.digits import (
-    CLASSIFIER_FILES, DEFAULT_DIR, UNET_FILES, DigitClassifier, digits_conditioner, load_digits_classifier,
-    load_digits_denoiser, load_digits_split, read_checksums, sample_digits, sha256_file, verify_checksums)
+    CLASSIFIER_FILES,
+    DEFAULT_DIR,
+    UNET_FILES,
+    DigitClassifier,
+    digits_conditioner,
+    load_digits_classifier,
+    load_digits_denoiser,
+    load_digits_split,
+    read_checksums,
+    sample_digits,
+    sha256_file,
+    verify_checksums,
+)
 
 # Measured on the shipped weights (probes/data/digits/metrics.json) minus a margin.
 MAX_X0_MSE_SIGMA_005 = 0.005      # measured 0.0013 (conditional), 0.0012 (unconditional)

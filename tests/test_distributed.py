@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hostile_cases import RECIPE, edit, recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_entropy_trees import make_taxonomy
 
 from probes.entropy import EntropyCurves, tree_entropy
 from probes.errors import ProbesError
-
-from test_entropy_trees import make_taxonomy
 
 FOUR = {"A": ["a1", "a2"], "B": ["b1", "b2"]}
 UNEVEN = {"x": None, "P": {"p1": None, "R": ["r1", "r2", "r3"]}, "Q": ["q1", "q2"], "y": None}

@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_pipelines as tp
 import yaml
 
-import tiny_pipelines as tp
-from probes.resources import find_shipped
 from probes.adapters import FAMILIES, recipe_kinds
 from probes.cli import main
 from probes.recipe import load_recipe
+from probes.resources import find_shipped
 from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

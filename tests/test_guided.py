@@ -131,8 +131,9 @@ def test_guided_needs_labels_and_ancestral_paths(guided_run):
 
 
 def _recipe(tmp_path, **sampling):
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     root = Path(__file__).resolve().parents[1]
     r = {"name": "guided", "seed": 0, "taxonomy": str(root / "probes" / "taxonomies" / "gmm-two-class.yaml"),

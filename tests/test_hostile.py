@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile_cases import CASES, RECIPE, edit, recipe, run_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hostile_cases import CASES, RECIPE, edit, recipe, run_case
 from probes.errors import ProbesError
 
 REPO = Path(__file__).resolve().parents[1]

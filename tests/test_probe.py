@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
+import tiny_pipelines as tp
 import torch
 
 import probes
-import tiny_pipelines as tp
 from probes.adapters.base import sigma_of_flow_t
 from probes.errors import ProbesError
 from probes.taxonomy import load_taxonomy

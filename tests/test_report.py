@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from test_entropy_trees import make_taxonomy
 
 from probes import noise
 from probes.entropy import decide, tree_entropy
@@ -20,8 +21,6 @@ from probes.report import (
     write_tree,
 )
 from probes.report.rundir import CURVES_COLUMNS, DECISIONS_COLUMNS
-
-from test_entropy_trees import make_taxonomy
 
 SPEC = {
     "animal": {"dog": ["terrier", "poodle"], "cat": ["tabby", "siamese"]},
@@ -144,7 +143,7 @@ def test_run_json_and_atomic_write(tmp_path):
     data = json.loads(path.read_text())
     assert data["value"] is None and data["arr"] == [0, 1, 2] and data["t"] == [1.5]
     v = data["versions"]
-    assert v["model"] == "v1" and v["torch"] == torch.__version__.split("+")[0] or v["torch"]
+    assert (v["model"] == "v1" and v["torch"] == torch.__version__.split("+")[0]) or v["torch"]
     assert {"probes", "torch", "numpy", "python", "diffusers", "open_clip", "timm"} <= set(v)
     assert "versions" in payload and "model" in payload["versions"]  # caller's dict untouched
     atomic_write_text(tmp_path / "a.txt", "hello")

@@ -11,8 +11,14 @@ import torch
 from probes.classifiers.base import Classifier
 from probes.denoisers import GuidedDenoiser
 from probes.errors import ProbesError
-from probes.models.stable_diffusion import (DecodedClassifier, LatentDecoder, StableDiffusionDenoiser, load_pipeline,
-                                            node_prompts, prompt_conditioner)
+from probes.models.stable_diffusion import (
+    DecodedClassifier,
+    LatentDecoder,
+    StableDiffusionDenoiser,
+    load_pipeline,
+    node_prompts,
+    prompt_conditioner,
+)
 from probes.models.tiny_sd import build_clip_tokenizer, build_tiny_pipeline, save_tiny_pipeline
 
 

@@ -74,7 +74,7 @@ def test_level_cut_and_partition(tax):
     assert tax.level_cut(3) == {leaf: leaf for leaf in tax.leaves}  # shallower leaves map to themselves
     assert list(tax.level_cut(1)) == tax.leaves
     assert tax.level_nodes(2) == ["dog", "cat", "car", "truck", "bicycle"]
-    assert tax.level_cut(0) == {leaf: "root" for leaf in tax.leaves}
+    assert tax.level_cut(0) == dict.fromkeys(tax.leaves, "root")
     for bad in (-1, 4):
         with pytest.raises(ProbesError, match="level"):
             tax.level_cut(bad)

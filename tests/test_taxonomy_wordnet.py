@@ -6,8 +6,7 @@ import textwrap
 import pytest
 
 from probes.errors import ProbesError
-from probes.taxonomy import load_taxonomy
-from probes.taxonomy import wordnet_data
+from probes.taxonomy import load_taxonomy, wordnet_data
 from probes.taxonomy.wordnet import (
     imagenet_taxonomy,
     imagenet_wnids,

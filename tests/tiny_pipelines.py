@@ -8,13 +8,14 @@ built in code start in training mode; DiT's label dropout would make them nondet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from probes._compat import patch_torchvision
-from probes.models.tiny_sd import SD_SCHEDULE, _VOCAB_SIZE, build_clip_tokenizer, build_tiny_pipeline
+from probes.models.tiny_sd import _VOCAB_SIZE, SD_SCHEDULE, build_clip_tokenizer, build_tiny_pipeline
 
 patch_torchvision()
 

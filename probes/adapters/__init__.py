@@ -7,7 +7,7 @@ subclass and add one line to :data:`FAMILIES`. The probing of pipelines
 
 from __future__ import annotations
 
-from probes.adapters.base import Family, FlowDenoiser, SigmaDenoiser, DiscreteScheduleDenoiser
+from probes.adapters.base import DiscreteScheduleDenoiser, Family, FlowDenoiser, SigmaDenoiser
 from probes.adapters.digits import Digits
 from probes.adapters.dit import DiT
 from probes.adapters.edm2 import EDM2
@@ -71,6 +71,15 @@ def families_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["FAMILIES", "Family", "family_of", "family_of_kind", "recipe_kinds", "recipe_models", "families_table",
-           "FlowDenoiser", "SigmaDenoiser",
-           "DiscreteScheduleDenoiser"]
+__all__ = [
+    "FAMILIES",
+    "DiscreteScheduleDenoiser",
+    "Family",
+    "FlowDenoiser",
+    "SigmaDenoiser",
+    "families_table",
+    "family_of",
+    "family_of_kind",
+    "recipe_kinds",
+    "recipe_models",
+]

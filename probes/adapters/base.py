@@ -21,7 +21,8 @@ classes, its denoiser, its latent decoder and its conditioner.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Literal, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -31,8 +32,17 @@ from probes.denoisers.discrete import PREDICTION_TYPES, DiscreteScheduleDenoiser
 from probes.errors import ProbesError
 from probes.schema import Strict
 
-__all__ = ["PREDICTION_TYPES", "DiscreteScheduleDenoiser", "SigmaDenoiser", "FlowDenoiser", "Family",
-           "flow_t", "x0_from_output", "to_sigma_axis", "sigma_of_flow_t"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiscreteScheduleDenoiser",
+    "Family",
+    "FlowDenoiser",
+    "SigmaDenoiser",
+    "flow_t",
+    "sigma_of_flow_t",
+    "to_sigma_axis",
+    "x0_from_output",
+]
 
 STATE_LAYOUTS = ("vp", "ve", "flow")
 
@@ -207,11 +217,11 @@ class PipelineModel(Strict):
 
     model: str
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
+    decode_size: int | None = Field(None, gt=0, description="latent side length before decoding")
 
 
 class TextPipelineModel(PipelineModel):
-    negative_prompt: Optional[str] = None
+    negative_prompt: str | None = None
 
 
 def build_pipeline_parts(family: Family, recipe, taxonomy, device):

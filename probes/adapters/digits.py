@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
-from pydantic import Field
+from typing import Literal
 
 from probes.adapters.base import Family
 from probes.schema import Strict
@@ -14,7 +12,7 @@ class DigitsModel(Strict):
     """The embedded class-conditional UNet on 8x8 digits (``path`` defaults to the shipped one)."""
 
     kind: Literal["digits"]
-    path: Optional[str] = None
+    path: str | None = None
 
 
 class Digits(Family):

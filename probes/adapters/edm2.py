@@ -7,7 +7,7 @@ lives in :mod:`probes.models.edm2`.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,10 +20,10 @@ class EDM2Model(Strict):
 
     kind: Literal["edm2"]
     path: str
-    uncond_path: Optional[str] = Field(None, description="unconditional network: plain reads and guidance")
+    uncond_path: str | None = Field(None, description="unconditional network: plain reads and guidance")
     key: str = "ema"
-    vae: Optional[str] = Field(None, description="diffusers VAE (hub id or folder) instead of the pickle's encoder")
-    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
+    vae: str | None = Field(None, description="diffusers VAE (hub id or folder) instead of the pickle's encoder")
+    decode_size: int | None = Field(None, gt=0, description="latent side length before decoding")
 
 
 class EDM2(Family):

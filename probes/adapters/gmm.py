@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -23,11 +23,11 @@ class GMMModel(Strict):
     """A Gaussian mixture over the taxonomy's leaves (exact posteriors and denoisers)."""
 
     kind: Literal["gmm"]
-    dim: Optional[int] = Field(None, gt=0)
+    dim: int | None = Field(None, gt=0)
     std: float = Field(1.0, gt=0)
-    weights: Optional[dict[str, float]] = None
-    means: Optional[dict[str, list[float]]] = None
-    hierarchy: Optional[GMMHierarchy] = None
+    weights: dict[str, float] | None = None
+    means: dict[str, list[float]] | None = None
+    hierarchy: GMMHierarchy | None = None
 
     @model_validator(mode="after")
     def _one_source_of_means(self):

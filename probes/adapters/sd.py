@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
@@ -16,8 +16,8 @@ class StableDiffusionModel(Strict):
     kind: Literal["stable-diffusion"]
     model: str
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    negative_prompt: Optional[str] = None
-    decode_size: Optional[int] = Field(None, gt=0, description="latent side length before decoding")
+    negative_prompt: str | None = None
+    decode_size: int | None = Field(None, gt=0, description="latent side length before decoding")
 
 
 class TinyStableDiffusionModel(Strict):
@@ -27,8 +27,8 @@ class TinyStableDiffusionModel(Strict):
     seed: int = 0
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     sample_size: int = 16
-    negative_prompt: Optional[str] = None
-    decode_size: Optional[int] = Field(None, gt=0)
+    negative_prompt: str | None = None
+    decode_size: int | None = Field(None, gt=0)
 
 
 class StableDiffusion(Family):

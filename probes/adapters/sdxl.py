@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-
 from probes.adapters.base import DiscreteScheduleDenoiser, Family, TextPipelineModel
 from probes.adapters.text import TextDenoiser
 

@@ -8,7 +8,8 @@ are encoded once with the pipeline's own ``encode_prompt`` and cached.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

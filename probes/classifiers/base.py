@@ -9,7 +9,7 @@ belonging to the taxonomy. A temperature divides the native logits before the so
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -285,7 +286,7 @@ class ClipZeroShotClassifier(Classifier):
     def create(cls, taxonomy, model_name: str, pretrained: str | None = None,
                templates: str | Sequence[Template] | None = None, temperature: float | None = None,
                device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = "default",
-               precision: str = "fp32") -> "ClipZeroShotClassifier":
+               precision: str = "fp32") -> ClipZeroShotClassifier:
         """Build from an open_clip architecture name and weights.
 
         Args:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,7 @@ class ImageNetClassifier(Classifier):
     @classmethod
     def create(cls, taxonomy, name: str = "efficientnet_lite0", source: str = "efficientnet_lite0",
                pretrained: bool | str = True, temperature: float = 1.0, device: str | torch.device = "cpu",
-               wordnet=None) -> "ImageNetClassifier":
+               wordnet=None) -> ImageNetClassifier:
         """Build a classifier by model name and source.
 
         Args:

@@ -3,4 +3,4 @@
 from probes.denoisers.base import Denoiser, GuidedDenoiser, batch_sigma
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 
-__all__ = ["Denoiser", "GuidedDenoiser", "DiscreteScheduleDenoiser", "batch_sigma"]
+__all__ = ["Denoiser", "DiscreteScheduleDenoiser", "GuidedDenoiser", "batch_sigma"]

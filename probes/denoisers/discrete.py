@@ -9,7 +9,8 @@ log sigma, as k-diffusion's ``DiscreteSchedule`` does; diffusers UNets accept fl
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -3,4 +3,4 @@
 from .decisions import AXES, Decision, decide, decide_axes, rates
 from .engine import EntropyCurves, tree_entropy
 
-__all__ = ["AXES", "Decision", "decide_axes", "EntropyCurves", "decide", "rates", "tree_entropy"]
+__all__ = ["AXES", "Decision", "EntropyCurves", "decide", "decide_axes", "rates", "tree_entropy"]

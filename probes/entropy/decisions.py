@@ -219,7 +219,7 @@ def _decide_family(
     axis: str = "log_sigma",
 ) -> dict:
     """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate)."""
-    to_sigma = lambda v: float(sigma_of_coordinate(axis, v))  # noqa: E731
+    to_sigma = lambda v: float(sigma_of_coordinate(axis, v))
     N, S, K = per_sample.shape
     finite = np.isfinite(per_sample)
     filled = np.where(finite, per_sample, 0.0)
@@ -264,7 +264,7 @@ def _decide_family(
             if boot is not None:
                 vals = bxp[:, g]
                 vals = vals[np.isfinite(vals)]
-                n_valid = int(len(vals))
+                n_valid = len(vals)
                 if n_valid >= 2:
                     q = 100 * (1 - ci) / 2
                     a, b = np.percentile(vals, [q, 100 - q])

@@ -27,8 +27,8 @@ pooled mean posterior is an estimate of the class distribution the samples were 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ class EntropyCurves:
     prior_nodes: np.ndarray | None = None
     prior: np.ndarray | None = None
     prior_weight: float = 0.0
-    _index: "TreeIndex | None" = field(default=None, repr=False, compare=False)
+    _index: TreeIndex | None = field(default=None, repr=False, compare=False)
     bounds: dict | None = None
 
     def __post_init__(self):
@@ -165,7 +165,7 @@ class EntropyCurves:
         return _nan_mean(self.bounds["nodes_lo"]), _nan_mean(self.bounds["nodes_hi"])
 
     @classmethod
-    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None) -> "EntropyCurves":
+    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None) -> EntropyCurves:
         """Curves from per-sample level entropies ``[N, S, D]`` and node contributions
         ``[N, S, K]`` computed elsewhere (e.g. by the I-MMSE estimator; NaN where unresolved).
 
@@ -234,7 +234,7 @@ class EntropyCurves:
 
     # -- reshaping -----------------------------------------------------------------------------
 
-    def subset_sigmas(self, idx) -> "EntropyCurves":
+    def subset_sigmas(self, idx) -> EntropyCurves:
         """Curves on a subset (or reordering) of the sigma grid; the prior is kept as is."""
         idx = np.asarray(idx)
         if idx.dtype == bool:
@@ -254,7 +254,7 @@ class EntropyCurves:
         )
 
     @staticmethod
-    def concat(parts: Sequence["EntropyCurves"]) -> "EntropyCurves":
+    def concat(parts: Sequence[EntropyCurves]) -> EntropyCurves:
         """Join batches along the sample axis.
 
         All parts must share the sigma grid, levels and nodes. If their priors differ (each batch's
@@ -397,7 +397,7 @@ def tree_entropy(
     if len(sig) != S:
         raise ProbesError(f"tree_entropy: {len(sig)} sigmas for log_probs with {S} sigma columns")
     index = TreeIndex(taxonomy)
-    if L != index.n_leaves:
+    if index.n_leaves != L:
         raise ProbesError(
             f"tree_entropy: log_probs has {L} leaf columns but the taxonomy has {index.n_leaves} leaves"
         )

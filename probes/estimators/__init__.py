@@ -77,6 +77,16 @@ def _type_name(hint) -> str:
         hint, str(hint).replace("typing.", "").replace("NoneType", "null"))
 
 
-__all__ = ["ESTIMATORS", "build_estimator", "Estimator", "EstimatorOutput", "ProbeContext",
-           "ExactEstimator", "PluginEstimator", "RolloutEstimator", "BayesEstimator", "IMMSEEstimator",
-           "GuidedEstimator"]
+__all__ = [
+    "ESTIMATORS",
+    "BayesEstimator",
+    "Estimator",
+    "EstimatorOutput",
+    "ExactEstimator",
+    "GuidedEstimator",
+    "IMMSEEstimator",
+    "PluginEstimator",
+    "ProbeContext",
+    "RolloutEstimator",
+    "build_estimator",
+]

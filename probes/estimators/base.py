@@ -9,8 +9,9 @@ or classifier call on a batch of B inputs counts B.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -277,7 +278,7 @@ class EDM2LatentDecoder(torch.nn.Module):
     @classmethod
     def from_vae(cls, vae, raw_mean: Sequence[float] = RAW_MEAN, raw_std: Sequence[float] = RAW_STD,
                  final_mean: float = FINAL_MEAN, final_std: float = FINAL_STD,
-                 decode_size: int | None = None) -> "EDM2LatentDecoder":
+                 decode_size: int | None = None) -> EDM2LatentDecoder:
         """Decode with ``vae`` (``stabilityai/sd-vae-ft-mse`` for the released models) and the
         per-channel normalisation ``final = (raw - raw_mean) / raw_std * final_std + final_mean``."""
         scale, bias = latent_normalisation(raw_mean, raw_std, final_mean, final_std)

@@ -13,7 +13,7 @@ All arithmetic is float64. Methods accept tensors of any float dtype and return 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -70,13 +70,13 @@ class GaussianMixture:
     # ---- constructors -------------------------------------------------------------------------
 
     @classmethod
-    def from_means(cls, leaves: Sequence[str], means, std: float, weights=None) -> "GaussianMixture":
+    def from_means(cls, leaves: Sequence[str], means, std: float, weights=None) -> GaussianMixture:
         """A mixture from explicit leaf names and means."""
         return cls(means, std, weights=weights, leaves=leaves)
 
     @classmethod
     def two_class(cls, dim: int, mean_norm_sq_per_dim: float = 1.0, std: float = 1.0,
-                  axis_aligned: bool = True, seed: int = 0) -> "GaussianMixture":
+                  axis_aligned: bool = True, seed: int = 0) -> GaussianMixture:
         """Two equiprobable classes at ``+-m`` with ``|m|^2 = dim * mean_norm_sq_per_dim``.
 
         ``m`` lies along ``e1``, or along a fixed random direction (``axis_aligned=False``, ``seed``).
@@ -95,7 +95,7 @@ class GaussianMixture:
     @classmethod
     def hierarchical(cls, taxonomy, dim: int, separations: Sequence[float], std: float = 1.0,
                      seed: int = 0, axis_aligned: bool = False,
-                     share_level_axes: bool = False) -> "GaussianMixture":
+                     share_level_axes: bool = False) -> GaussianMixture:
         """Means laid out along a taxonomy: children sit around their parent's mean.
 
         A node's ``K`` children are the vertices of a regular simplex centred on the parent, at
@@ -305,13 +305,13 @@ class GaussianMixture:
 
     # ---- toolkit adapters ---------------------------------------------------------------------
 
-    def denoiser(self) -> "GaussianMixtureDenoiser":
+    def denoiser(self) -> GaussianMixtureDenoiser:
         return GaussianMixtureDenoiser(self)
 
-    def classifier(self) -> "GaussianMixtureClassifier":
+    def classifier(self) -> GaussianMixtureClassifier:
         return GaussianMixtureClassifier(self)
 
-    def conditioner(self, taxonomy) -> "GaussianMixtureConditioner":
+    def conditioner(self, taxonomy) -> GaussianMixtureConditioner:
         return GaussianMixtureConditioner(self, taxonomy)
 
     def __repr__(self) -> str:

@@ -24,8 +24,9 @@ Typical use (the run builds the same objects from a recipe's ``model``/``classif
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ def load_pipeline(model: str, dtype: str = "float32", device: str | torch.device
         with quiet_loading_bars():
             pipe = getattr(diffusers, pipeline).from_pretrained(source, dtype=DTYPES[dtype],
                                                                 local_files_only=offline, **extra)
-    except (OSError, ValueError, EnvironmentError) as err:  # hub errors are OSError subclasses
+    except (OSError, ValueError) as err:  # hub errors are OSError subclasses
         raise ProbesError(f"model {model!r} could not be loaded ({quote_library_error(err)}); "
                           + _HINT.format(folder=folder, id=model)) from None
     pipe = pipe.to(resolve_device(device))

@@ -29,8 +29,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from probes.models.digits import (
-    CHECKSUM_FILE, NULL_CLASS, NUM_DIGITS, DigitClassifier, load_digits_classifier, load_digits_denoiser,
-    load_digits_split, sample_digits, write_checksums)
+    CHECKSUM_FILE,
+    NULL_CLASS,
+    NUM_DIGITS,
+    DigitClassifier,
+    load_digits_classifier,
+    load_digits_denoiser,
+    load_digits_split,
+    sample_digits,
+    write_checksums,
+)
 
 DEFAULTS = {
     "diffusion_steps": 6000,

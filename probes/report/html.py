@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from probes.report.layout import CHAR_PX, place_labels
+from probes.report.layout import place_labels
 from probes.report.rundir import atomic_write_text
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

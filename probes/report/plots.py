@@ -11,19 +11,19 @@ the order in which sampling visits them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from probes.fileio import atomic_path  # noqa: E402
-from probes.entropy.decisions import rates  # noqa: E402
-from probes.entropy.engine import EntropyCurves  # noqa: E402
-from probes.report.rundir import split_decisions, tree_heights  # noqa: E402
+from probes.entropy.decisions import rates
+from probes.entropy.engine import EntropyCurves
+from probes.fileio import atomic_path
+from probes.report.rundir import split_decisions, tree_heights
 
 DPI = 150
 SIGMA_LABEL = r"noise level $\sigma$ (log scale; sampling runs left to right)"

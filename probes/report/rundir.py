@@ -16,16 +16,16 @@ import json
 import math
 import os
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from probes import noise
 from probes.entropy.decisions import AXES, Decision
-from probes.fileio import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: re-exported)
 from probes.entropy.engine import EntropyCurves
+from probes.fileio import atomic_path, atomic_write_text
 
 CURVES_COLUMNS = [
     "estimator", "sigma", "vp_time", "log_snr", "kind", "name",

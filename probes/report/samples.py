@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ def keep_samples(record: dict, traj, idx: torch.Tensor, cond, b: int, guided_cal
         }
 
 
-def _strip_samples(leaf: Optional[torch.Tensor], n: int) -> list[int]:
+def _strip_samples(leaf: torch.Tensor | None, n: int) -> list[int]:
     """A few samples per conditioning leaf (or the first few when the leaf is unknown)."""
     if leaf is None:
         return list(range(min(n, MAX_STRIPS // 3)))
@@ -65,7 +64,7 @@ def _strip_samples(leaf: Optional[torch.Tensor], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def to_pictures(parts, x: torch.Tensor) -> Optional[np.ndarray]:
+def to_pictures(parts, x: torch.Tensor) -> np.ndarray | None:
     """Samples as ``uint8 [N, H, W, 3]`` pictures, or ``None`` for data that is not an image."""
     if x.ndim != 4:
         return None

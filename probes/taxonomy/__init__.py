@@ -30,20 +30,20 @@ WORDNET_PREFIX = "wordnet:"
 
 __all__ = [
     "Taxonomy",
-    "load_taxonomy",
-    "shipped_taxonomies",
-    "from_nested",
-    "parse_yaml_taxonomy",
-    "load_yaml_taxonomy",
-    "wordnet_taxonomy",
-    "imagenet_taxonomy",
-    "to_node_link",
-    "from_node_link",
-    "to_newick",
-    "from_newick",
-    "write_taxonomy",
-    "read_taxonomy",
     "collapse_chains",
+    "from_nested",
+    "from_newick",
+    "from_node_link",
+    "imagenet_taxonomy",
+    "load_taxonomy",
+    "load_yaml_taxonomy",
+    "parse_yaml_taxonomy",
+    "read_taxonomy",
+    "shipped_taxonomies",
+    "to_newick",
+    "to_node_link",
+    "wordnet_taxonomy",
+    "write_taxonomy",
 ]
 
 

@@ -225,7 +225,7 @@ class Taxonomy:
         return {c: self.leaves_under(c) for c in self._children[n]}
 
     # -- derived trees ----------------------------------------------------------------------
-    def restrict(self, leaves) -> "Taxonomy":
+    def restrict(self, leaves) -> Taxonomy:
         """A new taxonomy over a subset of the leaves, in this taxonomy's order.
 
         Branches without kept leaves are dropped and single-child chains collapsed (see
@@ -245,7 +245,7 @@ class Taxonomy:
         graph, _ = collapse_chains(sub, self.root, keep_root=True)
         return Taxonomy(graph, name=self.name)
 
-    def copy(self) -> "Taxonomy":
+    def copy(self) -> Taxonomy:
         """An independent copy (graph and attribute values copied)."""
         g = nx.DiGraph()
         g.graph.update(_copy_value(self.graph.graph))
