@@ -14,6 +14,7 @@ slice); pass ``--threads 2`` (or more) on an idle machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import time
 
@@ -42,7 +43,7 @@ def synthetic_tree(n_leaves: int = 1000, max_depth: int = 10, seed: int = 0):
             k = min(hi - lo, rng.randint(2, 6))
             cuts = sorted(rng.sample(range(lo + 1, hi), k - 1))
             bounds = [lo, *cuts, hi]
-            parts = list(zip(bounds[:-1], bounds[1:]))
+            parts = list(itertools.pairwise(bounds))
         for a, b in parts:
             if b - a == 1:
                 child = f"leaf{a}"

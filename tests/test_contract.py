@@ -94,7 +94,7 @@ def _scale(t):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_denoiser_contract(name):
-    denoiser, shape, cond, model = _instance(name)
+    denoiser, shape, cond, _model = _instance(name)
     assert 0 < denoiser.sigma_min < denoiser.sigma_max
     g = torch.Generator().manual_seed(0)
     b = 3

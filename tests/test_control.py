@@ -178,5 +178,5 @@ def test_the_pair_interval_spans_the_gain_band_of_every_level(tmp_path):
     assert math.log(lo) == pytest.approx(math.log(1.0) - half, abs=2 * step + 1e-3)
     assert math.log(hi) == pytest.approx(math.log(8.0) + half, abs=2 * step + 1e-3)
     # Level 1 alone is guided only around its own split.
-    lo1, hi1 = derive_interval(guided, against=plain, level=1)["interval"]
+    lo1, _hi1 = derive_interval(guided, against=plain, level=1)["interval"]
     assert math.log(lo1) == pytest.approx(math.log(8.0) - half, abs=2 * step + 1e-3)

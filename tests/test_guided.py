@@ -97,7 +97,7 @@ def test_guided_band_contains_the_exact_entropy(guided_run):
     """Both bounds within 0.01 nats of the exact H_w(Y | x_sigma) (plus 3 Monte-Carlo standard
     errors of the 8192-sample mean, <= 0.005 here) at every grid point; the point estimate inside
     the band; and the old quantity (the unguided posterior read at guided states) far off."""
-    tax, gmm, ctx, traj = guided_run
+    tax, _gmm, ctx, traj = guided_run
     truth = exact_guided_entropy(GRID.numpy())
     keep = np.isfinite(truth)  # sigma >= 0.05, where the grid propagation is resolved
     out = build_estimator("guided").estimate(traj, ctx, torch.Generator().manual_seed(1))
@@ -121,7 +121,7 @@ def test_guided_band_contains_the_exact_entropy(guided_run):
 
 
 def test_guided_needs_labels_and_ancestral_paths(guided_run):
-    tax, gmm, ctx, traj = guided_run
+    _tax, gmm, ctx, _traj = guided_run
     est = build_estimator("guided")
     unlabelled = sample(gmm.denoiser(), torch.zeros(4, 1, dtype=torch.float64) + 1.0, GRID[:5], "ancestral")
     with pytest.raises(ProbesError, match="needs the conditioning leaf of every sample"):

@@ -82,7 +82,7 @@ def test_curves_csv(tmp_path, run):
 
 
 def test_decisions_csv(tmp_path, run):
-    _, _, by_est, decisions = run
+    _, _, _by_est, decisions = run
     path = write_decisions_csv(tmp_path / "decisions.csv", {"plugin": decisions})
     rows = read_csv(path)
     assert rows[0] == DECISIONS_COLUMNS

@@ -59,7 +59,7 @@ def test_the_report_is_self_contained_and_shows_every_node(runs):
 def test_labels_are_moved_until_they_do_not_overlap():
     anchors = [("alpha node", 100.0, 50.0), ("beta node", 104.0, 52.0), ("gamma", 300.0, 50.0)]
     pos = place_labels(anchors, height=13.0)
-    (ax, ay), (bx, by), (gx, gy) = pos
+    (_ax, ay), (_bx, by), (_gx, gy) = pos
     assert abs(ay - by) >= 13.0  # the two near anchors' labels were stacked apart
     assert gy == pytest.approx(45.0)  # a free label stays where it was anchored
 

@@ -241,7 +241,7 @@ def _decide_family(
     groups: dict[bytes, list[int]] = {}
     for k in range(K):
         groups.setdefault(usable[:, k].tobytes(), []).append(k)
-    for key, ks in groups.items():
+    for _key, ks in groups.items():
         pts = np.flatnonzero(usable[:, ks[0]])
         if len(pts) < 3:
             for k in ks:

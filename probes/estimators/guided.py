@@ -23,6 +23,8 @@ point estimate is the middle of the band.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from probes.errors import ProbesError
@@ -164,7 +166,7 @@ def _fit(z: torch.Tensor, y: torch.Tensor, iterations: int = 30, ridge: float = 
         step = torch.linalg.solve(hess + eye, grad[..., None])[..., 0]
         scale = torch.ones(S, dtype=torch.float64)
         for _ in range(30):  # halve each sigma's step until its loss does not increase
-            new_loss, new_lq = loss_of(alpha - scale * step[:, 0], beta - scale[:, None] * step[:, 1:])
+            new_loss, _new_lq = loss_of(alpha - scale * step[:, 0], beta - scale[:, None] * step[:, 1:])
             worse = new_loss > loss + 1e-12
             if not worse.any():
                 break
@@ -199,6 +201,6 @@ def cross_entropy_terms(log_q: torch.Tensor, leaf: torch.Tensor, taxonomy) -> tu
         for level in range(1, D + 1):
             cell = next((n for n in p if depth_of[n] == level), p[-1])
             levels[b, :, level - 1] = -log_mass[b, :, row[cell]]
-        for parent, child in zip(p[:-1], p[1:]):
+        for parent, child in itertools.pairwise(p):
             nodes[b, :, node_col[parent]] = log_mass[b, :, row[parent]] - log_mass[b, :, row[child]]
     return levels, nodes

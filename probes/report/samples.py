@@ -129,7 +129,7 @@ def write_sample_files(out: Path, batches: list[dict], parts, recipe) -> int:
             listed = []
             for col, index in enumerate(strip["samples"]):
                 gap = np.full((frames.shape[2], 4, 3), 255, dtype=np.uint8)
-                row = np.concatenate(sum(([frames[t, col], gap] for t in range(k)), [])[:-1], axis=1)
+                row = np.concatenate([a for t in range(k) for a in (frames[t, col], gap)][:-1], axis=1)
                 name = f"strips/strip_{index:05d}.png"
                 _save_png(row, out / name)
                 listed.append({"index": index, "condition": rows[index][4], "file": name})

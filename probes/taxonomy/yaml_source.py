@@ -336,9 +336,8 @@ def _check_meta(node, meta, line) -> dict:
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise _Problem(key_line, f"'{node}': `{key}` must be a list of non-empty strings")
-        elif key == "index":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise _Problem(key_line, f"'{node}': `index` must be a non-negative integer")
+        elif key == "index" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _Problem(key_line, f"'{node}': `index` must be a non-negative integer")
         out[str(key)] = _plain(value)
     if "prompt" in out and "prompts" in out:
         raise _Problem(line, f"'{node}': give `prompt` or `prompts`, not both")
