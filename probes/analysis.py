@@ -15,11 +15,11 @@ from probes.taxonomy import Taxonomy
 def load_batches(out: Path, n_batches: int) -> list[dict]:
     """The run's finished batches, each checked against the run's fingerprint and its checksum."""
     from probes.errors import ProbesError
-    from probes.store import BatchHeader, BatchInvalid, batch_path, load_batch, read_marker
+    from probes.store import MARKER, BatchHeader, BatchInvalid, batch_path, load_batch, read_marker
 
     fingerprint = (read_marker(out) or {}).get("fingerprint")
     if not fingerprint:
-        raise ProbesError(f"{out}: no readable {'.probes-run'} marker; the batches cannot be checked")
+        raise ProbesError(f"{out}: no readable {MARKER} marker; the batches cannot be checked")
     batches = []
     for b in range(n_batches):
         try:
@@ -95,7 +95,7 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
     }
     text = format_decision_tree(taxonomy, decisions[primary], title=f"{taxonomy.name}: decision-time tree "
                                 f"({primary} estimator, {payload['n_samples']} samples)")
-    return {"payload": payload, "text": text, "curves": curves, "decisions": decisions}
+    return {"payload": payload, "text": text, "curves": curves, "decisions": decisions, "batches": batches}
 
 
 def _decisions_to_json(decisions: dict) -> dict:

@@ -1,6 +1,6 @@
 """What a run produced besides its curves: sample quality, denoiser calls, and the kept samples.
 
-Called once at the end of a run (the batches are on disk); adds to run.json
+Called once at the end of a run, with the batches the analysis read; adds to run.json
 
 * ``quality``: see :mod:`probes.quality` (absent when the run kept no final samples);
 * ``calls``: ``sampling_denoiser`` (sample-evaluations spent drawing the trajectories, the
@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probes.analysis import load_batches
-
 
 def outcomes_of_run(out: Path, recipe, parts, summary: dict) -> dict:
     from probes.quality import run_quality
     from probes.report.samples import write_sample_files
 
-    n_batches = summary["payload"]["n_batches"]
-    batches = load_batches(out, n_batches)
+    batches = summary["batches"]  # read and checked once, by the analysis
     guided = sum(int(b.get("guided_calls", 0)) for b in batches)
     payload = {"calls": {
         # sampling_denoiser_calls already charges guided steps their second evaluation
