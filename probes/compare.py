@@ -42,7 +42,9 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _read_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
+def read_finished_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
+    """``(run.json, curves.csv rows, decisions.csv rows)`` of a finished run, each checked: one
+    line naming the file for anything missing, unfinished or damaged."""
     state_file = path / "run.json"
     if not state_file.is_file():
         raise ProbesError(f"{path}: not a probes run directory (no run.json)")
@@ -98,8 +100,8 @@ def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level")
 
 def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
     run_a, run_b = Path(run_a), Path(run_b)
-    state_a, curves_a, dec_a = _read_run(run_a)
-    _state_b, curves_b, dec_b = _read_run(run_b)
+    state_a, curves_a, dec_a = read_finished_run(run_a)
+    _state_b, curves_b, dec_b = read_finished_run(run_b)
     estimator = estimator or state_a.get("primary_estimator")
     levels_a, levels_b = _levels(curves_a, estimator, run_a), _levels(curves_b, estimator, run_b)
     if set(levels_a) != set(levels_b):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.compare import _levels, _read_run
+from probes.compare import _levels, read_finished_run
 from probes.errors import ProbesError
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
@@ -61,7 +61,7 @@ def derive_interval(run, against=None, level: int | None = None, node: str | Non
                     estimator: str | None = None) -> dict:
     """``{"interval": (lo, hi), "rule": ..., "text": ...}``; every bad input is one ProbesError line."""
     run = Path(run)
-    state, curves, decisions = _read_run(run)
+    state, curves, decisions = read_finished_run(run)
     estimator = estimator or state.get("primary_estimator")
     scale, condition = _guidance(state)
     if condition == "none":
@@ -106,7 +106,7 @@ def _from_windows(run: Path, state: dict, decisions: list[dict], level, node, es
 
 
 def _from_pair(run: Path, state: dict, curves: list[dict], against: Path, level, estimator, scale: float) -> dict:
-    state_u, curves_u, _ = _read_run(against)
+    state_u, curves_u, _ = read_finished_run(against)
     scale_u, _ = _guidance(state_u)
     if scale == 1.0:
         raise ProbesError(f"{run}: has no guidance (sampling.guidance.scale 1); give the guided run first and the "

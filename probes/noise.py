@@ -112,22 +112,20 @@ def entropic_grid(sigmas: torch.Tensor, entropy: torch.Tensor, sigma_max: float,
 def grid_from_run(run_dir, sigma_max: float, sigma_min: float, steps: int, uniform_share: float = 0.5,
                   field: str = "sampling.grid.from_run") -> torch.Tensor:
     """:func:`entropic_grid` from a finished run's leaf-level entropy (its primary estimator)."""
-    import csv
-    import json
     from pathlib import Path
 
+    from probes.compare import read_finished_run
     from probes.errors import ProbesError
 
     run_dir = Path(run_dir)
-    state_file = run_dir / "run.json"
-    if not state_file.is_file():
-        raise ProbesError(f"{field}: {run_dir} is not a probes run directory (no run.json)")
-    state = json.loads(state_file.read_text())
-    if state.get("status") != "complete":
-        raise ProbesError(f"{field}: {run_dir} is not finished (status {state.get('status')!r})")
+    try:
+        state, curves, _ = read_finished_run(run_dir)  # the checked reader compare and interval use
+    except ProbesError as err:
+        raise ProbesError(f"{field}: {err}") from None
     estimator = state.get("primary_estimator")
-    with open(run_dir / "curves.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["estimator"] == estimator and r["kind"] == "level"]
+    rows = [r for r in curves if r["estimator"] == estimator and r["kind"] == "level"]
+    if not rows:
+        raise ProbesError(f"{field}: {run_dir} has no level curves for its primary estimator {estimator!r}")
     leaf_level = max(int(r["name"]) for r in rows)
     rows = [r for r in rows if int(r["name"]) == leaf_level and r["entropy"] not in ("", None)]
     if len(rows) < 2:

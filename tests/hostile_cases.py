@@ -247,6 +247,13 @@ def _compare_garbage_curves(f: Path) -> list[str]:
     return ["compare", str(out), str(out)]
 
 
+def _grid_from_damaged_run(f: Path) -> list[str]:
+    out = finished_run(f)
+    (out / "run.json").write_text("{not json")
+    text = edit(RECIPE, "source: data}", "source: data, grid: {from_run: run}}")
+    return ["run", recipe(f, text, name="grid.yaml"), "--out", str(f / "out"), "--quiet"]
+
+
 def _resume_empty(f: Path) -> list[str]:
     (f / "empty").mkdir()
     return ["run", recipe(f), "--out", str(f / "empty"), "--resume", "--quiet"]
@@ -376,6 +383,7 @@ CASES: list[Case] = [
     Case("--resume an empty directory", "rundir", _resume_empty),
     Case("--out on a read-only place", "rundir", _readonly_out),
     Case("--out under a file", "rundir", _out_under_file, needle="afile"),
+    Case("grid from a run whose run.json is damaged", "rundir", _grid_from_damaged_run, needle="run.json"),
     # compare
     Case("compare without curves.csv", "compare", _compare_missing_curves, needle="curves.csv"),
     Case("compare with a damaged curves.csv", "compare", _compare_garbage_curves, needle="curves.csv"),
