@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.analysis import analyse_run
-from probes.components import Components, build_components, leaf_of_sample
+from probes.components import Components, build_components, leaf_of_sample, samples_from_taxonomy
 from probes.denoisers.base import FiniteCheck
 from probes.errors import ProbesError
 from probes.noise import make_grid
@@ -286,6 +286,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
         batch_size=s.batch_size, guided_denoiser=FiniteCheck(parts.generator),
+        outside_mass=0.0 if samples_from_taxonomy(recipe) else parts.outside_mass,
+        partial_taxonomy=parts.partial_taxonomy,
     )
     t_built = time.perf_counter() - t_start
 
