@@ -258,10 +258,10 @@ def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
                                            axis_aligned=h.axis_aligned, share_level_axes=h.share_level_axes)
         if weights is not None:
             gmm = GaussianMixture.from_means(leaves, gmm.means, cfg.std, weights)
-    inside = gmm.restricted(leaves)  # the law of x given that its class is a leaf
     outside_mass = float(1.0 - gmm.weights[: len(leaves)].sum()) if outside else 0.0
     if outside and outside_mass >= 1.0:
         raise ProbesError("model.weights: the taxonomy's leaves have no weight; give them some")
+    inside = gmm.restricted(leaves)  # the law of x given that its class is a leaf
     classifier = None
     if recipe.classifier is not None:
         if recipe.classifier.kind != "exact":
