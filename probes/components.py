@@ -406,7 +406,7 @@ def image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
             register_tiny_clip()
         pretrained = recipe.resolve_path(cfg.pretrained) if cfg.pretrained else None  # a tag or a file
         return ClipZeroShotClassifier.create(taxonomy, cfg.model, pretrained=pretrained, templates=cfg.templates,
-                                             temperature=cfg.temperature, device=str(device))
+                                             temperature=cfg.temperature, device=str(device), universe=cfg.universe)
     if cfg.kind == "imagenet":
         from probes.classifiers.imagenet import ImageNetClassifier
 
