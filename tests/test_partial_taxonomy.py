@@ -129,16 +129,23 @@ def test_leaf_conditional_samples_are_not_reweighted(tmp_path):
     assert not table(rows, "bayes", "inside")[0].size  # the filter never leaves the taxonomy
 
 
-def test_bayes_outside_cell_stand_in_is_measurably_worse(tmp_path):
-    """Where the model cannot be conditioned on its outside classes, the unconditional model
-    stands in for them. On this mixture that costs accuracy: measured 0.031 nats (entropy) and
-    0.16 (inside mass) at worst, against 0.011 and < 0.03 with the exact outside kernel."""
-    _, rows = run(tmp_path, "none", [{"name": "bayes", "outside": "unconditional"}])
+def test_bayes_outside_kernel_from_the_unconditional_model(tmp_path):
+    """Where the model cannot be conditioned on its outside classes, the outside kernel comes from
+    the unconditional model. Solved for the complement (the mixture identity with the filtered
+    posterior) it is as good as the exact outside kernel: measured 0.012 nats and 0.026 inside
+    mass at worst (tolerances 0.03 and 0.04 as above). Used as it is (the seed paper's stand-in)
+    it is measurably worse: 0.031 nats and 0.16 inside mass."""
+    _, rows = run(tmp_path, "none", [{"name": "bayes", "outside": "complement"}])
     sigmas, h = table(rows, "bayes", "level")
     truth = np.array([inside_truth(s)[0] for s in sigmas])
+    assert np.abs(h - truth).max() < 0.03
+    assert np.abs(table(rows, "bayes", "inside")[1] - 0.6).max() < 0.04
+
+    (tmp_path / "stand-in").mkdir()
+    _, rows = run(tmp_path / "stand-in", "none", [{"name": "bayes", "outside": "unconditional"}])
+    sigmas, h = table(rows, "bayes", "level")
     assert 0.02 < np.abs(h - truth).max() < 0.06
-    _, mass = table(rows, "bayes", "inside")
-    assert np.abs(mass - 0.6).max() > 0.1
+    assert np.abs(table(rows, "bayes", "inside")[1] - 0.6).max() > 0.1
 
 
 def test_engine_weights_means_by_inside_mass():

@@ -140,6 +140,7 @@ class Estimator:
     """
 
     name = ""
+    gives_bounds = False  # whether the output carries lower/upper bounds (``bounds``)
 
     def __init__(self, sigma_stride: int = 1):
         if int(sigma_stride) != sigma_stride or sigma_stride < 1:

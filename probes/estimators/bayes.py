@@ -9,7 +9,9 @@ from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeCon
 
 # Trajectories whose step i -> i+1 is (to first order) the Gaussian kernel N(mu_y, (1 - a) t^2 I).
 KERNEL_METHODS = ("ancestral", "forward")
-OUTSIDE_KERNELS = ("auto", "unconditional")
+OUTSIDE_KERNELS = ("auto", "complement", "unconditional")
+# Smallest filtered outside mass the complement kernel divides by (see BayesEstimator).
+_MIN_OUTSIDE = 1e-4
 
 
 class BayesEstimator(Estimator):
@@ -30,14 +32,18 @@ class BayesEstimator(Estimator):
     (``ctx.outside_mass > 0``: unconditional samples of a model with classes that are not leaves)
     the filter carries one more cell, *outside*, with prior ``ctx.outside_mass``; the leaves' output
     columns then sum to the inside mass ``p(T | x)``. Its kernel is the model conditioned on the
-    outside classes when the conditioner can say so (mixtures: the complement mask, exact);
-    otherwise the unconditional model stands in for it (``outside="unconditional"`` forces that):
-    its prediction averages inside and outside classes, so the filter under-separates the outside
-    cell. ``docs/estimators.md`` measures that error on a mixture. Cost: one more call per step.
+    outside classes when the conditioner can say so (mixtures: the complement mask, exact).
+    Otherwise it is built from the unconditional model by the mixture identity
+    ``D(x) = sum_y p(y | x) D(x; y) + p(out | x) D(x; out)``, solved for ``D(x; out)`` with the
+    filter's current posterior (``complement``; along the reverse chain the filtered posterior *is*
+    ``p(y | x_i)``, the sampled states before it carry no more information about the class).
+    ``unconditional`` lets the unconditional model stand in for the outside as it is, the
+    choice of the seed paper: its prediction averages inside and outside classes, and
+    ``docs/estimators.md`` measures what that costs. Cost: one more call per step.
 
     Args:
-        outside: ``auto`` (the exact outside kernel where the conditioner has one, else the
-            unconditional stand-in) or ``unconditional``.
+        outside: ``auto`` (the exact outside kernel where the conditioner has one, else
+            ``complement``), ``complement`` or ``unconditional``.
 
     Needs: ``ctx.cond_denoiser``, ``ctx.conditioner`` able to condition on every leaf, ``ctx.prior``.
     """
@@ -88,6 +94,7 @@ def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: li
         b = rows.stop - rows.start
         cond = conditioner([leaf for leaf in leaves for _ in range(b)])  # leaf-major, matches repeat
         cond_outside = _outside_cond(conditioner, b, outside) if with_outside else None
+        complement = with_outside and cond_outside is None and outside != "unconditional"
         lp = log_prior.expand(b, n_cells).clone()
         if 0 in col:
             out[rows, col[0]] = lp[:, :n_leaves].float().cpu()
@@ -99,7 +106,12 @@ def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: li
                 d = denoiser(x.repeat(n_leaves, *([1] * (x.ndim - 1))), s, cond)
                 d = d.double().reshape(n_leaves, b, -1)
                 if with_outside:
-                    d = torch.cat([d, denoiser(x, s, cond_outside).double().reshape(1, b, -1)])
+                    d_out = denoiser(x, s, cond_outside).double().reshape(b, -1)
+                    if complement:  # D(x; out) from D(x) = sum_y p(y|x) D(x; y) + p(out|x) D(x; out)
+                        q = lp.exp()  # [b, cells]
+                        inside = torch.einsum("lb,lbd->bd", q[:, :n_leaves].T, d)
+                        d_out = (d_out - inside) / q[:, n_leaves:].clamp_min(_MIN_OUTSIDE)
+                    d = torch.cat([d, d_out.reshape(1, b, -1)])
             mu = a * x.double().reshape(1, b, -1) + (1 - a) * d
             sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [cells, b]
             lp = torch.log_softmax(lp - sq.T / (2 * var), dim=-1)
@@ -110,8 +122,8 @@ def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: li
 
 def _outside_cond(conditioner, n: int, outside: str):
     """The outside cell's ``cond``: the model conditioned on the classes outside the taxonomy, or
-    ``None`` (the unconditional model standing in for them)."""
-    if outside == "unconditional":
+    ``None`` (the unconditional model, as it is or solved for the complement)."""
+    if outside != "auto":
         return None
     try:
         return conditioner.outside(n)
