@@ -180,7 +180,8 @@ class EntropyCurves:
                 f"{self.nodes.shape[0]}"
             )
         if self.inside is not None and self.inside.shape != self.levels.shape[:2]:
-            raise ProbesError(f"EntropyCurves: inside must be [N, {S}] (samples, sigmas); got {list(self.inside.shape)}")
+            raise ProbesError(f"EntropyCurves: inside must be [N, {S}] (samples, sigmas); "
+                              f"got {list(self.inside.shape)}")
         if self.prior_levels.shape != (D,):
             raise ProbesError(f"EntropyCurves: prior_levels must have {D} entries")
         if self.prior_nodes is not None and self.prior_nodes.shape != (K,):

@@ -53,7 +53,8 @@ class BayesEstimator(Estimator):
     def __init__(self, outside: str = "auto", sigma_stride: int = 1):
         super().__init__(sigma_stride)
         if outside not in OUTSIDE_KERNELS:
-            raise ProbesError(f"estimator 'bayes': outside must be one of {', '.join(OUTSIDE_KERNELS)}, got {outside!r}")
+            raise ProbesError(f"estimator 'bayes': outside must be one of {', '.join(OUTSIDE_KERNELS)}, "
+                              f"got {outside!r}")
         self.outside = outside
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:

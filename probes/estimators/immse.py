@@ -79,7 +79,7 @@ class IMMSEEstimator(Estimator):
                 raise ProbesError(f"estimator 'immse': the model's world is larger than the taxonomy, so the "
                                   f"reference must be the model conditioned on the root {root!r}, which this "
                                   "model cannot express; use bayes or plugin")
-            reference = lambda n: conditioner([root] * n)  # noqa: E731
+            reference = lambda n: conditioner([root] * n)
 
         x0, y = draw(n, generator)
         y = torch.as_tensor(y, dtype=torch.long).cpu()
