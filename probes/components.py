@@ -389,11 +389,16 @@ def build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
                 raise ProbesError(f"model.vae: {cfg.path} works in VAE latents but holds no encoder; set model.vae to "
                                   f"{edm2.VAE_NAME} (a hub id or a local copy)")
             classifier = DecodedClassifier(decoder, clean_classifier)
+    conditioner = edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None
+    # A class-conditional network knows label_dim classes, trained in about equal numbers (ImageNet):
+    # leaves that name fewer of them leave the rest of its world, and that share of its samples, outside.
+    n_inside = len(set(conditioner.class_of_leaf.values())) if conditioner is not None else 0
+    n_outside = net.label_dim - n_inside if conditioner is not None else 0
     return Components(
-        taxonomy=taxonomy, denoiser=denoiser, generator=None,
-        conditioner=edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None,
+        taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=conditioner,
         classifier=classifier, prior=uniform_prior(taxonomy), shape=denoiser.shape, sigma_max=edm2.SIGMA_MAX,
-        sigma_min=edm2.SIGMA_MIN, device=device,
+        sigma_min=edm2.SIGMA_MIN, device=device, partial_taxonomy=n_outside > 0,
+        outside_mass=n_outside / net.label_dim if conditioner is not None else 0.0,
     )
 
 
