@@ -70,7 +70,8 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
     PNG's path, or the figure when ``path`` is None.
 
     One panel per estimator (alphabetical), at most three a row, sharing the y axis; dotted lines
-    mark each level's prior entropy ``H(cell_l)`` where known.
+    mark each level's prior entropy ``H(cell_l)`` where known. Where the model's world is larger
+    than the taxonomy, a grey dashed line on a right-hand axis gives the inside mass ``p(T | x)``.
     """
     names = sorted(curves_by_estimator)
     if not names:
@@ -95,6 +96,12 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
             ax.fill_between(sig, mean[:, k] - band, mean[:, k] + band, color=color, alpha=0.2, lw=0)
             if np.isfinite(c.prior_levels[k]):
                 ax.axhline(c.prior_levels[k], color=color, lw=0.8, ls=":")
+        if c.inside is not None:
+            twin = ax.twinx()
+            twin.plot(sig, c.inside_mean()[order], color="0.45", lw=1.2, ls="--")
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel(r"inside mass $p(T \mid x_\sigma)$ (dashed)", fontsize=8, color="0.35")
+            twin.tick_params(labelsize=7, colors="0.35")
         _sigma_axis(ax, sig)
         ax.set_title(literal(f"{est} (N = {c.n_samples})"))
     for row in axes:
@@ -104,7 +111,8 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves]):
     if len(labels) > 12:
         handles, labels = handles[:: math.ceil(len(labels) / 12)], labels[:: math.ceil(len(labels) / 12)]
     # Beside the panels, never over the curves.
-    axes.flat[n - 1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+    right = 1.2 if any(curves_by_estimator[e].inside is not None for e in names) else 1.02  # past a twin axis
+    axes.flat[n - 1].legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 1.0), borderaxespad=0,
                             fontsize=8, title="dotted: prior", title_fontsize=7)
     return _save(fig, path)
 
