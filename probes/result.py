@@ -171,9 +171,18 @@ class ProbeResult:
         first = next(iter(self.estimates.values()))
         return int((first.log_probs if first.log_probs is not None else first.levels).shape[0])
 
+    def summary(self, decisions: dict | None = None) -> str:
+        """The primary estimator's decision-time tree as text (``summary.txt``; what ``probes run``
+        prints). ``decisions`` are its nodes' and levels' decisions, computed when not given."""
+        from probes.report.rundir import format_decision_tree
+
+        if decisions is None:
+            decisions = self.decisions(kind="both")
+        title = f"{self.taxonomy.name}: decision-time tree ({self.primary} estimator, {self.n_samples} samples)"
+        return format_decision_tree(self.taxonomy, decisions, title)
+
     def save(self, directory, n_boot: int = 200, seed: int = 0) -> Path:
         """Write the run directory (with ``run.json`` and ``summary.txt``); returns its path."""
-        from probes.analysis import format_decision_tree
         from probes.report.rundir import atomic_write_text, write_run_json
 
         out = Path(directory)
@@ -184,8 +193,7 @@ class ProbeResult:
             "estimators": {k: {"denoiser_calls": e.denoiser_calls, "classifier_calls": e.classifier_calls}
                            for k, e in self.estimates.items()},
             "decisions": decisions})
-        title = f"{self.taxonomy.name}: decision-time tree ({primary} estimator, {self.n_samples} samples)"
-        atomic_write_text(out / "summary.txt", format_decision_tree(self.taxonomy, decisions[primary], title) + "\n")
+        atomic_write_text(out / "summary.txt", self.summary(decisions[primary]) + "\n")
         return out
 
 
