@@ -55,8 +55,12 @@ def reported_name(name: str, recipe: Recipe) -> str:
     """The estimator's name in curves.csv / decisions.csv. In guided leaf-conditional runs only
     ``guided`` measures the entropy of the run's own process; the others read the unguided model's
     posterior at guided states, a different quantity, and are reported under that name."""
-    g = recipe.sampling.guidance
-    guided_run = recipe.sampling.condition == "leaf" and (g.scale != 1.0)
+    return name_in_files(name, recipe.sampling.condition, recipe.sampling.guidance.scale)
+
+
+def name_in_files(name: str, condition: str, guidance_scale: float) -> str:
+    """:func:`reported_name` from the sampling settings alone (as a run.json records them)."""
+    guided_run = condition == "leaf" and guidance_scale != 1.0
     if guided_run and name != "guided":
         return f"{name}:unguided_posterior"
     return name

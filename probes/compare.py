@@ -69,6 +69,7 @@ class Comparison:
     pairing_reason: str
     curves: CurveComparison
     shifts: dict
+    names_in_files: tuple[str, str] | None = None  # the estimator's name in A's and B's files
 
     @property
     def levels(self) -> dict:
@@ -81,7 +82,8 @@ class Comparison:
     def to_dict(self) -> dict:
         """The scalars as JSON-ready values (what ``compare.json`` holds)."""
         c = self.curves
-        return {"estimator": self.estimator, "pairing": self.pairing, "pairing_reason": self.pairing_reason,
+        return {"estimator": self.estimator, "names_in_files": list(self.names_in_files or ()),
+                "pairing": self.pairing, "pairing_reason": self.pairing_reason,
                 "n_boot": c.n_boot, "ci": c.ci, "seed": c.seed, "n_samples": list(c.n_samples),
                 "levels": {str(k): d.summary() for k, d in c.levels.items()},
                 "nodes": {k: d.summary() for k, d in c.nodes.items()},
@@ -90,7 +92,7 @@ class Comparison:
     def text(self, label_a="A", label_b="B") -> str:
         c = self.curves
         pct = f"{100 * c.ci:g}%"
-        lines = [f"{label_b} vs {label_a} ({self.estimator} estimator): dI = I_B - I_A per level",
+        lines = [f"{label_b} vs {label_a} ({self._what()}): dI = I_B - I_A per level",
                  f"intervals: {pct} joint bootstrap, {c.n_boot} replicates, {self.pairing} "
                  f"({self.pairing_reason})"]
         for level, d in c.levels.items():
@@ -103,6 +105,12 @@ class Comparison:
         for node, s in self.shifts.items():
             lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f})")
         return "\n".join(lines)
+
+    def _what(self) -> str:
+        a, b = self.names_in_files or (self.estimator, self.estimator)
+        if a == b:
+            return f"{a} estimator"
+        return f"{self.estimator} estimator: {a} in A, {b} in B"
 
     def write(self, out, label_a="A", label_b="B") -> Path:
         """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare.json``, ``compare.png`` and
@@ -207,8 +215,9 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
     paired, why = choose_pairing(a, b, pairing)
     curves = compare_curves(a.entropy(name), b.entropy(name), paired=paired, n_boot=n_boot, seed=seed, ci=ci,
                             leaf_means_a=_leaf_means(a, name), leaf_means_b=_leaf_means(b, name))
+    files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
-                      shifts=_decision_shifts(a, b, name))
+                      shifts=_decision_shifts(a, b, name), names_in_files=files)
 
 
 def _leaf_means(result, name: str):

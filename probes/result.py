@@ -221,7 +221,7 @@ def load(directory) -> ProbeResult:
     estimates, prior, primary = _estimates_of(data, taxonomy, path / POSTERIORS_FILE)
     meta = dict(state.get("meta") or {}) if isinstance(state.get("meta"), dict) else {}
     if run:
-        meta.update(_run_meta(state))
+        meta.update(_run_meta(state, list(estimates)))
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary)
 
 
@@ -248,11 +248,17 @@ def sample_seeds(result: ProbeResult) -> str | None:
     return result.meta.get("sample_seeds")
 
 
-def _run_meta(state: dict) -> dict:
-    """Provenance of a ``probes run`` directory from its run.json: name, seed and sample seeds."""
+def _run_meta(state: dict, estimators: list[str]) -> dict:
+    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, and
+    the names its files give the estimators (guided runs rename the plain ones)."""
+    from probes.analysis import name_in_files
+
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
     sampling = recipe.get("sampling") if isinstance(recipe.get("sampling"), dict) else {}
-    meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed")}
+    guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}
+    scale = guidance.get("scale", 1.0)
+    meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
+            "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
     if state.get("seed") is not None and sampling.get("batch_size") is not None:
         # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.
         meta["sample_seeds"] = f"recipe seed {state['seed']}, batches of {sampling['batch_size']}"
