@@ -202,3 +202,40 @@ def test_pairing_runs_of_different_sizes_is_one_line(runs, tmp_path):
     assert auto.pairing == "independent" and "samples" in auto.pairing_reason
     with pytest.raises(ProbesError, match="pairing needs as many"):
         a.compare(b, pairing="paired")
+
+
+def test_a_prior_estimated_from_the_samples_is_resampled_with_them():
+    """Without a known prior the mutual information is measured against the mean posterior, which
+    moves with the samples: each replicate re-estimates it. Two draws of one posterior law then
+    differ by noise only, and the intervals bracket both the point estimate and zero. At the
+    largest sigma the posteriors are nearly flat, so the entropies barely vary and the prior's
+    noise (pooled over every sigma) is most of the uncertainty: holding it fixed would hide it."""
+    import torch
+
+    from probes.entropy.difference import compare_curves
+    from probes.estimators import EstimatorOutput
+    from probes.result import ProbeResult
+    from probes.taxonomy import load_taxonomy
+
+    tax = load_taxonomy("gmm-two-by-two")
+    sigmas = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        sharp = torch.linspace(0.1, 4.0, 5)[None, :, None]  # posteriors sharpen as sigma falls
+        logits = torch.randn(300, 5, 4, generator=g, dtype=torch.float64) * sharp
+        out = EstimatorOutput("plugin", sigmas, log_probs=torch.log_softmax(logits, -1))
+        return ProbeResult(taxonomy=tax, estimates={"plugin": out})
+
+    a, b = draw(0), draw(1)
+    assert a.entropy().prior_weight > 0  # the prior is the mean posterior
+    comparison = a.compare(b, n_boot=200)
+    assert comparison.pairing == "independent"
+    for d in list(comparison.levels.values()) + list(comparison.nodes.values()):
+        lo, hi = d.delta_interval
+        assert np.all(lo <= d.delta + 1e-12) and np.all(d.delta <= hi + 1e-12)
+        assert np.mean((lo <= 0) & (hi >= 0)) >= 0.8
+    fixed = compare_curves(a.entropy(), b.entropy(), paired=False, n_boot=200)  # the prior held fixed
+    for level in (1, 2):
+        moving, held = comparison.levels[level].delta_interval, fixed.levels[level].delta_interval
+        assert moving[1, 0] - moving[0, 0] > 2 * (held[1, 0] - held[0, 0])
