@@ -30,7 +30,8 @@ def load_batches(out: Path, n_batches: int) -> list[dict]:
 
 
 def result_from_batches(batches: list[dict], taxonomy: Taxonomy, estimator_names: list[str],
-                        prior: torch.Tensor | None, primary: str, meta: dict | None = None):
+                        prior: torch.Tensor | None, primary: str, meta: dict | None = None,
+                        inside_weighted: bool = True):
     """The finished batches of a run as one :class:`~probes.result.ProbeResult`."""
     from probes.estimators import EstimatorOutput
     from probes.result import ProbeResult
@@ -48,7 +49,8 @@ def result_from_batches(batches: list[dict], taxonomy: Taxonomy, estimator_names
             name, results[0]["sigmas"], log_probs=cat(results, "log_probs"), levels=cat(results, "levels"),
             nodes=cat(results, "nodes"), denoiser_calls=sum(r["denoiser_calls"] for r in results),
             classifier_calls=sum(r["classifier_calls"] for r in results), bounds=bounds)
-    return ProbeResult(taxonomy=taxonomy, estimates=estimates, prior=prior, primary=primary, meta=meta or {})
+    return ProbeResult(taxonomy=taxonomy, estimates=estimates, prior=prior, primary=primary, meta=meta or {},
+                       inside_weighted=inside_weighted)
 
 
 def reported_name(name: str, recipe: Recipe) -> str:
@@ -71,7 +73,10 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
     t0 = time.perf_counter()
     batches = load_batches(out, n_batches)
     primary = recipe.primary_estimator
-    result = result_from_batches(batches, taxonomy, estimator_names, prior, primary)
+    from probes.components import samples_from_taxonomy
+
+    result = result_from_batches(batches, taxonomy, estimator_names, prior, primary,
+                                 inside_weighted=not samples_from_taxonomy(recipe))
     curves, decisions = result.write(out, n_boot=recipe.analysis.n_boot, seed=recipe.seed,
                                      names={n: reported_name(n, recipe) for n in estimator_names})
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves
+from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves, prior_sums
 from probes.errors import ProbesError
 from probes.fileio import atomic_path
 
@@ -213,17 +213,18 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
             raise ProbesError(f"compare: estimator {name!r} is not in result {which} (it has "
                               f"{', '.join(result.estimates)}); pass --estimator")
     paired, why = choose_pairing(a, b, pairing)
-    curves = compare_curves(a.entropy(name), b.entropy(name), paired=paired, n_boot=n_boot, seed=seed, ci=ci,
-                            leaf_means_a=_leaf_means(a, name), leaf_means_b=_leaf_means(b, name))
+    curves_a, curves_b = a.entropy(name), b.entropy(name)
+    curves = compare_curves(curves_a, curves_b, paired=paired, n_boot=n_boot, seed=seed, ci=ci,
+                            prior_sums_a=_prior_sums(a, name, curves_a), prior_sums_b=_prior_sums(b, name, curves_b))
     files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
                       shifts=_decision_shifts(a, b, name), names_in_files=files)
 
 
-def _leaf_means(result, name: str):
-    """Each sample's posterior averaged over sigma ``[N, L]`` (what a mean-posterior prior averages)."""
+def _prior_sums(result, name: str, curves):
+    """Per sample, what a mean-posterior prior averages (None for estimators of entropies)."""
     log_probs = result.estimates[name].log_probs
-    return None if log_probs is None else log_probs.double().exp().mean(1).numpy()
+    return None if log_probs is None else prior_sums(curves, log_probs.double().numpy())
 
 
 def _decision_shifts(a, b, name: str) -> dict:

@@ -50,6 +50,10 @@ class Components:
     data: DataSampler | None = None
     generation_cond: Callable[[torch.Tensor], Any] = field(default=lambda idx: None)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # The model's world beyond the taxonomy: whether it has classes that are not leaves, and the
+    # probability of those under its unconditional law (where the family knows it).
+    partial_taxonomy: bool = False
+    outside_mass: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,11 +108,12 @@ def _prior(recipe: Recipe, taxonomy: Taxonomy, default: torch.Tensor) -> torch.T
     return w / w.sum()
 
 
-def _leaf_weights(weights: dict[str, float], leaves: list[str], field: str) -> torch.Tensor:
+def _leaf_weights(weights: dict[str, float], leaves: list[str], field: str,
+                  what: str = "a leaf of the taxonomy") -> torch.Tensor:
     """A ``{leaf: weight}`` recipe mapping as a tensor in leaf order (missing leaves weigh 0)."""
     unknown = sorted(set(weights) - set(leaves))
     if unknown:
-        raise ProbesError(f"{field}: {unknown[0]!r} is not a leaf of the taxonomy")
+        raise ProbesError(f"{field}: {unknown[0]!r} is not {what}")
     w = torch.tensor([float(weights.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
     if (w < 0).any() or w.sum() <= 0:
         raise ProbesError(f"{field}: weights must be non-negative and not all zero")
@@ -168,6 +173,12 @@ def leaf_prompt(template: str, taxonomy: Taxonomy, leaf: str) -> str:
     return template.replace("{leaf}", label)
 
 
+def samples_from_taxonomy(recipe: Recipe) -> bool:
+    """Whether a run's samples are drawn from the taxonomy's leaves (leaf-conditional generation, or
+    clean data of the leaves noised forward) rather than from the model's whole world."""
+    return recipe.sampling.condition == "leaf" or recipe.sampling.source == "data"
+
+
 def leaf_of_sample(recipe: Recipe, taxonomy: Taxonomy, idx: torch.Tensor,
                    prior: torch.Tensor | None = None) -> torch.Tensor | None:
     """The known leaf of each generated sample (leaf-conditional sampling), else ``None``."""
@@ -199,28 +210,45 @@ def leaves_from_prior(idx: torch.Tensor, prior) -> torch.Tensor:
 
 
 def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
+    """A mixture over the taxonomy's leaves, or over more components: ``model.means`` may name
+    components that are not leaves (the model's world beyond the taxonomy); ``model.weights`` then
+    weighs all of them, and the run's prior over the leaves is the inside weights renormalised."""
     from probes.models.gmm import GaussianMixture
 
     cfg = recipe.model
-    leaves = taxonomy.leaves
-    weights = _leaf_weights(cfg.weights, leaves, "model.weights") if cfg.weights is not None else None
+    leaves = list(taxonomy.leaves)
+    outside = [] if cfg.means is None else [name for name in cfg.means if name not in set(leaves)]
+    inner = [name for name in outside if name in set(taxonomy.internal_nodes)]
+    if inner:
+        raise ProbesError(f"model.means: {inner[0]!r} is an internal node of the taxonomy; a component outside "
+                          "the taxonomy needs a name of its own")
+    components = leaves + outside
+    weights = None
+    if cfg.weights is not None:
+        what = "a leaf of the taxonomy or a component in model.means" if outside else "a leaf of the taxonomy"
+        weights = _leaf_weights(cfg.weights, components, "model.weights", what)
     if recipe.prior is not None:
         # One prior per run: the mixture's weights are the run's prior, so sampling, the exact
         # posterior, the filters and the mutual information all use the same one.
         prior = _prior(recipe, taxonomy, None)
-        if weights is not None and not torch.allclose(weights / weights.sum(), prior, atol=1e-9):
-            raise ProbesError("prior: differs from model.weights; a mixture's weights are its prior, give one of them")
-        weights = prior
+        if outside and weights is None:
+            raise ProbesError("prior: this mixture has components outside the taxonomy; give model.weights over "
+                              "all of them instead (the prior over the leaves is their inside part)")
+        if weights is not None:
+            inside = weights[: len(leaves)]
+            if not torch.allclose(inside / inside.sum(), prior, atol=1e-9):
+                raise ProbesError("prior: differs from model.weights; a mixture's weights are its prior, give one "
+                                  "of them")
+        else:
+            weights = prior
     if cfg.means is not None:
         missing = [leaf for leaf in leaves if leaf not in cfg.means]
-        extra = sorted(set(cfg.means) - set(leaves))
-        if missing or extra:
-            problem = f"no mean for leaf {missing[0]!r}" if missing else f"{extra[0]!r} is not a leaf"
-            raise ProbesError(f"model.means: {problem}")
-        rows = [cfg.means[leaf] for leaf in leaves]
+        if missing:
+            raise ProbesError(f"model.means: no mean for leaf {missing[0]!r}")
+        rows = [cfg.means[name] for name in components]
         if len({len(r) for r in rows}) != 1 or (cfg.dim is not None and len(rows[0]) != cfg.dim):
             raise ProbesError("model.means: every mean must have the same length (model.dim)")
-        gmm = GaussianMixture.from_means(leaves, torch.tensor(rows, dtype=torch.float64), cfg.std, weights)
+        gmm = GaussianMixture.from_means(components, torch.tensor(rows, dtype=torch.float64), cfg.std, weights)
     else:
         h = cfg.hierarchy
         if len(h.separations) < taxonomy.max_depth:
@@ -230,16 +258,21 @@ def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
                                            axis_aligned=h.axis_aligned, share_level_axes=h.share_level_axes)
         if weights is not None:
             gmm = GaussianMixture.from_means(leaves, gmm.means, cfg.std, weights)
+    outside_mass = float(1.0 - gmm.weights[: len(leaves)].sum()) if outside else 0.0
+    if outside and outside_mass >= 1.0:
+        raise ProbesError("model.weights: the taxonomy's leaves have no weight; give them some")
+    inside = gmm.restricted(leaves)  # the law of x given that its class is a leaf
     classifier = None
     if recipe.classifier is not None:
         if recipe.classifier.kind != "exact":
             raise ProbesError("classifier.kind: Gaussian-mixture models use the 'exact' classifier")
-        classifier = gmm.classifier()
+        classifier = gmm.classifier(leaves)
     scale = float(gmm.largest_eigenvalue()) ** 0.5
     return Components(
         taxonomy=taxonomy, denoiser=gmm.denoiser(), generator=None, conditioner=gmm.conditioner(taxonomy),
-        classifier=classifier, prior=gmm.weights.double(), shape=(gmm.dim,), sigma_max=20.0 * scale,
-        sigma_min=0.02 * cfg.std, exact_model=gmm, data=lambda n, g: gmm.sample(n, generator=g), device=device,
+        classifier=classifier, prior=inside.weights.double(), shape=(gmm.dim,), sigma_max=20.0 * scale,
+        sigma_min=0.02 * cfg.std, exact_model=gmm, data=lambda n, g: inside.sample(n, generator=g), device=device,
+        partial_taxonomy=bool(outside), outside_mass=outside_mass,
     )
 
 
@@ -265,14 +298,25 @@ def build_digits(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
         labels = torch.tensor([leaf_of_digit[int(d)] for d in y_test[keep]])
         classifier.calibrate(x_test[keep], labels)
 
-    def data(n, g):
-        idx = torch.randint(len(x_test), (n,), generator=g)
-        return x_test[idx], y_test[idx]
+    conditioner = digits.digits_conditioner(taxonomy)
+    # Held-out digits that are leaves, labelled by leaf index (the taxonomy's order, not the digit).
+    leaf_index = {digit: i for i, digit in enumerate(conditioner.class_of_leaf[leaf] for leaf in taxonomy.leaves)}
+    keep = torch.tensor([int(d) in leaf_index for d in y_test])
+    x_inside = x_test[keep]
+    y_inside = torch.tensor([leaf_index[int(d)] for d in y_test[keep]], dtype=torch.long)
 
+    def data(n, g):
+        idx = torch.randint(len(x_inside), (n,), generator=g)
+        return x_inside[idx], y_inside[idx]
+
+    # The model was trained on the ten digits in near-equal numbers: a taxonomy over fewer of them
+    # leaves the rest of its world outside, with about that share of its unconditional samples.
+    n_outside = digits.NUM_DIGITS - len(leaf_index)
     return Components(
         taxonomy=taxonomy, denoiser=denoiser.to(device), generator=None,
-        conditioner=digits.digits_conditioner(taxonomy), classifier=classifier.to(device) if classifier else None,
+        conditioner=conditioner, classifier=classifier.to(device) if classifier else None,
         prior=uniform_prior(taxonomy), shape=(1, 8, 8), sigma_max=80.0, sigma_min=0.02, data=data, device=device,
+        partial_taxonomy=n_outside > 0, outside_mass=n_outside / digits.NUM_DIGITS,
     )
 
 
@@ -345,11 +389,16 @@ def build_edm2(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
                 raise ProbesError(f"model.vae: {cfg.path} works in VAE latents but holds no encoder; set model.vae to "
                                   f"{edm2.VAE_NAME} (a hub id or a local copy)")
             classifier = DecodedClassifier(decoder, clean_classifier)
+    conditioner = edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None
+    # A class-conditional network knows label_dim classes, trained in about equal numbers (ImageNet):
+    # leaves that name fewer of them leave the rest of its world, and that share of its samples, outside.
+    n_inside = len(set(conditioner.class_of_leaf.values())) if conditioner is not None else 0
+    n_outside = net.label_dim - n_inside if conditioner is not None else 0
     return Components(
-        taxonomy=taxonomy, denoiser=denoiser, generator=None,
-        conditioner=edm2.edm2_conditioner(taxonomy, net.label_dim) if net.label_dim else None,
+        taxonomy=taxonomy, denoiser=denoiser, generator=None, conditioner=conditioner,
         classifier=classifier, prior=uniform_prior(taxonomy), shape=denoiser.shape, sigma_max=edm2.SIGMA_MAX,
-        sigma_min=edm2.SIGMA_MIN, device=device,
+        sigma_min=edm2.SIGMA_MIN, device=device, partial_taxonomy=n_outside > 0,
+        outside_mass=n_outside / net.label_dim if conditioner is not None else 0.0,
     )
 
 
@@ -362,7 +411,7 @@ def image_classifier(recipe: Recipe, taxonomy: Taxonomy, device) -> Classifier:
             register_tiny_clip()
         pretrained = recipe.resolve_path(cfg.pretrained) if cfg.pretrained else None  # a tag or a file
         return ClipZeroShotClassifier.create(taxonomy, cfg.model, pretrained=pretrained, templates=cfg.templates,
-                                             temperature=cfg.temperature, device=str(device))
+                                             temperature=cfg.temperature, device=str(device), universe=cfg.universe)
     if cfg.kind == "imagenet":
         from probes.classifiers.imagenet import ImageNetClassifier
 

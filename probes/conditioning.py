@@ -29,6 +29,12 @@ class Conditioner:
             return False
         return True
 
+    def outside(self, n: int) -> Any:
+        """``cond`` for ``n`` samples conditioned on the classes *outside* the taxonomy (the model's
+        world beyond its leaves). Most models cannot express it; estimators then stand the
+        unconditional model in for it (see ``bayes``)."""
+        raise UnsupportedCondition("the model cannot be conditioned on the outside of the taxonomy")
+
 
 class ClassLabelConditioner(Conditioner):
     """Class-conditional models: each leaf has an integer class id; internal nodes are unsupported."""

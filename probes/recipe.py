@@ -60,6 +60,8 @@ class ClipClassifierConfig(Strict):
     pretrained: str | None = None
     templates: Union[Literal["imagenet", "simple"], list[str]] = "simple"
     temperature: float | None = Field(None, gt=0)
+    universe: Union[Literal["imagenet"], list[str], None] = Field(
+        None, description="classes outside the taxonomy: imagenet (all 1000) or a list of names")
 
 
 class ImageNetClassifierConfig(Strict):

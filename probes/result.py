@@ -38,6 +38,9 @@ class ProbeResult:
         meta: provenance (family, pipeline and scheduler names, estimator options).
         prior: ``[L]`` leaf prior, or ``None`` for uniform.
         primary: the estimator the summary methods use by default (the first one).
+        inside_weighted: the samples came from the model's whole world, so where the model's world
+            is larger than the taxonomy means are weighted by the inside mass ``p(T | x)``; False
+            for samples drawn from the taxonomy's leaves (leaf-conditional generation).
     """
 
     taxonomy: Any
@@ -47,6 +50,7 @@ class ProbeResult:
     meta: dict = field(default_factory=dict)
     prior: torch.Tensor | None = None
     primary: str | None = None
+    inside_weighted: bool = True
     _curves: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -94,7 +98,7 @@ class ProbeResult:
                     sigmas=out.sigmas, taxonomy=self.taxonomy, levels=out.levels, nodes=out.nodes, prior=self.prior,
                     bounds=out.bounds)
             else:
-                self._curves[name] = out.curves(self.taxonomy, prior=self.prior)
+                self._curves[name] = out.curves(self.taxonomy, prior=self.prior, inside_weighted=self.inside_weighted)
         return self._curves[name]
 
     def decisions(self, axis: str = "log_sigma", estimator: str | None = None, n_boot: int = 200, seed: int = 0,
@@ -163,7 +167,8 @@ class ProbeResult:
         atomic_write_text(out / TAXONOMY_FILE, json.dumps(to_node_link(self.taxonomy), indent=1) + "\n")
         # safetensors, not pickle: loading a result directory can never run code.
         write_record(out / POSTERIORS_FILE, {"estimates": {n: vars(e) for n, e in self.estimates.items()},
-                                             "prior": self.prior, "primary": primary}, {"kind": "posteriors"})
+                                             "prior": self.prior, "primary": primary,
+                                             "inside_weighted": self.inside_weighted}, {"kind": "posteriors"})
         return curves, decisions
 
     @property
@@ -222,7 +227,11 @@ def load(directory) -> ProbeResult:
     meta = dict(state.get("meta") or {}) if isinstance(state.get("meta"), dict) else {}
     if run:
         meta.update(_run_meta(state, list(estimates)))
-    return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary)
+    inside_weighted = data.get("inside_weighted", True)  # files written before it was recorded: True
+    if not isinstance(inside_weighted, bool):
+        raise ProbesError(f"{path / POSTERIORS_FILE}: inside_weighted is not true or false; not a probes result file")
+    return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary,
+                       inside_weighted=inside_weighted)
 
 
 def read_run_state(path: Path) -> dict:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.analysis import analyse_run
-from probes.components import Components, build_components, leaf_of_sample
+from probes.components import Components, build_components, leaf_of_sample, samples_from_taxonomy
 from probes.denoisers.base import FiniteCheck
 from probes.errors import ProbesError
 from probes.noise import make_grid
@@ -286,6 +286,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior, sampler=s.method,
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
         batch_size=s.batch_size, guided_denoiser=FiniteCheck(parts.generator),
+        outside_mass=0.0 if samples_from_taxonomy(recipe) else parts.outside_mass,
+        partial_taxonomy=parts.partial_taxonomy,
     )
     t_built = time.perf_counter() - t_start
 
@@ -317,7 +319,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     payload.update(summary["payload"])
     payload.update(outcomes_of_run(out, recipe, parts, summary))  # quality, calls, samples.csv, previews
     if parts.exact_model is not None:
-        summary["text"] += "\n" + _theory_text(payload, parts, recipe.primary_estimator)
+        primary = recipe.primary_estimator
+        summary["text"] += "\n" + _theory_text(payload, parts, primary, summary["curves"][primary])
     payload["status"] = "complete"
     payload["timings"] = {
         "build_s": round(t_built, 3),
@@ -331,18 +334,20 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     return payload
 
 
-def _theory_text(payload: dict, parts: Components, primary: str) -> str:
-    """Speciation times from the mixture's covariance, next to the measured decisions."""
+def _theory_text(payload: dict, parts: Components, primary: str, curves) -> str:
+    """Speciation times from the mixture's covariance, next to the measured decisions: both on the
+    VP-time axis (the peak of the rate against VP time, not the VP time of the log-sigma peak)."""
+    from probes.entropy import decide
     from probes.models.gmm import speciation_by_node
-    from probes.noise import vp_time
 
     theory = speciation_by_node(parts.exact_model, parts.taxonomy)
     payload["theory"] = theory
-    lines = ["theory (t_S = 0.5 log Lambda of each node's sub-mixture, VP time) vs measured decision:"]
+    measured = decide(curves, n_boot=0, axis="vp_time")["nodes"]
+    lines = ["theory (t_S = 0.5 log Lambda of each node's sub-mixture, VP time) vs measured decision "
+             "(peak of the rate in VP time):"]
     for node, row in theory.items():
-        measured = payload["decisions"][primary]["nodes"].get(node) or {}
-        sigma = measured.get("decision_sigma")
-        got = f"t={vp_time(sigma):.3f} (sigma={sigma:.3g})" if sigma else "undecided"
+        d = measured.get(node)
+        got = f"t={d.vp_time:.3f} (sigma={d.decision_sigma:.3g})" if d is not None else "undecided"
         lines.append(f"  {node}: t_S={row['speciation_time']:.3f}, measured {got}")
     return "\n".join(lines)
 

@@ -15,11 +15,12 @@ class Fixed(Classifier):
         return self._logits
 
 
-def test_groups_gather_mass_and_renormalise_over_covered_classes():
+def test_groups_gather_mass_and_leave_uncovered_classes_outside():
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
     clf = Fixed(logits, leaves=["a", "b"], groups=[[0, 1], [3]])  # class 2 belongs to no leaf
     p = clf(torch.zeros(1)).exp()
-    torch.testing.assert_close(p, torch.tensor([[0.3 / 0.7, 0.4 / 0.7]]))
+    # exact: leaf mass is the sum of its classes' probabilities; 0.3 stays outside the taxonomy
+    torch.testing.assert_close(p, torch.tensor([[0.3, 0.4]]))
 
 
 def test_calibration_recovers_the_temperature_of_an_exact_posterior():

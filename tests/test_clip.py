@@ -45,7 +45,8 @@ def checkpoint(tiny, tmp_path_factory):
 
 def test_leaf_texts_and_templates(tax):
     texts = leaf_texts(tax, ["a photo of a {}.", "art of the {}."])
-    assert texts["car"] == ["a red car", "a blue car"]  # prompts are used as they are
+    # generation prompts are not classifier texts: the leaf's names go through the templates
+    assert texts["car"] == ["a photo of a car.", "art of the car."]
     assert texts["kitty"] == ["a photo of a cat.", "art of the cat.", "a photo of a kitten.", "art of the kitten."]
     assert texts["golden_retriever"] == ["a photo of a golden retriever.", "art of the golden retriever."]
     assert len(resolve_templates("imagenet")) == 80 and len(resolve_templates("simple")) == 7
@@ -108,7 +109,7 @@ def test_text_encoder_runs_once(tiny, tax, checkpoint, tmp_path, monkeypatch):
     path, reference = checkpoint
     monkeypatch.setattr(clip_mod, "_TEXT_CACHE", {})
     first = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
-    assert first.text_encoder_calls == 1  # all 16 texts in one batch
+    assert first.text_encoder_calls == 1  # all 21 texts (3 leaves' names x 7 templates) in one batch
     calls = []
     original = first.model.encode_text
     first.model.encode_text = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -141,3 +142,39 @@ def test_missing_weights_and_unknown_models(tiny, tax, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ProbesError, match="cannot load"):
         ClipZeroShotClassifier.create(tax, tiny, pretrained=str(bad))
+
+
+def test_a_universe_puts_mass_outside_the_taxonomy(tiny, tax):
+    """Names outside the taxonomy are native classes owned by no leaf: leaf probabilities are the
+    softmax over all classes at the leaves' own columns (exact), so rows sum to p(T | x) < 1."""
+    outside = ["bicycle", "tree", "cat"]  # "cat" is the kitty leaf's label: it stays the leaf's
+    clf = ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None, universe=outside)
+    assert clf.native == [f"leaf:{leaf}" for leaf in tax.leaves] + ["outside:bicycle", "outside:tree"]
+    assert clf.leaves == tax.leaves
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        lp, logits = clf(x), clf.logits(x)
+    assert logits.shape == (4, 5)
+    torch.testing.assert_close(lp, torch.log_softmax(logits, -1)[:, :3])
+    assert (lp.exp().sum(-1) < 1).all()
+    with pytest.raises(ProbesError, match="classifier.universe"):
+        ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None, universe="everything")
+
+
+def test_imagenet_universe_gives_leaves_their_imagenet_classes(tiny):
+    """universe: imagenet scores the 1000 ImageNet classes; a leaf that is an ImageNet class owns
+    it, a leaf with no ImageNet class keeps its own text, and the other classes are outside."""
+    g = nx.DiGraph()
+    g.add_node("tabby", wnid="n02123045")
+    g.add_node("robot", label="robot")
+    g.add_edges_from([("root", "tabby"), ("root", "robot")])
+    t = Taxonomy(g, name="toy")
+    clf = ClipZeroShotClassifier.create(t, tiny, templates="photo", cache_dir=None, universe="imagenet")
+    assert len(clf.native) == 1001 and clf.native[-1] == "leaf:robot"
+    assert clf.texts["imagenet:n02123045"] == ["a photo of a tabby cat."]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        lp, logits = clf(x), clf.logits(x)
+    p = torch.softmax(logits, -1)
+    tabby = clf.native.index("imagenet:n02123045")
+    torch.testing.assert_close(lp.exp(), torch.stack([p[:, tabby], p[:, -1]], -1))

@@ -10,8 +10,9 @@ Denoiser contract (``D(x, sigma, cond) -> x0_hat`` on the sigma axis):
   parameterisation is a skip connection at zero noise: eps ``x - sigma eps``, v, flow
   ``x_t - t v``, EDM's ``c_skip -> 1``; at sigma = 1e-3 the gap is ~1e-3 of the output, tested at
   2e-2); ``sigma_min < sigma_max``; the family's conditioner feeds it.
-Classifier contract: ``[B, L]`` log-probabilities over the taxonomy's leaves, rows summing to 1
-  (1e-5), deterministic, no cross-talk (1e-4).
+Classifier contract: ``[B, L]`` log-probabilities over the taxonomy's leaves, rows summing to at
+  most 1 (1e-5; the rest is the classifier's mass outside the taxonomy, e.g. ImageNet classes under
+  no leaf) and exactly 1 when the taxonomy covers all its classes, deterministic, no cross-talk (1e-4).
 Estimator contract: on a Gaussian mixture, output on a sub-grid of the trajectory's sigmas,
   normalised posteriors ``[B, S', L]`` (or level/node entropies ``[B, S', D]``/``[B, S', K]``),
   reproducible with the same seed, costs counted.
@@ -164,6 +165,10 @@ CLASSIFIERS = {
 }
 
 
+# Classifiers whose native classes all belong to a leaf of the test taxonomy.
+CLOSED_WORLD = ("digits", "gmm-exact", "clip-zero-shot", "any-callable-on-latents")
+
+
 @pytest.mark.parametrize("name", list(CLASSIFIERS))
 def test_classifier_contract(name):
     source, shape, make = CLASSIFIERS[name]
@@ -176,7 +181,10 @@ def test_classifier_contract(name):
         lp, again = clf(x), clf(x)
         rows = torch.cat([clf(x[i:i + 1]) for i in range(3)])
     assert lp.shape == (3, len(tax.leaves)) and torch.isfinite(lp).all()
-    assert torch.allclose(lp.exp().sum(-1), torch.ones(3), atol=1e-5)
+    total = lp.exp().sum(-1)
+    assert (total <= 1 + 1e-5).all()
+    if name in CLOSED_WORLD:
+        assert torch.allclose(total, torch.ones(3), atol=1e-5)
     assert torch.equal(lp, again)
     assert torch.allclose(rows, lp, atol=1e-4)
     assert list(getattr(clf, "leaves", tax.leaves)) == tax.leaves

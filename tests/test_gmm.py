@@ -357,8 +357,22 @@ def test_conditioner_masks_nodes():
     with pytest.raises(UnsupportedCondition):
         cond(["nope"])
     other = GaussianMixture.from_means(["x", "y", "z", "w"], mixture.means, 1.0)
-    with pytest.raises(ProbesError, match="leaves"):
+    with pytest.raises(ProbesError, match="taxonomy leaf 'A1' is not a component"):
         other.conditioner(tax)
+    with pytest.raises(UnsupportedCondition, match="no components outside"):
+        cond.outside(2)
+
+
+def test_conditioner_of_a_mixture_larger_than_the_taxonomy():
+    """Components that are not leaves are the outside: no node's mask covers them, and the
+    outside mask is exactly their complement."""
+    tax = tree({"A": {"A1": None, "A2": None}, "B": {"B1": None, "B2": None}})
+    means = torch.arange(12, dtype=torch.float64).reshape(6, 2)
+    mixture = GaussianMixture.from_means(["A1", "Z", "A2", "B1", "B2", "Y"], means, 1.0)
+    cond = mixture.conditioner(tax)
+    assert cond(["root"]).tolist() == [[True, False, True, True, True, False]]
+    assert cond(["A"]).tolist() == [[True, False, True, False, False, False]]
+    assert cond.outside(2).tolist() == [[False, True, False, False, False, True]] * 2
 
 
 # ---- (f) covariance and speciation ----------------------------------------------------------------

@@ -135,3 +135,27 @@ def test_refusals_are_one_line():
     assert "step" not in vars(pipe.scheduler)  # the wrapper never outlives the call
     with pytest.raises(ProbesError, match="no adapter for"):
         probes.probe(object(), tax, classifier=clf)
+
+
+@pytest.mark.parametrize("case", ["flux", "pixart"])
+def test_probe_t5_pipelines_with_text_prompts(case):
+    """Flux and PixArt with their prompts encoded for real (a tiny T5 and tokenizer built in code):
+    probing changes no pixel, and the family's denoiser encodes the conditioner's leaf prompts
+    through the pipeline's own encoder (different leaves, different predictions)."""
+    pipe = _pipe(case)
+    tax = load_taxonomy(TAX)
+    call = dict(prompt=["a photo of a cat", "a dog"], height=16, width=16, num_inference_steps=2, output_type="pt")
+    if case == "pixart":
+        call.update(use_resolution_binning=False, clean_caption=False)
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    result = probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=["plugin"], **call,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(result.output.images, plain)
+    family = probes.adapters.family_of(pipe)
+    prompts = family.conditioner(pipe, tax)(tax.leaves[:2])
+    assert all(isinstance(p, str) and p for p in prompts)
+    x = torch.randn(1, *family.latent_shape(pipe), generator=torch.Generator().manual_seed(1)).repeat(2, *(
+        [1] * len(family.latent_shape(pipe))))  # one state twice: only the prompt differs
+    with torch.no_grad():
+        d = family.denoiser(pipe)(x, 2.0, prompts)
+    assert d.shape == x.shape and torch.isfinite(d).all() and not torch.allclose(d[0], d[1])

@@ -54,7 +54,7 @@ def test_run_writes_the_documented_directory(tmp_path):
 
     rows = read_csv(out / "curves.csv")
     assert list(rows[0]) == ["estimator", "sigma", "vp_time", "log_snr", "kind", "name", "entropy", "stderr",
-                             "mutual_info", "n_samples", "entropy_lo", "entropy_hi"]
+                             "mutual_info", "n_samples", "entropy_lo", "entropy_hi", "inside_mass"]
     assert {r["estimator"] for r in rows} == {"exact", "plugin", "bayes"}
 
     tree = nx.node_link_graph(json.loads((out / "tree.json").read_text()), edges="edges")

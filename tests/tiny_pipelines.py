@@ -1,9 +1,11 @@
 """Tiny random-weight diffusers pipelines of every family, built in code, offline.
 
-Shapes follow diffusers' own test configs, narrowed further. Flow and T5-conditioned families
-(SD 3, Flux, PixArt) are built without T5 (no tokenizer model ships offline): callers pass prompt
-embeddings, as users of those pipelines often do. Every module is put in ``eval()`` mode (modules
-built in code start in training mode; DiT's label dropout would make them nondeterministic).
+Shapes follow diffusers' own test configs, narrowed further. T5-conditioned families (Flux,
+PixArt) get a tiny T5 encoder and a T5 tokenizer built in code over a small word list (no
+tokenizer model ships offline), so their prompts encode for real; the tests' pipeline calls still
+pass prompt embeddings, as users of those pipelines often do. SD 3 is built without its optional
+T5. Every module is put in ``eval()`` mode (modules built in code start in training mode; DiT's
+label dropout would make them nondeterministic).
 """
 
 from __future__ import annotations
@@ -56,6 +58,29 @@ def _vae(latent_channels=4, blocks=(8, 8), **kw):
                          up_block_types=("UpDecoderBlock2D",) * len(blocks), **kw)
 
 
+_T5_WORDS = ("a photo of the an cat dog car bus truck animal vehicle bird horse ship plane fish boat "
+             "mammal thing object").split()
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer (sentencepiece-style unigram over whole words, then letters) built in code."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+             + [("\u2581" + w, -2.0) for w in _T5_WORDS] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"])
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+
+
+def _t5(d_model=32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=4 + len(_T5_WORDS) + 26, d_model=d_model, d_kv=8, d_ff=64,
+                                   num_layers=2, num_heads=4))
+
+
 def tiny_sd(prediction_type="epsilon", scheduler="ddim", seed=0):
     return build_tiny_pipeline(seed=seed, prediction_type=prediction_type, sample_size=8, scheduler=scheduler)
 
@@ -106,13 +131,14 @@ def tiny_flux(seed=0):
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
         return dict(transformer=transformer, vae=_vae(latent_channels=4, blocks=(8, 8), scaling_factor=0.3611,
                                                       shift_factor=0.1159, use_quant_conv=False,
-                                                      use_post_quant_conv=False))
+                                                      use_post_quant_conv=False),
+                    text_encoder=_clip(), text_encoder_2=_t5())
 
     parts = _seeded(seed, build)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                             base_image_seq_len=256, max_image_seq_len=4096)
-    return _eval(FluxPipeline(scheduler=sched, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                              tokenizer_2=None, **parts))
+    return _eval(FluxPipeline(scheduler=sched, tokenizer=build_clip_tokenizer(), tokenizer_2=_t5_tokenizer(),
+                              **parts))
 
 
 def tiny_pixart(seed=0):
@@ -124,11 +150,11 @@ def tiny_pixart(seed=0):
             caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
             activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
             norm_elementwise_affine=False, norm_eps=1e-6)
-        return dict(transformer=transformer, vae=_vae())
+        return dict(transformer=transformer, vae=_vae(), text_encoder=_t5())
 
     parts = _seeded(seed, build)
     sched = DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return _eval(PixArtAlphaPipeline(tokenizer=None, text_encoder=None, scheduler=sched, **parts))
+    return _eval(PixArtAlphaPipeline(tokenizer=_t5_tokenizer(), scheduler=sched, **parts))
 
 
 def tiny_dit(seed=0, scheduler="ddpm"):
@@ -202,10 +228,9 @@ FAMILY_CASES = {
     "sdxl": FamilyCase(tiny_sdxl, dict(prompt=["a cat"], height=16, width=16), lambda b: ["a cat"] * b),
     "sd3": FamilyCase(tiny_sd3, dict(prompt=["a cat"], height=16, width=16), lambda b: ["a cat"] * b),
     "flux": FamilyCase(tiny_flux, dict(height=16, width=16, **text_embeddings("flux", 1)), _flux_cond,
-                       guidance=None, conditioner_taxonomy=None),
+                       guidance=None),
     "pixart": FamilyCase(tiny_pixart, dict(height=16, width=16, use_resolution_binning=False,
-                                           **text_embeddings("pixart", 1)), _pixart_cond, guidance=4.5,
-                         conditioner_taxonomy=None),
+                                           **text_embeddings("pixart", 1)), _pixart_cond, guidance=4.5),
     "dit": FamilyCase(tiny_dit, dict(class_labels=[3, 7]), lambda b: torch.tensor([3, 7] * b)[:b],
                       guidance=4.0),
 }

@@ -1,10 +1,12 @@
 """The classifier interface.
 
 A classifier scores clean inputs over its own *native* classes (10 digits, 1000 ImageNet synsets,
-one text per leaf for CLIP) and maps them to the taxonomy's leaves: each leaf owns a group of
-native classes, and its log-probability is the log-sum-exp of theirs. Native classes that belong to
-no leaf are dropped and the rest renormalised, i.e. the posterior is conditioned on the image
-belonging to the taxonomy. A temperature divides the native logits before the softmax.
+one text per leaf for CLIP, or a universe of names) and maps them to the taxonomy's leaves: each
+leaf owns a group of native classes, and its log-probability is the log-sum-exp of theirs. Native
+classes that belong to no leaf are the *outside* of the taxonomy: their mass is not handed to the
+leaves, so a row sums to ``p(T | x)``, the probability that the input belongs to the taxonomy at
+all (the entropy engine reports it as the inside mass and renormalises). A temperature divides the
+native logits before the softmax.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Classifier(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``[batch, leaves]`` (rows log-sum-exp to zero)."""
+        """Log-probabilities ``[batch, leaves]``; rows log-sum-exp to ``log p(T | x) <= 0`` (zero when
+        every native class belongs to a leaf)."""
         return self.leaf_log_probs(self.logits(x))
 
     def leaf_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,8 @@ class Classifier(torch.nn.Module):
         per_class = torch.log_softmax(logits, dim=-1)
         gathered = per_class[:, self.group_index]  # [batch, leaves, width]
         gathered = gathered.masked_fill(~self.group_valid, float("-inf"))
-        per_leaf = torch.logsumexp(gathered, dim=-1)
-        return per_leaf - torch.logsumexp(per_leaf, dim=-1, keepdim=True)
+        return torch.logsumexp(gathered, dim=-1)
+
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, leaf_index: torch.Tensor, steps: int = 100) -> float:

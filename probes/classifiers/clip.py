@@ -1,13 +1,21 @@
 """Zero-shot CLIP over a taxonomy's leaves (open_clip models).
 
-Each leaf becomes one text embedding: the mean of the normalised embeddings of the leaf's texts,
-renormalised (as in CLIP's zero-shot ImageNet evaluation). A leaf's texts are its ``prompts``
-when the taxonomy gives any (used verbatim), otherwise each of its names inserted into every
-prompt template. Names come from, in order: the curated ImageNet class name when the leaf's
-``wnid`` is an ImageNet-1k class, the ``label`` and ``aliases`` attributes, and when none of those
-is given, the WordNet lemma names of its synset (``tabby.n.01`` -> "tabby", "tabby cat") or the
-node id made readable. Logits are ``logit_scale.exp() * cos(image, text)`` (about 100 x cosine for
-trained CLIP models), divided by the classifier's temperature (default 1).
+Each native class becomes one text embedding: the mean of the normalised embeddings of its texts,
+renormalised (open_clip's template ensembling, as in CLIP's zero-shot ImageNet evaluation). A
+class's texts are each of its names inserted into every prompt template; a leaf's generation
+``prompts`` are not used (they describe what to draw, and one prompt is no ensemble). Names come
+from, in order: the curated ImageNet class name when the leaf's ``wnid`` is an ImageNet-1k class,
+the ``label`` and ``aliases`` attributes, and when none of those is given, the WordNet lemma names
+of its synset (``tabby.n.01`` -> "tabby", "tabby cat") or the node id made readable. Logits are
+``logit_scale.exp() * cos(image, text)`` (about 100 x cosine for trained CLIP models), divided by
+the classifier's temperature (default 1).
+
+**The world beyond the taxonomy.** With no universe the native classes are the leaves: a closed
+world in which every image belongs to some leaf. With a *universe* the classifier also scores
+names outside the taxonomy, whose mass is the outside (``p(T | x) < 1``): ``universe="imagenet"``
+scores all ImageNet-1k classes, each leaf owning the classes under its synset in WordNet (as the
+ImageNet classifiers do; a leaf with none keeps a text of its own); a list of names adds those
+names as outside classes beside the leaves.
 
 Images come in as NCHW floats in ``[-1, 1]`` at any size; they are resized (bicubic, antialiased)
 so the shorter side matches the model's input size, centre-cropped and normalised with the
@@ -141,17 +149,50 @@ def _fill(template: Template, name: str) -> str:
 
 
 def leaf_texts(taxonomy, templates: str | Sequence[Template] | None = None) -> dict[str, list[str]]:
-    """Texts per leaf of ``taxonomy`` (its ``prompts`` verbatim, else names x templates)."""
+    """Texts per leaf of ``taxonomy``: each of its names in every template."""
     templates = resolve_templates(templates)
-    out = {}
-    for leaf in taxonomy.leaves:
-        attrs = taxonomy.node_attrs(leaf) or {}
-        prompts = list(attrs.get("prompts") or [])
-        if prompts:
-            out[leaf] = prompts
-        else:
-            out[leaf] = [_fill(t, name) for name in node_names(leaf, attrs) for t in templates]
-    return out
+    return {leaf: [_fill(t, name) for name in node_names(leaf, taxonomy.node_attrs(leaf) or {}) for t in templates]
+            for leaf in taxonomy.leaves}
+
+
+UNIVERSES = ("imagenet",)
+
+
+def universe_texts(taxonomy, universe, templates=None) -> tuple[dict[str, list[str]], list[list[int]]]:
+    """Native classes of a zero-shot classifier over ``universe`` (see the module docstring):
+    ``(texts per native class, native class indices per leaf)``.
+
+    ``universe`` is ``"imagenet"`` or a list of names; names that are also a leaf's name are the
+    leaf's, not outside classes.
+    """
+    templates = resolve_templates(templates)
+    own = leaf_texts(taxonomy, templates)
+    texts: dict[str, list[str]] = {}
+    groups: list[list[int]] = []
+    if universe == "imagenet":
+        from probes.classifiers.imagenet import imagenet_groups
+        from probes.taxonomy.wordnet import imagenet_wnids
+
+        names = _imagenet_names()
+        for wnid in imagenet_wnids():
+            texts[f"imagenet:{wnid}"] = [_fill(t, names[wnid]) for t in templates]
+        by_leaf = imagenet_groups(taxonomy)
+        for leaf in taxonomy.leaves:
+            if not by_leaf[leaf]:  # nothing of ImageNet under it: the leaf's own text
+                texts[f"leaf:{leaf}"] = own[leaf]
+                by_leaf[leaf] = [len(texts) - 1]
+            groups.append(list(by_leaf[leaf]))
+        return texts, groups
+    if isinstance(universe, str) or not all(isinstance(n, str) and n.strip() for n in universe):
+        raise ProbesError(f"classifier.universe: must be one of {', '.join(UNIVERSES)} or a list of class names")
+    taken = {name.lower() for leaf in taxonomy.leaves for name in node_names(leaf, taxonomy.node_attrs(leaf) or {})}
+    for i, leaf in enumerate(taxonomy.leaves):
+        texts[f"leaf:{leaf}"] = own[leaf]
+        groups.append([i])
+    for name in universe:
+        if name.strip().lower() not in taken and f"outside:{name}" not in texts:
+            texts[f"outside:{name}"] = [_fill(t, name.strip()) for t in templates]
+    return texts, groups
 
 
 # --- tiny model config (tests, benchmarks, the tiny recipe) ------------------------------------
@@ -184,13 +225,16 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
 
 
 class ClipZeroShotClassifier(Classifier):
-    """Zero-shot classification of images in ``[-1, 1]`` against one text embedding per leaf.
+    """Zero-shot classification of images in ``[-1, 1]`` against one text embedding per native class.
 
     Args:
         model: an open_clip ``CLIP`` model (anything with ``encode_image``, ``encode_text``,
             ``logit_scale`` and ``visual``).
         tokenizer: the model's tokenizer (``open_clip.get_tokenizer(name)``).
-        texts: leaf -> texts, in leaf order (see :func:`leaf_texts`).
+        texts: native class -> texts (see :func:`leaf_texts`, :func:`universe_texts`); without
+            ``leaves``/``groups`` the native classes are the leaves, in leaf order.
+        leaves, groups: the taxonomy's leaves and the native class indices each one owns (classes
+            owned by no leaf are outside the taxonomy).
         temperature: divides the logits; 1 keeps the model's own logit scale.
         cache_key: identifies the model weights for the text-embedding cache; ``None`` (random or
             unknown weights) caches nothing beyond this instance.
@@ -200,14 +244,16 @@ class ClipZeroShotClassifier(Classifier):
 
     def __init__(self, model, tokenizer, texts: Mapping[str, Sequence[str]], temperature: float = 1.0,
                  cache_key: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 preprocess_cfg: Mapping | None = None, text_batch_size: int = 256):
-        super().__init__(list(texts), None, temperature)
+                 preprocess_cfg: Mapping | None = None, text_batch_size: int = 256,
+                 leaves: Sequence[str] | None = None, groups: list[list[int]] | None = None):
+        super().__init__(list(texts) if leaves is None else leaves, groups, temperature)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.texts = {leaf: list(t) for leaf, t in texts.items()}
-        empty = [leaf for leaf, t in self.texts.items() if not t]
+        self.texts = {name: list(t) for name, t in texts.items()}
+        self.native = list(self.texts)
+        empty = [name for name, t in self.texts.items() if not t]
         if empty:
-            raise ProbesError(f"classifier: no text for taxonomy leaf {empty[0]!r}")
+            raise ProbesError(f"classifier: no text for class {empty[0]!r}")
         self.text_batch_size = text_batch_size
         cfg = dict(_model_preprocess_cfg(model))
         cfg.update(preprocess_cfg or {})
@@ -223,7 +269,7 @@ class ClipZeroShotClassifier(Classifier):
     # -- text side -----------------------------------------------------------------------------
 
     def _cache_name(self, cache_key: str) -> str:
-        payload = json.dumps([cache_key, [self.texts[leaf] for leaf in self.leaves]], ensure_ascii=False)
+        payload = json.dumps([cache_key, [self.texts[name] for name in self.native]], ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
     def _text_features(self, cache_key, cache_dir) -> torch.Tensor:
@@ -234,7 +280,7 @@ class ClipZeroShotClassifier(Classifier):
         if path is not None and path.is_file():
             try:
                 features = torch.load(path, map_location="cpu", weights_only=True)
-                if features.shape[0] == len(self.leaves):
+                if features.shape[0] == len(self.native):
                     _TEXT_CACHE[name] = features
                     return features.clone()
             except (OSError, RuntimeError):
@@ -249,8 +295,8 @@ class ClipZeroShotClassifier(Classifier):
 
     @torch.no_grad()
     def encode_texts(self) -> torch.Tensor:
-        """Per-leaf text embeddings ``[leaves, dim]`` (unit norm), computed with the model."""
-        flat = [(i, text) for i, leaf in enumerate(self.leaves) for text in self.texts[leaf]]
+        """Per-class text embeddings ``[native classes, dim]`` (unit norm), computed with the model."""
+        flat = [(i, text) for i, name in enumerate(self.native) for text in self.texts[name]]
         device = next(self.model.parameters()).device
         chunks = []
         for start in range(0, len(flat), self.text_batch_size):
@@ -260,8 +306,8 @@ class ClipZeroShotClassifier(Classifier):
             chunks.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
         per_text = torch.cat(chunks)
         owner = torch.tensor([i for i, _ in flat])
-        sums = torch.zeros(len(self.leaves), per_text.shape[1]).index_add_(0, owner, per_text)
-        return F.normalize(sums / torch.bincount(owner, minlength=len(self.leaves))[:, None], dim=-1)
+        sums = torch.zeros(len(self.native), per_text.shape[1]).index_add_(0, owner, per_text)
+        return F.normalize(sums / torch.bincount(owner, minlength=len(self.native))[:, None], dim=-1)
 
     # -- image side ----------------------------------------------------------------------------
 
@@ -286,7 +332,7 @@ class ClipZeroShotClassifier(Classifier):
     def create(cls, taxonomy, model_name: str, pretrained: str | None = None,
                templates: str | Sequence[Template] | None = None, temperature: float | None = None,
                device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = "default",
-               precision: str = "fp32") -> ClipZeroShotClassifier:
+               precision: str = "fp32", universe: str | Sequence[str] | None = None) -> ClipZeroShotClassifier:
         """Build from an open_clip architecture name and weights.
 
         Args:
@@ -298,6 +344,8 @@ class ClipZeroShotClassifier(Classifier):
             temperature: divides the logits (default 1: the model's own logit scale).
             cache_dir: text-embedding cache on disk; ``"default"`` = ``~/.cache/probes/clip``,
                 ``None`` = none. Random weights are never cached.
+            universe: ``None`` (the leaves are the whole world), ``"imagenet"`` or a list of names
+                outside the taxonomy (see the module docstring).
         """
         patch_torchvision()
         import open_clip
@@ -335,9 +383,12 @@ class ClipZeroShotClassifier(Classifier):
             from probes.hub import cache_dir as probes_cache_dir
 
             cache_dir = probes_cache_dir() / "clip"
-        return cls(model, tokenizer, leaf_texts(taxonomy, templates),
-                   temperature=1.0 if temperature is None else float(temperature),
-                   cache_key=cache_key, cache_dir=cache_dir).to(device)
+        if universe is None:
+            texts, leaves, groups = leaf_texts(taxonomy, templates), None, None
+        else:
+            (texts, groups), leaves = universe_texts(taxonomy, universe, templates), list(taxonomy.leaves)
+        return cls(model, tokenizer, texts, temperature=1.0 if temperature is None else float(temperature),
+                   cache_key=cache_key, cache_dir=cache_dir, leaves=leaves, groups=groups).to(device)
 
 
 def _model_preprocess_cfg(model) -> dict:

@@ -5,8 +5,9 @@ scores its 1000 classes in the standard order (sorted wnids, ``n01440764`` first
 leaf then gathers the probability mass of every ImageNet class whose synset *is* the leaf's synset
 or a WordNet hyponym (descendant) of it, so a leaf that is an internal WordNet node
 (``dog.n.01``) collects all the dog breeds. A class under several leaves goes to the closest one
-(fewest hypernym steps; ties: the first leaf). Classes under no leaf are dropped and the leaf
-probabilities renormalised, i.e. ``p(leaf | x) = p(classes under leaf | x, x is in the taxonomy)``.
+(fewest hypernym steps; ties: the first leaf). Classes under no leaf are the outside of the
+taxonomy: ``p(leaf | x) = p(classes under leaf | x)`` and the leaves sum to ``p(T | x)``, the
+probability that the image shows anything in the taxonomy.
 
 A leaf names its synset with a ``wnid`` (``n02123045``) or ``synset`` (``tabby.n.01``) attribute,
 or by being named like a synset; a bare ``index`` attribute picks one ImageNet class by its output

@@ -217,21 +217,25 @@ def _decide_family(
     flat_tol: float,
     ci: float,
     axis: str = "log_sigma",
+    sample_weight: np.ndarray | None = None,
 ) -> dict:
-    """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate)."""
+    """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate);
+    ``sample_weight [N, S]`` weights the samples in every mean (inside mass), else equal."""
     to_sigma = lambda v: float(sigma_of_coordinate(axis, v))
     N, S, K = per_sample.shape
     finite = np.isfinite(per_sample)
-    filled = np.where(finite, per_sample, 0.0)
-    count = finite.sum(0)
+    w = np.ones((N, S, 1)) if sample_weight is None else sample_weight[..., None]
+    finite_w = np.where(finite, w, 0.0)
+    filled = np.where(finite, per_sample, 0.0) * finite_w
+    count = finite_w.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, filled.sum(0) / np.maximum(count, 1), np.nan)  # [S, K]
+        mean = np.where(count > 0, filled.sum(0) / np.where(count > 0, count, 1.0), np.nan)  # [S, K]
 
     boot = None
     if weights is not None:
         B = weights.shape[0]
         num = weights @ filled.reshape(N, S * K)
-        den = weights @ finite.reshape(N, S * K).astype(np.float64)
+        den = weights @ finite_w.reshape(N, S * K)
         with np.errstate(invalid="ignore", divide="ignore"):
             boot = np.where(den > 0, num / den, np.nan).reshape(B, S, K)
 
@@ -318,11 +322,14 @@ def decide(
     if n_boot and n_boot > 0 and N > 0:
         rng = np.random.default_rng(seed)
         weights = rng.multinomial(N, np.full(N, 1.0 / N), size=int(n_boot)).astype(np.float64)
+    sample_weight = curves.sample_weight()
+    if sample_weight is not None:
+        sample_weight = sample_weight[:, order]
     nodes = _decide_family(
-        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci, axis
+        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci, axis, sample_weight
     )
     levels = _decide_family(
-        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci, axis
+        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci, axis, sample_weight
     )
     return {"nodes": nodes, "levels": levels}
 

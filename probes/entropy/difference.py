@@ -20,9 +20,12 @@ the peak positions, come from one joint resampling. Two pairings:
   shared noise then cancels in the difference and the intervals are narrower.
 * ``independent``: A and B are resampled separately.
 
-``stderr`` is the standard error of the mean entropy difference (per-sample differences when
-paired, ``sqrt(se_A^2 + se_B^2)`` otherwise); it leaves out the prior's own uncertainty, which
-the bootstrap intervals include.
+Means are those of the curves themselves: inside-weighted where the model's world is larger than
+the taxonomy (:meth:`EntropyCurves.sample_weight`), in the point estimate and in every replicate.
+
+``stderr`` is the standard error of the mean entropy difference (linearised over the samples,
+taken together when paired, ``sqrt(se_A^2 + se_B^2)`` otherwise); it leaves out the prior's own
+uncertainty, which the bootstrap intervals include.
 """
 
 from __future__ import annotations
@@ -94,13 +97,14 @@ class CurveComparison:
 
 
 def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int = 200, seed: int = 0,
-                   ci: float = 0.95, leaf_means_a=None, leaf_means_b=None) -> CurveComparison:
+                   ci: float = 0.95, prior_sums_a=None, prior_sums_b=None) -> CurveComparison:
     """``dI = I_B - I_A`` per level and node with joint bootstrap intervals (see the module docstring).
 
     ``paired`` resamples sample i of both sets together (they must have as many samples).
-    ``leaf_means_a`` / ``leaf_means_b`` (``[N, L]``, each sample's posterior averaged over sigma)
-    let a replicate re-estimate a prior that was itself the mean posterior (``prior_weight > 0``);
-    without them such a prior is held fixed.
+    ``prior_sums_a`` / ``prior_sums_b`` (``([N, L], [N])``: each sample's posterior summed over
+    sigma with the weights of the mean posterior, and the sum of those weights; see
+    :func:`prior_sums`) let a replicate re-estimate a prior that was itself the mean posterior
+    (``prior_weight > 0``); without them such a prior is held fixed.
     """
     if not 0 < ci < 1:
         raise ProbesError(f"compare: ci must be in (0, 1); got {ci}")
@@ -120,8 +124,8 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
     if n_boot:
         w_a = rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=n_boot).astype(np.float64)
         w_b = w_a if paired else rng.multinomial(n_b, np.full(n_b, 1.0 / n_b), size=n_boot).astype(np.float64)
-    prior_a, prior_b = _replicate_priors(a, w_a, leaf_means_a), _replicate_priors(b, w_b, leaf_means_b)
-    grid = _Grid(a.sigmas, ci)
+    prior_a, prior_b = _replicate_priors(a, w_a, prior_sums_a), _replicate_priors(b, w_b, prior_sums_b)
+    grid = _Grid(a.sigmas, ci, _sample_weight(a), _sample_weight(b))
 
     levels = grid.differences("level", a.level_names, a.levels, b.levels, a.prior_levels, b.prior_levels,
                               prior_a[0], prior_b[0], w_a, w_b, paired)
@@ -137,49 +141,83 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
                            n_samples=(n_a, n_b), levels=levels, nodes=nodes)
 
 
-def _replicate_priors(curves: EntropyCurves, weights, leaf_means):
+def prior_sums(curves: EntropyCurves, log_probs) -> tuple[np.ndarray, np.ndarray]:
+    """What the mean-posterior prior of ``curves`` averages, per sample: ``(sum over sigma of
+    w p(leaf | x, T) [N, L], sum over sigma of w [N])`` with ``w`` the sample weight of the curves
+    (the inside mass where that applies, else 1), from the estimator's ``log_probs [N, S, L]``."""
+    p = np.exp(np.asarray(log_probs, dtype=np.float64))
+    inside = p.sum(-1)  # [N, S]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        renormalised = np.nan_to_num(p / inside[..., None])
+    weight = curves.sample_weight()
+    w = np.ones_like(inside) if weight is None else np.nan_to_num(np.asarray(weight, dtype=np.float64))
+    return (w[..., None] * renormalised).sum(1), w.sum(1)
+
+
+def _sample_weight(curves: EntropyCurves):
+    weight = curves.sample_weight()
+    return None if weight is None else np.asarray(weight, dtype=np.float64)
+
+
+def _replicate_priors(curves: EntropyCurves, weights, sums):
     """Per-replicate prior level entropies ``[B, D]`` and node contributions ``[B, K]`` when the
     prior was estimated from the samples themselves (so it varies with them); ``(None, None)``
     when it is held fixed."""
-    if weights is None or leaf_means is None or curves.prior_weight <= 0 or curves._index is None:
+    if weights is None or sums is None or curves.prior_weight <= 0 or curves._index is None:
         return None, None
-    means = np.asarray(leaf_means, dtype=np.float64)
-    priors = weights @ means / weights.sum(1, keepdims=True)
+    leaf_sums, mass = (np.asarray(v, dtype=np.float64) for v in sums)
+    priors = (weights @ leaf_sums) / (weights @ mass)[:, None]
     priors = priors / priors.sum(1, keepdims=True)
     pairs = [curves._index.prior_entropies(p) for p in priors]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``[B, S, K]`` means of ``values [N, S, K]`` under sample weights ``[B, N]``, skipping NaN."""
+def _per_sample_weights(values: np.ndarray, weight) -> np.ndarray:
+    """The weight of each entry of ``values [N, S, K]`` in a mean: the curves' sample weight
+    ``[N, S]`` (the inside mass) or 1, and 0 where the entry is NaN."""
+    w = np.ones(values.shape[:2]) if weight is None else np.nan_to_num(weight)
+    return np.where(np.isfinite(values), w[..., None], 0.0)
+
+
+def _weighted_mean(replicates: np.ndarray, values: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``[B, S, K]`` means of ``values [N, S, K]`` with entry weights ``u`` under the replicates'
+    sample counts ``[B, N]`` (``sum c u x / sum c u``)."""
     N, S, K = values.shape
-    finite = np.isfinite(values)
-    num = weights @ np.where(finite, values, 0.0).reshape(N, S * K)
-    den = weights @ finite.reshape(N, S * K).astype(np.float64)
+    num = replicates @ np.where(u > 0, u * values, 0.0).reshape(N, S * K)
+    den = replicates @ u.reshape(N, S * K)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan).reshape(-1, S, K)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan).reshape(-1, S, K)
 
 
-def _mean_and_stderr(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over samples and its standard error (ddof 1), NaN-skipping, ``[S, K]`` each."""
-    finite = np.isfinite(values)
-    count = finite.sum(0)
+def _mean_and_influence(values: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weighted mean ``[S, K]``, each sample's linearised influence on it
+    ``u_i (x_i - mean) / sum u`` ``[N, S, K]``, and the number of samples in it ``[S, K]``."""
+    mass = u.sum(0)
+    safe = np.where(mass > 0, mass, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, np.where(finite, values, 0.0).sum(0) / np.maximum(count, 1), np.nan)
-        dev = np.where(finite, values - mean, 0.0)
-        var = (dev**2).sum(0) / np.maximum(count - 1, 1)
-        return mean, np.where(count >= 2, np.sqrt(var / np.maximum(count, 1)), np.nan)
+        mean = np.where(mass > 0, np.where(u > 0, u * values, 0.0).sum(0) / safe, np.nan)
+        influence = np.where(u > 0, u * (values - mean), 0.0) / safe
+    return mean, influence, (u > 0).sum(0)
+
+
+def _stderr(influence: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``sqrt(n / (n - 1) sum influence^2)``: the sample standard error of a (weighted) mean."""
+    var = (influence**2).sum(0) * count / np.maximum(count - 1, 1)
+    return np.where(count >= 2, np.sqrt(var), np.nan)
 
 
 class _Grid:
     """The sigma grid in ascending log sigma, and the peak and band arithmetic on it."""
 
-    def __init__(self, sigmas: np.ndarray, ci: float):
+    def __init__(self, sigmas: np.ndarray, ci: float, weight_a=None, weight_b=None):
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
         self.order = np.argsort(self.sigmas, kind="stable")
         self.back = np.argsort(self.order, kind="stable")
         self.x = np.log(self.sigmas[self.order])
         self.q = 100 * (1 - ci) / 2
+        o = self.order
+        self.weight_a = None if weight_a is None else weight_a[:, o]
+        self.weight_b = None if weight_b is None else weight_b[:, o]
 
     def differences(self, kind, names, va, vb, pa, pb, boot_pa, boot_pb, w_a, w_b, paired) -> dict:
         out = {}
@@ -193,16 +231,20 @@ class _Grid:
     def _block(self, kind, names, va, vb, pa, pb, boot_pa, boot_pb, w_a, w_b, paired) -> dict:
         o = self.order
         va, vb = va[:, o], vb[:, o]  # [N, S, K], sigma ascending
-        mean_a, se_a = _mean_and_stderr(va)
-        mean_b, se_b = _mean_and_stderr(vb)
+        ua, ub = _per_sample_weights(va, self.weight_a), _per_sample_weights(vb, self.weight_b)
+        mean_a, infl_a, count_a = _mean_and_influence(va, ua)
+        mean_b, infl_b, count_b = _mean_and_influence(vb, ub)
         info_a, info_b = pa[None, :] - mean_a, pb[None, :] - mean_b  # [S, K]
         delta = info_b - info_a
-        stderr = _mean_and_stderr(vb - va)[1] if paired else np.sqrt(se_a**2 + se_b**2)
+        if paired:  # sample i moves both means at once
+            stderr = _stderr(infl_b - infl_a, np.minimum(count_a, count_b))
+        else:
+            stderr = np.sqrt(_stderr(infl_a, count_a) ** 2 + _stderr(infl_b, count_b) ** 2)
         rate = self._rate(delta.T)  # [K, S]
         boot = rate_boot = None
         if w_a is not None:
-            ia = (pa if boot_pa is None else boot_pa)[..., None, :] - _weighted_mean(w_a, va)
-            ib = (pb if boot_pb is None else boot_pb)[..., None, :] - _weighted_mean(w_b, vb)
+            ia = (pa if boot_pa is None else boot_pa)[..., None, :] - _weighted_mean(w_a, va, ua)
+            ib = (pb if boot_pb is None else boot_pb)[..., None, :] - _weighted_mean(w_b, vb, ub)
             boot = np.transpose(ib - ia, (2, 0, 1))  # [K, B, S]
             rate_boot = self._rate(boot)
         out = {}

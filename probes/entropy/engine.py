@@ -18,7 +18,16 @@ The level entropies are computed from the cells directly, not from the C_n, so t
 is accumulated in float64 (inputs may be float32), with ``0 log 0 = 0`` for ``-inf`` log-probs.
 
 Curves are per sample; averages over samples (and their standard errors) are taken by
-:class:`EntropyCurves`. Mutual information is measured against a prior over the leaves. When none
+:class:`EntropyCurves`.
+
+**The model's world may be larger than the taxonomy.** A row of log-probabilities may sum to less
+than 1: the deficit is the mass the model puts outside the taxonomy, and the row sum is the
+*inside mass* ``p(T | x_sigma)``. Entropies are those of the posterior renormalised over the
+leaves, ``H(. | x, T)``. For samples drawn from the model's whole world, means are inside-weighted,
+``E[p(T|x) H(. | x, T)] / E[p(T|x)]``, which is ``H(level | x_sigma, Y in T)``: the entropy of the
+sub-process of samples whose class lies in the taxonomy (``p(x | T) = p(x) p(T | x) / p(T)``).
+For samples drawn from the taxonomy itself (leaf-conditional runs) the plain mean is that quantity
+already (``inside_weighted=False``). Mutual information is measured against a prior over the leaves. When none
 is given, the prior is the mean posterior over all samples and sigmas: by the martingale property
 of the posterior along the noising process, ``E_x[p(y | x_sigma)] = p(y)`` at every sigma, so the
 pooled mean posterior is an estimate of the class distribution the samples were drawn from.
@@ -54,27 +63,41 @@ def _as_float64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _nan_mean(a: np.ndarray) -> np.ndarray:
-    """Mean over axis 0 ignoring NaN; NaN where no sample is finite (no warnings)."""
+def _weights_like(a: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """Per-sample weights ``[N, S]`` broadcast to ``a`` ``[N, S, ...]`` (ones when None)."""
+    if weight is None:
+        return np.ones_like(a)
+    return np.broadcast_to(weight.reshape(weight.shape + (1,) * (a.ndim - weight.ndim)), a.shape)
+
+
+def _nan_mean(a: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) mean over axis 0 ignoring NaN; NaN where no sample is finite (no warnings)."""
     ok = np.isfinite(a)
-    count = ok.sum(axis=0)
-    total = np.where(ok, a, 0.0).sum(axis=0)
+    w = np.where(ok, _weights_like(a, weight), 0.0)
+    total = (w * np.where(ok, a, 0.0)).sum(axis=0)
+    mass = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return np.where(mass > 0, total / np.where(mass > 0, mass, 1.0), np.nan)
 
 
-def _nan_stderr(a: np.ndarray) -> np.ndarray:
-    """Standard error of the mean over axis 0 (sample std, ddof=1, over sqrt(count)).
+def _nan_stderr(a: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """Standard error of the (weighted) mean over axis 0; NaN entries are ignored and the result is
+    NaN where fewer than two samples are finite.
 
-    NaN entries are ignored; the result is NaN where fewer than two samples are finite.
+    Unweighted it is the sample std (ddof=1) over sqrt(count). Weighted, the mean is a ratio
+    ``sum w a / sum w`` and its linearised standard error is
+    ``sqrt(n / (n - 1) * sum (w (a - mean))^2) / sum w``, which is the unweighted formula when all
+    weights are 1.
     """
     ok = np.isfinite(a)
     count = ok.sum(axis=0)
-    mean = _nan_mean(a)
-    dev = np.where(ok, a - mean, 0.0)
+    w = np.where(ok, _weights_like(a, weight), 0.0)
+    mean = _nan_mean(a, weight)
+    dev = np.where(ok, w * (a - mean), 0.0)
+    mass = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = (dev**2).sum(axis=0) / np.maximum(count - 1, 1)
-        return np.where(count >= 2, np.sqrt(var / np.maximum(count, 1)), np.nan)
+        var = (dev**2).sum(axis=0) * count / np.maximum(count - 1, 1)
+        return np.where((count >= 2) & (mass > 0), np.sqrt(var) / np.where(mass > 0, mass, 1.0), np.nan)
 
 
 @dataclass(eq=False)
@@ -94,6 +117,11 @@ class EntropyCurves:
     * ``prior_nodes`` ``[K]`` or None: node contributions of the prior.
     * ``prior`` ``[L]`` or None: the prior over leaves itself; ``prior_weight`` is the number of
       (sample, sigma) posteriors it averages when it is the default mean posterior (0 when given).
+
+    * ``inside`` ``[N, S]`` or None: the per-sample inside mass ``p(T | x_sigma)`` where the
+      model's world is larger than the taxonomy (None: every sample is inside, mass 1).
+    * ``inside_weighted``: whether means weight samples by ``inside`` (samples drawn from the
+      model's whole world) or not (samples drawn from the taxonomy); see the module docstring.
 
     * ``bounds`` or None: per-sample lower and upper bounds on the same quantities, a dict with
       ``levels_lo``, ``levels_hi`` ``[N, S, D]`` and ``nodes_lo``, ``nodes_hi`` ``[N, S, K]``
@@ -115,8 +143,12 @@ class EntropyCurves:
     prior_weight: float = 0.0
     _index: TreeIndex | None = field(default=None, repr=False, compare=False)
     bounds: dict | None = None
+    inside: np.ndarray | None = None
+    inside_weighted: bool = True
 
     def __post_init__(self):
+        if self.inside is not None:
+            self.inside = _as_float64(self.inside)
         if self.bounds is not None:
             self.bounds = {key: _as_float64(self.bounds[key]) for key in BOUND_KEYS}
         self.sigmas = _as_float64(self.sigmas).reshape(-1)
@@ -147,6 +179,9 @@ class EntropyCurves:
                 f"EntropyCurves: levels has {self.levels.shape[0]} samples but nodes has "
                 f"{self.nodes.shape[0]}"
             )
+        if self.inside is not None and self.inside.shape != self.levels.shape[:2]:
+            raise ProbesError(f"EntropyCurves: inside must be [N, {S}] (samples, sigmas); "
+                              f"got {list(self.inside.shape)}")
         if self.prior_levels.shape != (D,):
             raise ProbesError(f"EntropyCurves: prior_levels must have {D} entries")
         if self.prior_nodes is not None and self.prior_nodes.shape != (K,):
@@ -156,22 +191,26 @@ class EntropyCurves:
         """Mean lower and upper bounds of the level entropies, ``([S, D], [S, D])``, or None."""
         if self.bounds is None:
             return None
-        return _nan_mean(self.bounds["levels_lo"]), _nan_mean(self.bounds["levels_hi"])
+        w = self.sample_weight()
+        return _nan_mean(self.bounds["levels_lo"], w), _nan_mean(self.bounds["levels_hi"], w)
 
     def node_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Mean lower and upper bounds of the node contributions, ``([S, K], [S, K])``, or None."""
         if self.bounds is None:
             return None
-        return _nan_mean(self.bounds["nodes_lo"]), _nan_mean(self.bounds["nodes_hi"])
+        w = self.sample_weight()
+        return _nan_mean(self.bounds["nodes_lo"], w), _nan_mean(self.bounds["nodes_hi"], w)
 
     @classmethod
-    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None) -> EntropyCurves:
+    def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None, inside=None,
+                        inside_weighted: bool = True) -> EntropyCurves:
         """Curves from per-sample level entropies ``[N, S, D]`` and node contributions
         ``[N, S, K]`` computed elsewhere (e.g. by the I-MMSE estimator; NaN where unresolved).
 
         Levels are ``1..taxonomy.max_depth`` and nodes ``taxonomy.internal_nodes``. The prior's
         entropies come from ``prior`` (``[L]`` probabilities over the leaves); without one they
-        are NaN and mutual information is unavailable.
+        are NaN and mutual information is unavailable. ``inside`` ``[N, S]`` is the per-sample inside
+        mass where the model's world is larger than the taxonomy (see the module docstring).
         """
         index = TreeIndex(taxonomy)
         if prior is None:
@@ -190,6 +229,8 @@ class EntropyCurves:
             prior=prior_p,
             _index=index,
             bounds=bounds,
+            inside=inside,
+            inside_weighted=inside_weighted,
         )
 
     # -- summaries -----------------------------------------------------------------------------
@@ -198,21 +239,34 @@ class EntropyCurves:
     def n_samples(self) -> int:
         return int(self.levels.shape[0])
 
+    def sample_weight(self) -> np.ndarray | None:
+        """Weights ``[N, S]`` of the samples in every mean: the inside mass when the curves are
+        inside-weighted and the model's world is larger than the taxonomy, else None (equal)."""
+        return self.inside if (self.inside is not None and self.inside_weighted) else None
+
     def level_mean(self) -> np.ndarray:
-        """Mean level entropy over samples, ``[S, D]``."""
-        return _nan_mean(self.levels)
+        """Mean level entropy over samples, ``[S, D]`` (inside-weighted where that applies)."""
+        return _nan_mean(self.levels, self.sample_weight())
 
     def level_stderr(self) -> np.ndarray:
         """Standard error of :meth:`level_mean` (std over samples / sqrt(N)), ``[S, D]``."""
-        return _nan_stderr(self.levels)
+        return _nan_stderr(self.levels, self.sample_weight())
 
     def node_mean(self) -> np.ndarray:
         """Mean node contribution ``C_n`` over samples, ``[S, K]``."""
-        return _nan_mean(self.nodes)
+        return _nan_mean(self.nodes, self.sample_weight())
 
     def node_stderr(self) -> np.ndarray:
         """Standard error of :meth:`node_mean`, ``[S, K]``."""
-        return _nan_stderr(self.nodes)
+        return _nan_stderr(self.nodes, self.sample_weight())
+
+    def inside_mean(self) -> np.ndarray | None:
+        """Mean inside mass ``E[p(T | x_sigma)]`` over the samples, ``[S]`` (None: all inside)."""
+        return None if self.inside is None else _nan_mean(self.inside)
+
+    def inside_stderr(self) -> np.ndarray | None:
+        """Standard error of :meth:`inside_mean`, ``[S]``."""
+        return None if self.inside is None else _nan_stderr(self.inside)
 
     def level_count(self) -> np.ndarray:
         """Number of finite samples behind each level mean, ``[S, D]``."""
@@ -251,6 +305,8 @@ class EntropyCurves:
             prior_weight=self.prior_weight,
             _index=self._index,
             bounds=None if self.bounds is None else {k: v[:, idx] for k, v in self.bounds.items()},
+            inside=None if self.inside is None else self.inside[:, idx],
+            inside_weighted=self.inside_weighted,
         )
 
     @staticmethod
@@ -273,6 +329,8 @@ class EntropyCurves:
                 raise ProbesError("EntropyCurves.concat: parts have different sigma grids")
             if p.level_names != first.level_names or p.node_names != first.node_names:
                 raise ProbesError("EntropyCurves.concat: parts have different levels or nodes")
+            if p.inside_weighted != first.inside_weighted:
+                raise ProbesError("EntropyCurves.concat: parts weight samples by inside mass differently")
         levels = np.concatenate([p.levels for p in parts], axis=0)
         nodes = np.concatenate([p.nodes for p in parts], axis=0)
 
@@ -314,6 +372,9 @@ class EntropyCurves:
             _index=first._index,
             bounds=None if any(p.bounds is None for p in parts) else {
                 key: np.concatenate([p.bounds[key] for p in parts], axis=0) for key in BOUND_KEYS},
+            inside=None if all(p.inside is None for p in parts) else np.concatenate(
+                [np.ones(p.levels.shape[:2]) if p.inside is None else p.inside for p in parts], axis=0),
+            inside_weighted=first.inside_weighted,
         )
 
 
@@ -323,7 +384,8 @@ class EntropyCurves:
 
 
 def _check_chunk(chunk: torch.Tensor, sigmas: np.ndarray, start: int) -> torch.Tensor:
-    """Raise on NaN, +inf or rows that do not sum to 1; return the rows' log-normalisers."""
+    """Raise on NaN, +inf or rows that sum to more than 1; return the rows' log-normalisers
+    (``log p(T | x)``: a row may sum to less than 1, the rest being outside the taxonomy)."""
     bad = torch.isnan(chunk)
     if bad.any():
         n, s = [int(i) for i in torch.nonzero(bad)[0, :2]]
@@ -340,12 +402,12 @@ def _check_chunk(chunk: torch.Tensor, sigmas: np.ndarray, start: int) -> torch.T
         )
     log_total = torch.logsumexp(chunk, dim=-1, keepdim=True)  # [n, S, 1]
     total = log_total.squeeze(-1).exp()
-    off = (total - 1.0).abs() > NORMALISATION_TOL
+    off = total - 1.0 > NORMALISATION_TOL
     if off.any():
         n, s = [int(i) for i in torch.nonzero(off)[0]]
         raise ProbesError(
             f"log-probabilities do not normalise at sigma={sigmas[s]:.6g} (sample {start + n}): "
-            f"probabilities sum to {float(total[n, s]):.6g}, expected 1 within {NORMALISATION_TOL:g} "
+            f"probabilities sum to {float(total[n, s]):.6g}, more than 1 (+{NORMALISATION_TOL:g}) "
             "(estimator output)"
         )
     return log_total
@@ -368,6 +430,7 @@ def tree_entropy(
     sigmas,
     prior=None,
     chunk: int | None = None,
+    inside_weighted: bool = True,
 ) -> EntropyCurves:
     """Level entropies and node contributions of ``p(y | x_sigma)`` over a taxonomy.
 
@@ -381,10 +444,15 @@ def tree_entropy(
         the mean posterior over all samples and sigmas (an estimate of p(y): the posterior is a
         martingale along the noising process, so ``E_x[p(y | x_sigma)] = p(y)`` at every sigma).
     chunk : samples processed at a time (bounds memory); None picks one from the problem size.
+    inside_weighted : weight means by the inside mass (samples from the model's whole world) or
+        not (samples from the taxonomy); only matters when rows sum to less than 1.
 
-    Raises :class:`ProbesError` if the log-probabilities contain NaN or +inf, or a row does not sum
-    to 1 within 1e-3, naming the sigma and sample. Rows within the tolerance are renormalised in
-    float64 before use (float32 rounding would otherwise break the chain rule at ~1e-7 nats).
+    A row may sum to less than 1: the rest is the model's mass outside the taxonomy, and the row
+    sum is the inside mass ``p(T | x)`` (kept in ``curves.inside`` when some row is below
+    ``1 - 1e-3``; see the module docstring). Raises :class:`ProbesError` if the log-probabilities
+    contain NaN or +inf, or a row sums to more than 1 + 1e-3, naming the sigma and sample. Rows are
+    renormalised in float64 before use (float32 rounding would otherwise break the chain rule at
+    ~1e-7 nats). A row with no mass inside (all ``-inf``) has NaN entropies.
     """
     lp = log_probs if isinstance(log_probs, torch.Tensor) else torch.as_tensor(np.asarray(log_probs))
     lp = lp.detach()
@@ -410,22 +478,29 @@ def tree_entropy(
     D, K = index.max_depth, index.n_internal
     levels = torch.empty((N, S, D), dtype=torch.float64)
     nodes = torch.empty((N, S, K), dtype=torch.float64)
+    inside = torch.empty((N, S), dtype=torch.float64)
     prior_sum = torch.zeros(L, dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, N, chunk):
             block = lp[start : start + chunk].to(device="cpu", dtype=torch.float64)
             n = block.shape[0]
-            # rows sum to 1 within the tolerance; renormalise in float64 so that the chain rule
-            # holds to float64 precision even for float32 estimator output
-            block = block - _check_chunk(block, sig, start)
+            # renormalise in float64 so that the chain rule holds to float64 precision even for
+            # float32 estimator output; the normaliser is the inside mass
+            log_inside = _check_chunk(block, sig, start)
+            empty = torch.isneginf(log_inside)
+            block = torch.where(empty, block, block - log_inside)
             lv, nd = index.compute(block.reshape(n * S, L).T)
-            levels[start : start + n] = lv.T.reshape(n, S, D)
-            nodes[start : start + n] = nd.T.reshape(n, S, K)
-            if prior is None:
-                prior_sum += torch.exp(block).sum(dim=(0, 1))
+            levels[start : start + n] = lv.T.reshape(n, S, D).masked_fill(empty, math.nan)
+            nodes[start : start + n] = nd.T.reshape(n, S, K).masked_fill(empty, math.nan)
+            mass = log_inside.squeeze(-1).exp()
+            inside[start : start + n] = mass
+            if prior is None:  # the (inside-weighted) mean renormalised posterior
+                w = mass[..., None] if inside_weighted else torch.ones_like(mass)[..., None]
+                prior_sum += torch.nan_to_num(torch.exp(block) * w).sum(dim=(0, 1))
 
+    partial = bool((inside < 1.0 - NORMALISATION_TOL).any())
     if prior is None:
-        weight = float(N * S)
+        weight = float(inside.sum()) if (partial and inside_weighted) else float(N * S)
         prior_p = (prior_sum / weight).numpy()
         prior_p = prior_p / prior_p.sum()
     else:
@@ -444,4 +519,6 @@ def tree_entropy(
         prior=prior_p,
         prior_weight=weight,
         _index=index,
+        inside=inside.numpy() if partial else None,
+        inside_weighted=inside_weighted,
     )

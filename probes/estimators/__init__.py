@@ -39,10 +39,17 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 
 
 def build_estimator(name: str, **options) -> Estimator:
-    """An estimator by registry name, e.g. ``build_estimator("rollout", k=16, sigma_stride=2)``."""
+    """An estimator by registry name, e.g. ``build_estimator("rollout", k=16, sigma_stride=2)``.
+
+    ``bounds=True`` asks for lower and upper bounds beside the estimate (``entropy_lo``/``_hi``);
+    estimators that cannot give them refuse it in one line."""
     if name not in ESTIMATORS:
         raise ProbesError(f"unknown estimator {name!r}; expected one of {', '.join(ESTIMATORS)}")
     cls = ESTIMATORS[name]
+    if options.pop("bounds", False) is not False and not cls.gives_bounds:
+        bounding = [n for n, c in ESTIMATORS.items() if c.gives_bounds]
+        raise ProbesError(f"estimator {name!r}: bounds requested, but {name} gives a point estimate only; "
+                          f"{', '.join(bounding)} bounds the entropy of a guided leaf-conditional run")
     allowed = options_of(cls)
     unknown = sorted(set(options) - set(allowed))
     if unknown:

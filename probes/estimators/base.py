@@ -41,6 +41,12 @@ class ProbeContext:
         guided_denoiser: the denoiser the run generated with (guided and conditional; ``guided``
             filters with its per-leaf kernels); defaults to ``cond_denoiser``.
         batch_size: rows per internal denoiser/classifier call (bounds memory).
+        outside_mass: the probability, under the law the samples were drawn from, that a sample's
+            class lies outside the taxonomy (0 for a taxonomy that covers the model's world and for
+            leaf-conditional runs). ``bayes`` then filters an extra outside cell.
+        partial_taxonomy: the model's world is larger than the taxonomy (mixture components,
+            classifier classes or prompts outside it); ``immse`` then measures against the
+            taxonomy's own mixture ``D(x; root)`` instead of the unconditional ``D(x)``.
     """
 
     taxonomy: Any
@@ -55,6 +61,8 @@ class ProbeContext:
     exact_model: Any = None
     batch_size: int = 4096
     guided_denoiser: Callable | None = None
+    outside_mass: float = 0.0
+    partial_taxonomy: bool = False
 
     def __post_init__(self):
         if self.cond_denoiser is None:
@@ -69,6 +77,8 @@ class ProbeContext:
             raise ProbesError(f"probe context: prior must be {n_leaves} non-negative probabilities summing to 1")
         if self.batch_size < 1:
             raise ProbesError("probe context: batch_size must be at least 1")
+        if not 0.0 <= float(self.outside_mass) < 1.0:
+            raise ProbesError(f"probe context: outside_mass must be in [0, 1), got {self.outside_mass}")
 
     def require(self, field: str, estimator: str, why: str):
         value = getattr(self, field)
@@ -99,16 +109,21 @@ class EstimatorOutput:
     prior_nodes: torch.Tensor | None = None
     bounds: dict | None = None  # per-sample lower/upper bounds (``guided``): levels_lo/hi, nodes_lo/hi
 
-    def curves(self, taxonomy, prior=None):
-        """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``."""
+    def curves(self, taxonomy, prior=None, inside_weighted: bool = True):
+        """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``.
+
+        ``log_probs`` rows may sum to less than 1 (the model's mass outside the taxonomy);
+        ``inside_weighted`` says whether the samples came from the model's whole world (means are
+        then weighted by the inside mass) or from the taxonomy (see :mod:`probes.entropy.engine`).
+        """
         from probes.entropy.engine import EntropyCurves, tree_entropy
 
         if self.levels is None:
-            return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior)
-        if self.log_probs is not None:
-            if prior is None:  # the pooled mean posterior, as tree_entropy would use
-                prior = self.log_probs.double().exp().mean((0, 1))
-            return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior)
+            return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior, inside_weighted=inside_weighted)
+        if self.log_probs is not None:  # per-sample entropies beside the posteriors (rollout's jackknife)
+            c = tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior, inside_weighted=inside_weighted)
+            return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=c.prior,
+                                                 inside=c.inside, inside_weighted=inside_weighted)
         if self.bounds is not None and prior is not None:
             return EntropyCurves.from_per_sample(self.sigmas, taxonomy, self.levels, self.nodes, prior=prior,
                                                  bounds=self.bounds)
@@ -125,6 +140,7 @@ class Estimator:
     """
 
     name = ""
+    gives_bounds = False  # whether the output carries lower/upper bounds (``bounds``)
 
     def __init__(self, sigma_stride: int = 1):
         if int(sigma_stride) != sigma_stride or sigma_stride < 1:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from probes.errors import ProbesError
+from probes.errors import ProbesError, UnsupportedCondition
 from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks, needs_states
 
 # Trajectories whose step i -> i+1 is (to first order) the Gaussian kernel N(mu_y, (1 - a) t^2 I).
 KERNEL_METHODS = ("ancestral", "forward")
+OUTSIDE_KERNELS = ("auto", "complement", "unconditional")
+# Smallest filtered outside mass the complement kernel divides by (see BayesEstimator).
+_MIN_OUTSIDE = 1e-4
 
 
 class BayesEstimator(Estimator):
@@ -25,10 +28,34 @@ class BayesEstimator(Estimator):
     data paths. Cost: ``L`` denoiser calls per sample per step (no classifier); ``sigma_stride``
     thins the output only (the filter needs every step).
 
+    **The model's world beyond the taxonomy.** When the samples may come from outside the taxonomy
+    (``ctx.outside_mass > 0``: unconditional samples of a model with classes that are not leaves)
+    the filter carries one more cell, *outside*, with prior ``ctx.outside_mass``; the leaves' output
+    columns then sum to the inside mass ``p(T | x)``. Its kernel is the model conditioned on the
+    outside classes when the conditioner can say so (mixtures: the complement mask, exact).
+    Otherwise it is built from the unconditional model by the mixture identity
+    ``D(x) = sum_y p(y | x) D(x; y) + p(out | x) D(x; out)``, solved for ``D(x; out)`` with the
+    filter's current posterior (``complement``; along the reverse chain the filtered posterior *is*
+    ``p(y | x_i)``, the sampled states before it carry no more information about the class).
+    ``unconditional`` lets the unconditional model stand in for the outside as it is, the
+    choice of the seed paper: its prediction averages inside and outside classes, and
+    ``docs/estimators.md`` measures what that costs. Cost: one more call per step.
+
+    Args:
+        outside: ``auto`` (the exact outside kernel where the conditioner has one, else
+            ``complement``), ``complement`` or ``unconditional``.
+
     Needs: ``ctx.cond_denoiser``, ``ctx.conditioner`` able to condition on every leaf, ``ctx.prior``.
     """
 
     name = "bayes"
+
+    def __init__(self, outside: str = "auto", sigma_stride: int = 1):
+        super().__init__(sigma_stride)
+        if outside not in OUTSIDE_KERNELS:
+            raise ProbesError(f"estimator 'bayes': outside must be one of {', '.join(OUTSIDE_KERNELS)}, "
+                              f"got {outside!r}")
+        self.outside = outside
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:
         if traj is not None and traj.method not in KERNEL_METHODS:
@@ -39,13 +66,15 @@ class BayesEstimator(Estimator):
         denoiser = Counter(ctx.require("cond_denoiser", self.name, "it needs class-conditional predictions"))
         conditioner = ctx.require("conditioner", self.name, "it conditions the denoiser on every leaf")
         idx = self.grid_index(len(traj.sigmas))
-        out = filter_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name)
+        out = filter_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name, outside=self.outside)
         return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=out, denoiser_calls=denoiser.calls)
 
 
-def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: list[int], name: str) -> torch.Tensor:
+def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: list[int], name: str,
+                         outside: str = "auto") -> torch.Tensor:
     """``log p(leaf | x_0..x_i)`` ``[B, len(idx), L]`` along the trajectory, from ``ctx.prior`` at
-    ``sigmas[0]``, with the per-leaf Gaussian kernels of ``denoiser(x, s, conditioner(leaf))``.
+    ``sigmas[0]``, with the per-leaf Gaussian kernels of ``denoiser(x, s, conditioner(leaf))``
+    (plus an outside cell when ``ctx.outside_mass > 0``, see :class:`BayesEstimator`).
 
     With the plain conditional denoiser this is :class:`BayesEstimator`; with the guided denoiser
     of a guided run it is the exact posterior given the whole path of that run's own chain.
@@ -53,26 +82,51 @@ def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: li
     states = needs_states(traj, name)
     leaves = list(ctx.taxonomy.leaves)
     n_leaves, n_sigmas, batch = len(leaves), len(traj.sigmas), states.shape[1]
+    with_outside = ctx.outside_mass > 0
+    n_cells = n_leaves + int(with_outside)
     sig = traj.sigmas.tolist()
     col = {i: j for j, i in enumerate(idx)}
     out = torch.empty(batch, len(idx), n_leaves, dtype=torch.float32)
-    log_prior = ctx.prior.log().to(states.device)
-    for rows in chunks(batch, ctx.batch_size // n_leaves):
+    prior = ctx.prior
+    if with_outside:
+        prior = torch.cat([(1 - ctx.outside_mass) * prior, prior.new_tensor([ctx.outside_mass])])
+    log_prior = prior.log().to(states.device)
+    for rows in chunks(batch, ctx.batch_size // n_cells):
         b = rows.stop - rows.start
         cond = conditioner([leaf for leaf in leaves for _ in range(b)])  # leaf-major, matches repeat
-        lp = log_prior.expand(b, n_leaves).clone()
+        cond_outside = _outside_cond(conditioner, b, outside) if with_outside else None
+        complement = with_outside and cond_outside is None and outside != "unconditional"
+        lp = log_prior.expand(b, n_cells).clone()
         if 0 in col:
-            out[rows, col[0]] = lp.float().cpu()
+            out[rows, col[0]] = lp[:, :n_leaves].float().cpu()
         for i in range(n_sigmas - 1):
             s, t = sig[i], sig[i + 1]
             a, var = t**2 / s**2, (1 - t**2 / s**2) * t**2
             x = states[i, rows]
             with torch.no_grad():
                 d = denoiser(x.repeat(n_leaves, *([1] * (x.ndim - 1))), s, cond)
-            d = d.double().reshape(n_leaves, b, -1)
+                d = d.double().reshape(n_leaves, b, -1)
+                if with_outside:
+                    d_out = denoiser(x, s, cond_outside).double().reshape(b, -1)
+                    if complement:  # D(x; out) from D(x) = sum_y p(y|x) D(x; y) + p(out|x) D(x; out)
+                        q = lp.exp()  # [b, cells]
+                        inside = torch.einsum("lb,lbd->bd", q[:, :n_leaves].T, d)
+                        d_out = (d_out - inside) / q[:, n_leaves:].clamp_min(_MIN_OUTSIDE)
+                    d = torch.cat([d, d_out.reshape(1, b, -1)])
             mu = a * x.double().reshape(1, b, -1) + (1 - a) * d
-            sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [L, b]
+            sq = ((states[i + 1, rows].double().reshape(1, b, -1) - mu) ** 2).sum(-1)  # [cells, b]
             lp = torch.log_softmax(lp - sq.T / (2 * var), dim=-1)
             if i + 1 in col:
-                out[rows, col[i + 1]] = lp.float().cpu()
+                out[rows, col[i + 1]] = lp[:, :n_leaves].float().cpu()
     return out
+
+
+def _outside_cond(conditioner, n: int, outside: str):
+    """The outside cell's ``cond``: the model conditioned on the classes outside the taxonomy, or
+    ``None`` (the unconditional model, as it is or solved for the complement)."""
+    if outside != "auto":
+        return None
+    try:
+        return conditioner.outside(n)
+    except (UnsupportedCondition, AttributeError):
+        return None

@@ -11,8 +11,11 @@ from probes.estimators.base import Estimator, EstimatorOutput, ProbeContext, nee
 class ExactEstimator(Estimator):
     """``log p(y | x_sigma)`` from ``ctx.exact_model.log_posterior``; no network calls.
 
-    Needs: ``ctx.exact_model`` (a :class:`probes.models.gmm.GaussianMixture` over the taxonomy's
-    leaves) and a trajectory with recorded states.
+    The mixture may have components outside the taxonomy: the leaves' columns of its posterior
+    then sum to the inside mass ``p(T | x)``.
+
+    Needs: ``ctx.exact_model`` (a :class:`probes.models.gmm.GaussianMixture` with a component per
+    leaf of the taxonomy) and a trajectory with recorded states.
     """
 
     name = "exact"
@@ -23,9 +26,12 @@ class ExactEstimator(Estimator):
         if not hasattr(model, "log_posterior"):
             raise ProbesError(f"estimator 'exact' needs a model with log_posterior(x, sigma); "
                               f"got {type(model).__name__}")
-        if list(model.leaves) != list(ctx.taxonomy.leaves):
-            raise ProbesError("estimator 'exact': the model's leaves differ from the taxonomy's leaves")
+        missing = [leaf for leaf in ctx.taxonomy.leaves if leaf not in set(model.leaves)]
+        if missing:
+            raise ProbesError(f"estimator 'exact': taxonomy leaf {missing[0]!r} is not a component of the model")
+        columns = [list(model.leaves).index(leaf) for leaf in ctx.taxonomy.leaves]
         states = needs_states(traj, self.name)
         idx = self.grid_index(len(traj.sigmas))
-        log_probs = torch.stack([model.log_posterior(states[i], float(traj.sigmas[i])) for i in idx], dim=1)
+        log_probs = torch.stack([model.log_posterior(states[i], float(traj.sigmas[i]))[:, columns] for i in idx],
+                                dim=1)
         return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=log_probs.float().cpu())

@@ -52,6 +52,7 @@ class GuidedEstimator(Estimator):
     """
 
     name = "guided"
+    gives_bounds = True
 
     def __init__(self, reference: str = "auto", folds: int = 2, sigma_stride: int = 1):
         super().__init__(sigma_stride)

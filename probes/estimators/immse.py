@@ -40,6 +40,13 @@ class IMMSEEstimator(Estimator):
     works for a class-conditional model. Accuracy: Monte-Carlo error over pairs plus the trapezoid
     error of the grid, and the approximation ``H(sigmas[0]) = H(prior)`` at the top.
 
+    When the model's world is larger than the taxonomy (``ctx.partial_taxonomy``), the pairs come
+    from the taxonomy's own mixture (``ctx.sample_pairs`` draws leaves from ``ctx.prior``) and the
+    reference is ``D(x; root)``, the model conditioned on the taxonomy, not the unconditional
+    ``D(x)``: the identity then gives ``H(level | x_sigma, Y in T)``, the inside entropy the other
+    estimators report. The conditioner must support the root (mixtures do; a class-label model
+    does not, and is refused in one line).
+
     Args:
         n_pairs: number of (x0, y) pairs; ``None`` takes the trajectory's batch size.
 
@@ -65,11 +72,19 @@ class IMMSEEstimator(Estimator):
             raise ProbesError("estimator 'immse' needs ctx.sigmas and n_pairs when no trajectory is given")
         sigmas = torch.as_tensor(grid, dtype=torch.float64)[self.grid_index(len(grid))]
         tree = _Tree(ctx.taxonomy, conditioner)
+        reference = None  # D(x): the unconditional model, the mixture of the taxonomy's leaves
+        if ctx.partial_taxonomy:
+            root = ctx.taxonomy.root
+            if not _supports(conditioner, root):
+                raise ProbesError(f"estimator 'immse': the model's world is larger than the taxonomy, so the "
+                                  f"reference must be the model conditioned on the root {root!r}, which this "
+                                  "model cannot express; use bayes or plugin")
+            reference = lambda n: conditioner([root] * n)
 
         x0, y = draw(n, generator)
         y = torch.as_tensor(y, dtype=torch.long).cpu()
         path = forward_path(x0, sigmas, generator)  # state j is x0 + sigma_j n_j
-        gaps = self._gaps(path.states, sigmas, y, tree, denoiser, conditioner, ctx.batch_size)
+        gaps = self._gaps(path.states, sigmas, y, tree, denoiser, conditioner, ctx.batch_size, reference)
 
         # Running integral of sigma^-2 gap dlog sigma from sigmas[0] down (trapezoid), per pair.
         rate = gaps / (sigmas**2)[None, :, None]
@@ -98,16 +113,17 @@ class IMMSEEstimator(Estimator):
                                prior_levels=prior_levels, prior_nodes=prior_nodes)
 
     @staticmethod
-    def _gaps(states, sigmas, y, tree, denoiser, conditioner, batch_size):
+    def _gaps(states, sigmas, y, tree, denoiser, conditioner, batch_size, reference=None):
         """``|D(x; s) - D(x; s, node)|^2`` ``[n, S, max_depth]`` for the node at each depth on y's path
-        (NaN below the leaf and for nodes the conditioner does not support)."""
+        (NaN below the leaf and for nodes the conditioner does not support); ``reference(n)`` gives
+        the ``cond`` of ``D(x; s)`` (``None``: unconditional)."""
         n = states.shape[1]
         gaps = torch.full((n, len(sigmas), tree.max_depth), math.nan, dtype=torch.float64)
         for j, s in enumerate(sigmas.tolist()):
             for rows in chunks(n, batch_size // (1 + tree.max_depth)):
                 x, yr = states[j, rows], y[rows]
                 with torch.no_grad():
-                    d_all = denoiser(x, s, None).double()
+                    d_all = denoiser(x, s, None if reference is None else reference(x.shape[0])).double()
                 for depth in range(1, tree.max_depth + 1):
                     names = [tree.path[leaf][depth - 1] if depth <= len(tree.path[leaf]) else None
                              for leaf in yr.tolist()]

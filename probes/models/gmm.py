@@ -308,11 +308,27 @@ class GaussianMixture:
     def denoiser(self) -> GaussianMixtureDenoiser:
         return GaussianMixtureDenoiser(self)
 
-    def classifier(self) -> GaussianMixtureClassifier:
-        return GaussianMixtureClassifier(self)
+    def classifier(self, leaves: Sequence[str] | None = None) -> GaussianMixtureClassifier:
+        """The exact clean classifier over ``leaves`` (default: every component); components that
+        are not among ``leaves`` are the outside of the taxonomy."""
+        return GaussianMixtureClassifier(self, leaves=leaves)
 
     def conditioner(self, taxonomy) -> GaussianMixtureConditioner:
         return GaussianMixtureConditioner(self, taxonomy)
+
+    def restricted(self, leaves: Sequence[str]) -> GaussianMixture:
+        """The mixture of the components named ``leaves`` alone, weights renormalised: the law of
+        ``x`` given that its class is among them."""
+        rows = self.component_index(leaves)
+        return GaussianMixture(self.means[rows], self.std, self._weights[rows], leaves=list(leaves))
+
+    def component_index(self, leaves: Sequence[str]) -> list[int]:
+        """Component indices of ``leaves`` (names), in their order."""
+        index = {leaf: i for i, leaf in enumerate(self._leaves)}
+        missing = [leaf for leaf in leaves if leaf not in index]
+        if missing:
+            raise ProbesError(f"gaussian mixture: no component named {missing[0]!r}")
+        return [index[leaf] for leaf in leaves]
 
     def __repr__(self) -> str:
         return f"GaussianMixture(leaves={self.n_components}, dim={self.dim}, std={self.std:g})"
@@ -336,10 +352,14 @@ class GaussianMixtureDenoiser(Denoiser):
 
 
 class GaussianMixtureClassifier(Classifier):
-    """The exact clean classifier: ``logits(x0) = log p(y | x0)`` (within-class std ``s0``)."""
+    """The exact clean classifier: ``logits(x0) = log p(y | x0)`` (within-class std ``s0``) over the
+    components; with ``leaves`` a subset of them, the rest are outside the taxonomy."""
 
-    def __init__(self, mixture: GaussianMixture, temperature: float = 1.0):
-        super().__init__(mixture.leaves, temperature=temperature)
+    def __init__(self, mixture: GaussianMixture, temperature: float = 1.0, leaves: Sequence[str] | None = None):
+        if leaves is None or list(leaves) == mixture.leaves:
+            super().__init__(mixture.leaves, temperature=temperature)
+        else:
+            super().__init__(leaves, [[i] for i in mixture.component_index(leaves)], temperature=temperature)
         self.mixture = mixture
 
     def logits(self, x):
@@ -347,25 +367,36 @@ class GaussianMixtureClassifier(Classifier):
 
 
 class GaussianMixtureConditioner(Conditioner):
-    """Taxonomy node names (leaf or internal) -> bool masks ``[B, L]`` over the leaves under them."""
+    """Taxonomy node names (leaf or internal) -> bool masks ``[B, C]`` over the components under
+    them. The taxonomy's leaves are components of the mixture; components that are not leaves are
+    the outside of the taxonomy, which :meth:`outside` conditions on exactly."""
 
     def __init__(self, mixture: GaussianMixture, taxonomy):
-        if list(taxonomy.leaves) != mixture.leaves:
-            raise ProbesError("gaussian mixture conditioner: the taxonomy's leaves must be the mixture's "
-                              "leaves in the same order")
+        leaves = list(taxonomy.leaves)
+        if not set(leaves) <= set(mixture.leaves):
+            missing = next(leaf for leaf in leaves if leaf not in set(mixture.leaves))
+            raise ProbesError(f"gaussian mixture conditioner: taxonomy leaf {missing!r} is not a component "
+                              "of the mixture")
         index = {leaf: i for i, leaf in enumerate(mixture.leaves)}
         self.masks = {}
-        for node in [*taxonomy.internal_nodes, *taxonomy.leaves]:
+        for node in [*taxonomy.internal_nodes, *leaves]:
             row = torch.zeros(mixture.n_components, dtype=torch.bool)
             under = [node] if node in index else taxonomy.leaves_under(node)
             row[[index[leaf] for leaf in under]] = True
             self.masks[node] = row
+        self.outside_mask = ~self.masks[taxonomy.root] if taxonomy.internal_nodes else None
 
     def __call__(self, nodes):
         try:
             return torch.stack([self.masks[n] for n in nodes])
         except KeyError as err:
             raise UnsupportedCondition(f"taxonomy node {err.args[0]!r} is not in the mixture's taxonomy") from None
+
+    def outside(self, n: int):
+        """Condition ``n`` samples on the components outside the taxonomy."""
+        if self.outside_mask is None or not self.outside_mask.any():
+            raise UnsupportedCondition("the mixture has no components outside the taxonomy")
+        return self.outside_mask.expand(n, -1).clone()
 
 
 def _simplex(k: int) -> torch.Tensor:

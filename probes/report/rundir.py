@@ -30,7 +30,7 @@ from probes.fileio import atomic_path, atomic_write_text
 
 CURVES_COLUMNS = [
     "estimator", "sigma", "vp_time", "log_snr", "kind", "name",
-    "entropy", "stderr", "mutual_info", "n_samples", "entropy_lo", "entropy_hi",
+    "entropy", "stderr", "mutual_info", "n_samples", "entropy_lo", "entropy_hi", "inside_mass",
 ]
 DECISIONS_COLUMNS = [
     "estimator", "kind", "name", "decision_sigma", "window_lo", "window_hi",
@@ -81,8 +81,9 @@ def write_csv(path, columns: list[str], rows) -> Path:
 def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> Path:
     """The mean entropy curves of every estimator as one long table (see docs/outputs.md).
 
-    Row order: estimator (alphabetical), kind (``level`` rows, then ``node`` rows), name (levels by
-    depth; nodes in taxonomy pre-order, root first), sigma descending (sampling order).
+    Row order: estimator (alphabetical), kind (``level`` rows, then ``node`` rows, then the
+    ``inside`` rows of the root where the model's world is larger than the taxonomy), name (levels
+    by depth; nodes in taxonomy pre-order, root first), sigma descending (sampling order).
     """
     rows = []
     for est in sorted(curves_by_estimator):
@@ -107,8 +108,15 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
                         est, format_float(sig[i]), format_float(vp[i]), format_float(ls[i]), kind, name,
                         format_float(mean[i, k]), format_float(se[i, k]),
                         "" if mi is None else format_float(mi[i, k]), str(int(count[i, k])),
-                        "" if lo is None else format_float(lo[i, k]), "" if hi is None else format_float(hi[i, k]),
+                        "" if lo is None else format_float(lo[i, k]), "" if hi is None else format_float(hi[i, k]), "",
                     ])
+        if c.inside is not None:  # p(T | x_sigma): the root's rows, entropy columns empty
+            mass, se = c.inside_mean()[order], c.inside_stderr()[order]
+            count = np.isfinite(c.inside).sum(0)[order]
+            root = c.node_names[0] if c.node_names else ""
+            for i in range(len(sig)):
+                rows.append([est, format_float(sig[i]), format_float(vp[i]), format_float(ls[i]), "inside", root,
+                             "", format_float(se[i]), "", str(int(count[i])), "", "", format_float(mass[i])])
     return write_csv(path, CURVES_COLUMNS, rows)
 
 
