@@ -1,7 +1,7 @@
 """The README's main job: its wall time, and whether its decisions agree with a high-sample
 ``bayes`` reference of the same model.
 
-    python benchmarks/bench_default_run.py [--reference-samples 2048] [--keep DIR]
+    python benchmarks/bench_default_run.py [--reference-samples 2048] [--keep DIR] [--set KEY=VALUE ...]
 
 Runs ``probes run digits`` (the shipped default recipe) in a subprocess under ``/usr/bin/time -v``
 when available (wall time, peak memory), then the same recipe with only ``bayes`` and
@@ -50,9 +50,12 @@ def main() -> int:
     p.add_argument("--reference-samples", type=int, default=2048)
     p.add_argument("--keep", help="keep both run directories under this folder")
     p.add_argument("--reference", help="reuse this finished reference run directory instead of running one")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for both runs (e.g. sampling.steps=32), repeatable")
     args = p.parse_args()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp())
-    wall, peak = run([args.recipe], base / "default")
+    overrides = [a for kv in args.set for a in ("--set", kv)]
+    wall, peak = run([args.recipe, *overrides], base / "default")
     state = json.loads((base / "default" / "run.json").read_text())
     print(f"default run ({args.recipe}): {wall:.1f} s wall, peak memory {peak}")
     for name, cost in state["estimators"].items():
@@ -60,7 +63,7 @@ def main() -> int:
     primary = state["primary_estimator"]
     reference = Path(args.reference) if args.reference else base / "reference"
     if not args.reference:
-        ref_wall, _ = run([args.recipe, "--set", "estimators=[bayes]", "--set", "analysis.primary=bayes",
+        ref_wall, _ = run([args.recipe, *overrides, "--set", "estimators=[bayes]", "--set", "analysis.primary=bayes",
                            "--samples", str(args.reference_samples)], reference)
         print(f"reference: bayes, {args.reference_samples} samples, {ref_wall:.1f} s wall")
     else:

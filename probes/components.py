@@ -76,7 +76,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     """``float16`` on a CPU runs at a small fraction of float32's speed (minutes per step for SD
     1.5): use float32 there, and say so in one line."""
     if dtype == "float16" and device.type == "cpu":
-        print("probes: note: model.dtype float16 on CPU is very slow; using float32 (float16 is for GPUs)", file=sys.stderr)
+        print("probes: note: model.dtype float16 on CPU is very slow; using float32 (float16 is for GPUs)",
+              file=sys.stderr)
         return "float32"
     return dtype
 
@@ -87,7 +88,8 @@ def build_components(recipe: Recipe) -> Components:
     from probes.adapters import family_of_kind
 
     if any(spec.name == "guided" for spec in recipe.estimators) and recipe.sampling.condition != "leaf":
-        raise ProbesError("estimators: 'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf")
+        raise ProbesError("estimators: 'guided' scores each sample's conditioning leaf; "
+                          "it needs sampling.condition: leaf")
     parts = family_of_kind(recipe.model.kind).build(recipe, taxonomy, device)
     parts.prior = _prior(recipe, taxonomy, parts.prior)
     parts.generator = _generator(recipe, parts)

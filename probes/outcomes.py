@@ -4,8 +4,8 @@ Called once at the end of a run, with the batches the analysis read; adds to run
 
 * ``quality``: see :mod:`probes.quality` (absent when the run kept no final samples);
 * ``calls``: ``sampling_denoiser`` (sample-evaluations spent drawing the trajectories, the
-  unconditional branch of guidance included) and ``guided_denoiser`` (the extra unconditional evaluations classifier-free guidance
-  spent; 0 without guidance);
+  unconditional branch of guidance included) and ``guided_denoiser`` (the extra unconditional
+  evaluations classifier-free guidance spent; 0 without guidance);
 
 and writes ``samples.csv``, ``previews/`` and ``strips/`` (see :mod:`probes.report.samples`).
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -49,7 +49,7 @@ class YamlProblem(Exception):
 class StrictLoader(yaml.SafeLoader):
     """Safe loading with YAML 1.2 scalars, duplicate-key refusal and size/depth bounds."""
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers: ClassVar[dict] = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in _RESOLVED_TAGS]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }

@@ -61,7 +61,8 @@ class BayesEstimator(Estimator):
         if traj is not None and traj.method not in KERNEL_METHODS:
             raise ProbesError(
                 f"estimator 'bayes' inverts the Gaussian kernel of ancestral steps (variance (1 - a) sigma_next^2); "
-                f"a {traj.method!r} trajectory has {'no' if traj.method in ('euler', 'heun', 'ddim') else 'a different'} "
+                f"a {traj.method!r} trajectory has "
+                f"{'no' if traj.method in ('euler', 'heun', 'ddim') else 'a different'} "
                 f"step noise: sample with method='ancestral' or use forward paths")
         denoiser = Counter(ctx.require("cond_denoiser", self.name, "it needs class-conditional predictions"))
         conditioner = ctx.require("conditioner", self.name, "it conditions the denoiser on every leaf")

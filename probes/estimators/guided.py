@@ -57,7 +57,8 @@ class GuidedEstimator(Estimator):
     def __init__(self, reference: str = "auto", folds: int = 2, sigma_stride: int = 1):
         super().__init__(sigma_stride)
         if reference not in REFERENCES:
-            raise ProbesError(f"estimator 'guided': reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+            raise ProbesError(f"estimator 'guided': reference must be one of {', '.join(REFERENCES)}, "
+                              f"got {reference!r}")
         if int(folds) != folds or folds < 2:
             raise ProbesError(f"estimator 'guided': folds must be an integer >= 2, got {folds}")
         self.reference, self.folds = reference, int(folds)
@@ -129,7 +130,8 @@ def cross_fitted_log_q(ref: torch.Tensor, leaf: torch.Tensor, folds: int, genera
     return out
 
 
-def _fit(z: torch.Tensor, y: torch.Tensor, iterations: int = 30, ridge: float = RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit(z: torch.Tensor, y: torch.Tensor, iterations: int = 30,
+         ridge: float = RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sigma temperature ``[S]`` and bias ``[S, L]`` minimising the mean cross-entropy of ``y``
     plus ``ridge / 2 * ((alpha - 1)^2 + |beta|^2)``.
 

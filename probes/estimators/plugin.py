@@ -11,7 +11,8 @@ class PluginEstimator(Estimator):
     """``log p(y | x_sigma) ~ classifier(D(x_sigma; sigma))``.
 
     Cheap (one classifier call per point; the denoiser call is free when an unconditional
-    trajectory recorded ``denoised``), but biased: ``p(y | E[x0 | x]) != E[p(y | x0) | x]`` (Jensen gap). It is typically
+    trajectory recorded ``denoised``), but biased: ``p(y | E[x0 | x]) != E[p(y | x0) | x]`` (Jensen gap).
+    It is typically
     overconfident at intermediate sigma, where ``D`` is a sharp-looking average of several classes.
     A classifier temperature, if any, belongs to the classifier.
 

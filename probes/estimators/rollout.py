@@ -59,7 +59,8 @@ class RolloutEstimator(Estimator):
             if int(value) != value or value < 1:
                 raise ProbesError(f"estimator 'rollout': {key} must be a positive integer, got {value}")
         if steps is not None and steps < 2:
-            raise ProbesError(f"estimator 'rollout': steps must be at least 2 (or null for the run's grid), got {steps}")
+            raise ProbesError(f"estimator 'rollout': steps must be at least 2 (or null for the run's grid), "
+                              f"got {steps}")
         if not rho > 0:
             raise ProbesError(f"estimator 'rollout': rho must be positive, got {rho}")
         if bias_correction not in BIAS_CORRECTIONS:

@@ -254,7 +254,8 @@ class GaussianMixture:
                 raise ValueError(f"a mask cond must have shape [{batch}, {self.n_components}], got {tuple(cond.shape)}")
             return cond
         if cond.dtype.is_floating_point or cond.shape != (batch,):
-            raise ValueError(f"cond must be None, integer leaf indices [{batch}] or a bool mask [{batch}, {self.n_components}]")
+            raise ValueError(f"cond must be None, integer leaf indices [{batch}] or a bool mask "
+                             f"[{batch}, {self.n_components}]")
         if ((cond < -1) | (cond >= self.n_components)).any():
             raise ValueError(f"leaf indices must be in [-1, {self.n_components - 1}]")
         leaf = torch.arange(self.n_components, device=cond.device)

@@ -95,7 +95,8 @@ class Taxonomy:
             _normalise_attrs(attrs)
         self._index()
         if self.max_depth > MAX_DEPTH:
-            raise ProbesError(f"taxonomy '{self.name}': {self.max_depth} levels deep; at most {MAX_DEPTH} are supported")
+            raise ProbesError(f"taxonomy '{self.name}': {self.max_depth} levels deep; "
+                              f"at most {MAX_DEPTH} are supported")
 
     def _index(self) -> None:
         g = self.graph
