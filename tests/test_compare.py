@@ -239,3 +239,37 @@ def test_a_prior_estimated_from_the_samples_is_resampled_with_them():
     for level in (1, 2):
         moving, held = comparison.levels[level].delta_interval, fixed.levels[level].delta_interval
         assert moving[1, 0] - moving[0, 0] > 2 * (held[1, 0] - held[0, 0])
+
+
+def test_means_are_those_of_the_curves_where_the_world_is_larger_than_the_taxonomy():
+    """Posteriors that leave mass outside the taxonomy give inside-weighted curves; the comparison's
+    point curves and standard errors are the curves' own (curves.csv's), computed independently."""
+    import torch
+
+    from probes.estimators import EstimatorOutput
+    from probes.result import ProbeResult
+    from probes.taxonomy import load_taxonomy
+
+    tax = load_taxonomy("gmm-two-by-two")
+    sigmas = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        logits = torch.randn(200, 5, 5, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3.0, 5)[None, :, None]
+        log_probs = torch.log_softmax(logits, -1)[..., :4]  # the fifth class is outside the taxonomy
+        out = EstimatorOutput("plugin", sigmas, log_probs=log_probs)
+        return ProbeResult(taxonomy=tax, estimates={"plugin": out}, prior=torch.full((4,), 0.25, dtype=torch.float64))
+
+    a, b = draw(0), draw(1)
+    ca, cb = a.entropy(), b.entropy()
+    assert ca.sample_weight() is not None  # inside-weighted means
+    comparison = a.compare(b, n_boot=50)
+    mi_a, mi_b = ca.mutual_information(), cb.mutual_information()
+    se = np.sqrt(ca.level_stderr() ** 2 + cb.level_stderr() ** 2)
+    for k, d in comparison.levels.items():
+        np.testing.assert_allclose(d.info_a, mi_a[:, k - 1], atol=1e-12)
+        np.testing.assert_allclose(d.delta, mi_b[:, k - 1] - mi_a[:, k - 1], atol=1e-12)
+        np.testing.assert_allclose(d.stderr, se[:, k - 1], rtol=1e-9)
+    node_mi = cb.node_mutual_information() - ca.node_mutual_information()
+    for j, node in enumerate(ca.node_names):
+        np.testing.assert_allclose(comparison.nodes[node].delta, node_mi[:, j], atol=1e-12)
