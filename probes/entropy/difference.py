@@ -30,6 +30,7 @@ uncertainty, which the bootstrap intervals include.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -300,12 +301,9 @@ class _Grid:
         """``[2, S]`` percentile band of ``boot [B, S]`` in the curves' own sigma order."""
         if boot is None or boot.shape[0] < 2:
             return np.full((2, len(self.sigmas)), np.nan)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-                band = np.nanpercentile(boot, [self.q, 100 - self.q], axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (unresolved sigmas) stay NaN
+            band = np.nanpercentile(boot, [self.q, 100 - self.q], axis=0)
         return band[:, self.back]
 
     def _band(self, delta: np.ndarray) -> tuple[float, float] | None:
