@@ -57,8 +57,12 @@ def reported_name(name: str, recipe: Recipe) -> str:
     """The estimator's name in curves.csv / decisions.csv. In guided leaf-conditional runs only
     ``guided`` measures the entropy of the run's own process; the others read the unguided model's
     posterior at guided states, a different quantity, and are reported under that name."""
-    g = recipe.sampling.guidance
-    guided_run = recipe.sampling.condition == "leaf" and (g.scale != 1.0)
+    return name_in_files(name, recipe.sampling.condition, recipe.sampling.guidance.scale)
+
+
+def name_in_files(name: str, condition: str, guidance_scale: float) -> str:
+    """:func:`reported_name` from the sampling settings alone (as a run.json records them)."""
+    guided_run = condition == "leaf" and guidance_scale != 1.0
     if guided_run and name != "guided":
         return f"{name}:unguided_posterior"
     return name
@@ -77,15 +81,14 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
                                      names={n: reported_name(n, recipe) for n in estimator_names})
 
     costs = {}
-    for name in estimator_names:
-        results = [b["estimators"][name] for b in batches]
+    for name, estimate in result.estimates.items():
         costs[name] = {
-            "denoiser_calls": sum(r["denoiser_calls"] for r in results),
-            "classifier_calls": sum(r["classifier_calls"] for r in results),
-            "seconds": round(sum(r["seconds"] for r in results), 3),
+            "denoiser_calls": estimate.denoiser_calls,
+            "classifier_calls": estimate.classifier_calls,
+            "seconds": round(sum(b["estimators"][name]["seconds"] for b in batches), 3),
         }
     payload = {
-        "n_samples": sum(b["n"] for b in batches),
+        "n_samples": result.n_samples,
         "n_batches": n_batches,
         "primary_estimator": primary,
         "sampling_denoiser_calls": sum(b["sampling_denoiser_calls"] for b in batches),
@@ -98,9 +101,9 @@ def analyse_run(out: Path, recipe: Recipe, taxonomy: Taxonomy, estimator_names: 
         "decisions": {name: _decisions_to_json(d) for name, d in decisions.items()},
         "analysis_s": round(time.perf_counter() - t0, 3),
     }
-    text = format_decision_tree(taxonomy, decisions[primary], title=f"{taxonomy.name}: decision-time tree "
-                                f"({primary} estimator, {payload['n_samples']} samples)")
-    return {"payload": payload, "text": text, "curves": curves, "decisions": decisions, "batches": batches}
+    text = result.summary(decisions[primary])
+    return {"payload": payload, "text": text, "curves": curves, "decisions": decisions, "batches": batches,
+            "result": result}
 
 
 def _decisions_to_json(decisions: dict) -> dict:
@@ -108,36 +111,3 @@ def _decisions_to_json(decisions: dict) -> dict:
         kind: {str(name): (d.to_dict() if d is not None else None) for name, d in group.items()}
         for kind, group in decisions.items()
     }
-
-
-def format_decision_tree(taxonomy: Taxonomy, decisions: dict, title: str = "") -> str:
-    """The taxonomy as text, each internal node with its decision sigma, window and interval."""
-    nodes = decisions["nodes"]
-    lines = [title] if title else []
-    lines.append("node: decision sigma [half-peak window] (95% bootstrap interval)")
-
-    def describe(n: str) -> str:
-        label = taxonomy.node_attrs(n).get("label", n)
-        name = n if str(label) == str(n) else f"{n} ({label})"
-        if taxonomy.is_leaf(n):
-            return name
-        d = nodes.get(n)
-        if d is None or d.decision_sigma is None:
-            return f"{name}: undecided"
-        edge = "  (peak at grid edge)" if getattr(d, "at_edge", False) else ""
-        interval = f" ({d.interval[0]:.3g}-{d.interval[1]:.3g})" if d.interval is not None else ""
-        return f"{name}: sigma={d.decision_sigma:.3g} [{d.window[0]:.3g}, {d.window[1]:.3g}]{interval}{edge}"
-
-    def walk(n: str, prefix: str, last: bool, top: bool) -> None:
-        lines.append(describe(n) if top else f"{prefix}{'└── ' if last else '├── '}{describe(n)}")
-        kids = taxonomy.children(n)
-        for i, c in enumerate(kids):
-            walk(c, prefix if top else prefix + ("    " if last else "│   "), i == len(kids) - 1, False)
-
-    walk(taxonomy.root, "", True, True)
-    levels = decisions.get("levels", {})
-    if levels:
-        lines.append("level cuts: " + ", ".join(
-            f"depth {k}: sigma={v.decision_sigma:.3g}" if v is not None and v.decision_sigma is not None
-            else f"depth {k}: undecided" for k, v in levels.items()))
-    return "\n".join(lines)

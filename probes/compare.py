@@ -1,196 +1,266 @@
-"""Compare two finished runs: where in sigma does one inject more information about the leaf?
+"""Compare two results: where in sigma does one inject more information about the leaf?
 
 The typical use is classifier-free guidance: run the same recipe at guidance 1 and at w, then
 
     probes compare runs/w1 runs/w3 --out runs/w3-vs-w1
 
-gives, per taxonomy level, ``dI(sigma) = I_B(leaf cell; x_sigma) - I_A(...)`` (nats, with the
-standard error of the difference), where that difference sits on the sigma axis (its peak and
-the half-peak band of ``|dI|``), and how far each node's decision moved.
+gives, per taxonomy level and per internal node, ``dI(sigma) = I_B - I_A`` (nats), its rate in
+log sigma, where each peaks, joint bootstrap intervals for all of these
+(:mod:`probes.entropy.difference`), and how far each node's decision moved. Both arguments are
+loaded as :class:`~probes.result.ProbeResult` (a ``probes run`` directory or a saved result), and
+the comparison is :meth:`ProbeResult.compare`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves, prior_sums
 from probes.errors import ProbesError
-from probes.fileio import atomic_path, read_text
+from probes.fileio import atomic_path
+
+GUIDED_SUFFIX = ":unguided_posterior"  # how guided runs' files name their plain estimators (probes.analysis)
 
 
 def add_compare_commands(sub) -> None:
     p = sub.add_parser(
         "compare", help="compare two runs (e.g. two guidance scales) level by level along sigma",
-        description="Per taxonomy level, the difference in mutual information I_B - I_A between two finished "
-        "runs along sigma, where it sits, and how each node's decision sigma moved.",
+        description="Per taxonomy level and node, the difference in mutual information I_B - I_A between two "
+        "finished runs along sigma, its rate, where they peak (with joint bootstrap intervals), and how each "
+        "node's decision sigma moved.",
     )
     p.add_argument("run_a", help="baseline run directory (e.g. guidance 1)")
     p.add_argument("run_b", help="run directory to compare against it")
     p.add_argument("--estimator", help="estimator to compare (default: run A's primary estimator)")
-    p.add_argument("--out", "-o", help="directory for compare.csv and compare.png")
+    p.add_argument("--pairing", choices=("auto",) + PAIRINGS, default="auto",
+                   help="resample sample i of both runs together (paired) or apart (independent); auto pairs "
+                   "runs drawn from the same seed, batch size and sample count")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for the intervals (default 200)")
+    p.add_argument("--out", "-o", help="directory for compare.csv, compare_nodes.csv, compare.json and plots")
     p.set_defaults(func=_cmd_compare)
 
 
 def _cmd_compare(args) -> int:
-    result = compare_runs(args.run_a, args.run_b, estimator=args.estimator, out=args.out)
+    if args.n_boot < 0:
+        raise ProbesError(f"--n-boot: must be 0 or more, got {args.n_boot}")
+    result = compare_runs(args.run_a, args.run_b, estimator=args.estimator, out=args.out, pairing=args.pairing,
+                          n_boot=args.n_boot)
     print(result["text"])
     return 0
 
 
-def read_finished_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
-    """``(run.json, curves.csv rows, decisions.csv rows)`` of a finished run, each checked: one
-    line naming the file for anything missing, unfinished or damaged."""
-    state_file = path / "run.json"
-    if not state_file.is_file():
-        raise ProbesError(f"{path}: not a probes run directory (no run.json)")
-    try:
-        state = json.loads(read_text(state_file, "run.json"))
-    except ValueError:
-        raise ProbesError(f"{state_file}: not valid JSON; rerun with --resume to rewrite it") from None
-    if not isinstance(state, dict) or state.get("status") != "complete":
-        status = state.get("status") if isinstance(state, dict) else None
-        raise ProbesError(f"{path}: the run is not finished (status {status!r}); resume it first")
-    tables = []
-    for name in ("curves.csv", "decisions.csv"):
-        reader = csv.DictReader(io.StringIO(read_text(path / name, name)))
-        rows = list(reader)
-        if "estimator" not in (reader.fieldnames or []) or (name == "curves.csv" and not rows):
-            raise ProbesError(f"{path / name}: empty or not a probes table; rerun with --resume to rewrite it")
-        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in reader.fieldnames]
-        for line, row in enumerate(rows, start=2):
-            for column in numeric:
-                try:
-                    _float(row[column])
-                except (TypeError, ValueError):
-                    raise ProbesError(f"{path / name}:{line}: {column} {row[column]!r} is not a number") from None
-        tables.append(rows)
-    return state, tables[0], tables[1]
+@dataclass
+class Comparison:
+    """What :meth:`ProbeResult.compare` returns: B's information gain over A per level and node.
 
+    ``levels`` and ``nodes`` map each level depth / node name to a
+    :class:`~probes.entropy.difference.Difference` (``delta``, ``rate``, their intervals, peaks);
+    ``shifts`` gives each node's decision sigma in A and B; ``pairing`` says how the bootstrap
+    resampled the two (``paired`` or ``independent``) and ``pairing_reason`` why.
+    """
 
-def _float(x: str) -> float:
-    return float(x) if x not in ("", None) else math.nan
+    estimator: str
+    pairing: str
+    pairing_reason: str
+    curves: CurveComparison
+    shifts: dict
+    names_in_files: tuple[str, str] | None = None  # the estimator's name in A's and B's files
 
+    @property
+    def levels(self) -> dict:
+        return self.curves.levels
 
-def _resolve(rows: list[dict], estimator: str) -> str:
-    """The estimator's name in a run's files: guided runs report posterior estimators as
-    ``<name>:unguided_posterior`` (see ``probes.analysis.reported_name``)."""
-    names = {r["estimator"] for r in rows}
-    if estimator not in names and f"{estimator}:unguided_posterior" in names:
-        return f"{estimator}:unguided_posterior"
-    return estimator
+    @property
+    def nodes(self) -> dict:
+        return self.curves.nodes
 
+    def to_dict(self) -> dict:
+        """The scalars as JSON-ready values (what ``compare.json`` holds)."""
+        c = self.curves
+        return {"estimator": self.estimator, "names_in_files": list(self.names_in_files or ()),
+                "pairing": self.pairing, "pairing_reason": self.pairing_reason,
+                "n_boot": c.n_boot, "ci": c.ci, "seed": c.seed, "n_samples": list(c.n_samples),
+                "levels": {str(k): d.summary() for k, d in c.levels.items()},
+                "nodes": {k: d.summary() for k, d in c.nodes.items()},
+                "decision_shifts": self.shifts}
 
-def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level") -> dict:
-    """{level or node: (sigma descending, mutual information, stderr)} for one estimator."""
-    estimator = _resolve(rows, estimator)
-    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
-    if not chosen and kind == "level":
-        raise ProbesError(f"{source}: no curves for estimator {estimator!r}")
-    out = {}
-    for level in sorted({r["name"] for r in chosen}, key=int if kind == "level" else None):
-        part = sorted((r for r in chosen if r["name"] == level), key=lambda r: -float(r["sigma"]))
-        out[level] = tuple(np.array([_float(r[k]) for r in part]) for k in ("sigma", "mutual_info", "stderr"))
-    return out
+    def text(self, label_a="A", label_b="B") -> str:
+        c = self.curves
+        pct = f"{100 * c.ci:g}%"
+        lines = [f"{label_b} vs {label_a} ({self._what()}): dI = I_B - I_A per level",
+                 f"intervals: {pct} joint bootstrap, {c.n_boot} replicates, {self.pairing} "
+                 f"({self.pairing_reason})"]
+        for level, d in c.levels.items():
+            lines.append(f"  level {level}: " + _describe(d, pct))
+        if c.nodes:
+            lines.append("dI per node (information about the node's split):")
+            for node, d in c.nodes.items():
+                lines.append(f"  {node}: " + _describe(d, pct))
+        lines.append("decision sigma per node (A -> B, ratio):")
+        for node, s in self.shifts.items():
+            lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f})")
+        return "\n".join(lines)
 
+    def _what(self) -> str:
+        a, b = self.names_in_files or (self.estimator, self.estimator)
+        if a == b:
+            return f"{a} estimator"
+        return f"{self.estimator} estimator: {a} in A, {b} in B"
 
-def compare_runs(run_a, run_b, estimator: str | None = None, out=None) -> dict:
-    run_a, run_b = Path(run_a), Path(run_b)
-    state_a, curves_a, dec_a = read_finished_run(run_a)
-    _state_b, curves_b, dec_b = read_finished_run(run_b)
-    estimator = estimator or state_a.get("primary_estimator")
-    levels_a, levels_b = _levels(curves_a, estimator, run_a), _levels(curves_b, estimator, run_b)
-    if set(levels_a) != set(levels_b):
-        raise ProbesError(f"{run_b}: its taxonomy levels differ from {run_a}'s; compare runs of one taxonomy")
-
-    rows, summary = [], {}
-    for level in levels_a:
-        sig_a, mi_a, se_a = levels_a[level]
-        sig_b, mi_b, se_b = levels_b[level]
-        if len(sig_a) != len(sig_b) or not np.allclose(sig_a, sig_b, rtol=1e-9):
-            raise ProbesError(f"{run_b}: its sigma grid differs from {run_a}'s; compare runs with the same "
-                              "sampling.steps, sigma_max, sigma_min and grid")
-        delta, se = mi_b - mi_a, np.sqrt(se_a**2 + se_b**2)
-        rows += [[level, s, a, b, d, e] for s, a, b, d, e in zip(sig_a, mi_a, mi_b, delta, se)]
-        summary[level] = _where(sig_a, delta)
-
-    node_summary = {}
-    nodes_a, nodes_b = _levels(curves_a, estimator, run_a, "node"), _levels(curves_b, estimator, run_b, "node")
-    for node in nodes_a:
-        if node in nodes_b:
-            node_summary[node] = _where(nodes_a[node][0], nodes_b[node][1] - nodes_a[node][1])
-    shifts = _decision_shifts(dec_a, dec_b, estimator)
-    result = {"estimator": estimator, "levels": summary, "node_information": node_summary, "nodes": shifts,
-              "rows": rows}
-    result["text"] = _format(run_a, run_b, estimator, summary, shifts)
-    if out is not None:
+    def write(self, out, label_a="A", label_b="B") -> Path:
+        """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare.json``, ``compare.png`` and
+        ``report.html`` in ``out``; returns ``out``."""
         from probes.report.html import write_compare_report
+        from probes.report.rundir import atomic_write_text, format_float, write_csv
 
-        _write(Path(out), result, levels_a, levels_b)
-        write_compare_report(out, result, run_a, run_b)
-    return result
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        extra = ["delta_lo", "delta_hi", "rate", "rate_lo", "rate_hi"]
+        for name, key, table in (("compare.csv", "level", self.levels), ("compare_nodes.csv", "node", self.nodes)):
+            rows = []
+            for label, d in table.items():
+                columns = (d.sigmas, d.info_a, d.info_b, d.delta, d.stderr, d.delta_interval[0], d.delta_interval[1],
+                           d.rate, d.rate_interval[0], d.rate_interval[1])
+                rows += [[label] + [format_float(v) for v in values] for values in zip(*columns)]
+            write_csv(out / name, [key, "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info", "stderr",
+                                   *extra], rows)
+        payload = {"a": str(label_a), "b": str(label_b), **self.to_dict()}
+        atomic_write_text(out / "compare.json", json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+        _plot(out / "compare.png", self)
+        write_compare_report(out, self, label_a, label_b)
+        return out
 
 
-def _where(sigmas: np.ndarray, delta: np.ndarray) -> dict:
-    """Where the difference sits: the peak of |dI| and the band where |dI| exceeds half of it."""
-    mag = np.abs(np.nan_to_num(delta))
-    if not mag.any():
-        return {"peak_sigma": None, "peak_delta": 0.0, "band": None}
-    i = int(np.argmax(mag))
-    above = mag >= 0.5 * mag[i]
-    lo, hi = i, i
-    while hi + 1 < len(mag) and above[hi + 1]:
-        hi += 1
-    while lo > 0 and above[lo - 1]:
-        lo -= 1
-    # Grids are descending: the band runs from sigmas[hi] (small) to sigmas[lo] (large).
-    out = {"peak_sigma": float(sigmas[i]), "peak_delta": float(delta[i]),
-           "band": [float(sigmas[hi]), float(sigmas[lo])]}
-    # where the difference is injected: the peak of |d(dI)/dlog sigma| (as sigma falls)
-    ok = np.isfinite(delta)
-    if ok.sum() >= 3:
-        rate = -np.gradient(delta[ok], np.log(sigmas[ok]))
-        j = int(np.argmax(np.abs(rate)))
-        out["rate_peak_sigma"], out["rate_peak"] = float(sigmas[ok][j]), float(rate[j])
+def _describe(d, pct: str) -> str:
+    if d.peak_sigma is None:
+        return "no difference"
+    lo, hi = d.band
+    text = f"dI peaks at {d.peak_delta:+.3f} nats"
+    if d.peak_delta_interval is not None:
+        text += f" ({pct} {d.peak_delta_interval[0]:+.3f} to {d.peak_delta_interval[1]:+.3f})"
+    text += f" at sigma={d.peak_sigma:.3g}"
+    if d.peak_interval is not None:
+        text += f" ({d.peak_interval[0]:.3g}-{d.peak_interval[1]:.3g})"
+    text += f"; |dI| above half its peak for sigma in [{lo:.3g}, {hi:.3g}]"
+    if d.rate_peak_sigma is not None:
+        text += f"; changes fastest at sigma={d.rate_peak_sigma:.3g}"
+        if d.rate_peak_interval is not None:
+            text += f" ({d.rate_peak_interval[0]:.3g}-{d.rate_peak_interval[1]:.3g})"
+        text += f", {d.rate_peak:+.3f} nats per unit log sigma as sigma falls"
+    return text
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --- the comparison ---------------------------------------------------------------------------
+
+
+def estimator_name(result, estimator: str | None) -> str:
+    """The estimator to compare in ``result``: the given one (as named in the result or in its
+    files, where guided runs add ``:unguided_posterior``), or the result's primary one."""
+    name = estimator or result.primary
+    if name not in result.estimates and name.endswith(GUIDED_SUFFIX):
+        name = name[: -len(GUIDED_SUFFIX)]
+    return name
+
+
+def choose_pairing(a, b, pairing: str = "auto") -> tuple[bool, str]:
+    """``(paired, why)``: sample i of A and B are resampled together when they were drawn from the
+    same seeds and both hold as many samples (``auto``), or when asked (``paired``)."""
+    from probes.result import sample_seeds
+
+    if pairing not in ("auto",) + PAIRINGS:
+        raise ProbesError(f"compare: pairing must be auto, paired or independent, not {pairing!r}")
+    same_count = a.n_samples == b.n_samples
+    if pairing == "paired":
+        if not same_count:
+            raise ProbesError(f"--pairing paired: the runs hold {a.n_samples} and {b.n_samples} samples; "
+                              "pairing needs as many in both")
+        return True, "as asked"
+    if pairing == "independent":
+        return False, "as asked"
+    seeds_a, seeds_b = sample_seeds(a), sample_seeds(b)
+    if seeds_a is None or seeds_b is None:
+        return False, "the seeds of the samples are not recorded"
+    if seeds_a != seeds_b:
+        return False, "drawn from different seeds"
+    if not same_count:
+        return False, f"same seeds but {a.n_samples} and {b.n_samples} samples"
+    return True, f"same seeds ({seeds_a}) and {a.n_samples} samples"
+
+
+def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200, seed: int = 0,
+                    ci: float = 0.95) -> Comparison:
+    """:meth:`probes.result.ProbeResult.compare`: B's information gain over A (see the module docstring)."""
+    name = estimator_name(a, estimator)
+    for result, which in ((a, "A"), (b, "B")):
+        if name not in result.estimates:
+            raise ProbesError(f"compare: estimator {name!r} is not in result {which} (it has "
+                              f"{', '.join(result.estimates)}); pass --estimator")
+    paired, why = choose_pairing(a, b, pairing)
+    curves_a, curves_b = a.entropy(name), b.entropy(name)
+    curves = compare_curves(curves_a, curves_b, paired=paired, n_boot=n_boot, seed=seed, ci=ci,
+                            prior_sums_a=_prior_sums(a, name, curves_a), prior_sums_b=_prior_sums(b, name, curves_b))
+    files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
+    return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
+                      shifts=_decision_shifts(a, b, name), names_in_files=files)
+
+
+def _prior_sums(result, name: str, curves):
+    """Per sample, what a mean-posterior prior averages (None for estimators of entropies)."""
+    log_probs = result.estimates[name].log_probs
+    return None if log_probs is None else prior_sums(curves, log_probs.double().numpy())
+
+
+def _decision_shifts(a, b, name: str) -> dict:
+    da = a.decisions(estimator=name, n_boot=0)
+    db = b.decisions(estimator=name, n_boot=0)
+
+    def sigma(d):
+        return math.nan if d is None or d.decision_sigma is None else float(d.decision_sigma)
+
+    out = {}
+    for node, d in da.items():
+        sa, sb = sigma(d), sigma(db.get(node))
+        out[node] = {"sigma_a": sa, "sigma_b": sb, "ratio": sb / sa if sa and math.isfinite(sa) else math.nan}
     return out
 
 
-def _decision_shifts(dec_a: list[dict], dec_b: list[dict], estimator: str) -> dict:
-    def table(rows):
-        name = _resolve(rows, estimator)
-        return {r["name"]: _float(r["decision_sigma"]) for r in rows
-                if r["estimator"] == name and r["kind"] == "node" and r.get("axis", "log_sigma") == "log_sigma"}
+def compare_runs(run_a, run_b, estimator: str | None = None, out=None, pairing: str = "auto",
+                 n_boot: int = 200) -> dict:
+    """Load two run (or saved result) directories and compare them; with ``out`` write the files.
+    Returns ``{"comparison": Comparison, "estimator", "pairing", "levels", "nodes", "text"}``
+    (``levels``/``nodes``: the peak summaries; ``decision_shifts``: A -> B per node)."""
+    from probes.result import load
 
-    a, b = table(dec_a), table(dec_b)
-    return {n: {"sigma_a": a[n], "sigma_b": b.get(n, math.nan),
-                "ratio": b.get(n, math.nan) / a[n] if a[n] and math.isfinite(a[n]) else math.nan} for n in a}
-
-
-def _format(run_a: Path, run_b: Path, estimator: str, summary: dict, shifts: dict) -> str:
-    lines = [f"{run_b} vs {run_a} ({estimator} estimator): dI = I_B - I_A per level"]
-    for level, s in summary.items():
-        if s["peak_sigma"] is None:
-            lines.append(f"  level {level}: no difference")
-            continue
-        lo, hi = s["band"]
-        lines.append(f"  level {level}: dI peaks at {s['peak_delta']:+.3f} nats at sigma={s['peak_sigma']:.3g}; "
-                     f"|dI| above half its peak for sigma in [{lo:.3g}, {hi:.3g}]")
-    lines.append("decision sigma per node (A -> B, ratio):")
-    for node, s in shifts.items():
-        lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f})")
-    return "\n".join(lines)
+    run_a, run_b = Path(run_a), Path(run_b)
+    a, b = load(run_a), load(run_b)
+    comparison = a.compare(b, estimator=estimator, pairing=pairing, n_boot=n_boot)
+    if out is not None:
+        comparison.write(out, run_a, run_b)
+    data = comparison.to_dict()
+    return {"comparison": comparison, "estimator": comparison.estimator, "pairing": comparison.pairing,
+            "levels": data["levels"], "nodes": data["nodes"], "decision_shifts": comparison.shifts,
+            "text": comparison.text(run_a, run_b)}
 
 
-def _write(out: Path, result: dict, levels_a: dict, levels_b: dict) -> None:
-    from probes.report.rundir import format_float, write_csv
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "compare.csv", ["level", "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info",
-                                      "stderr"], [[r[0]] + [format_float(v) for v in r[1:]] for r in result["rows"]])
+def _plot(path: Path, comparison: Comparison) -> None:
+    """dI per level with its pointwise bootstrap band (or +- one standard error without one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,24 +268,25 @@ def _write(out: Path, result: dict, levels_a: dict, levels_b: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     cmap = plt.get_cmap("viridis")
-    n = len(levels_a)
-    for k, level in enumerate(levels_a):
-        sig = levels_a[level][0]
-        rows = [r for r in result["rows"] if r[0] == level]
-        delta = np.array([r[4] for r in rows])
-        se = np.nan_to_num(np.array([r[5] for r in rows]))
+    n = len(comparison.levels)
+    for k, (level, d) in enumerate(comparison.levels.items()):
         color = cmap(k / max(1, n - 1) * 0.9)
-        ax.plot(sig, delta, color=color, lw=1.6, label=f"level {level}")
-        ax.fill_between(sig, delta - se, delta + se, color=color, alpha=0.2, lw=0)
+        lo, hi = d.delta_interval
+        if not np.isfinite(lo).any():
+            se = np.nan_to_num(d.stderr)
+            lo, hi = d.delta - se, d.delta + se
+        ax.plot(d.sigmas, d.delta, color=color, lw=1.6, label=f"level {level}")
+        ax.fill_between(d.sigmas, lo, hi, color=color, alpha=0.2, lw=0)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel(r"noise level $\sigma$ (log scale; sampling runs left to right)")
     ax.set_ylabel(r"$I_B - I_A$ [nats]")
-    ax.set_title(f"information gained by B over A ({result['estimator']})")
+    band = f"{100 * comparison.curves.ci:g}% {comparison.pairing} bootstrap band"
+    ax.set_title(f"information gained by B over A ({comparison.estimator}; {band})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out / "compare.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format="png")
     plt.close(fig)

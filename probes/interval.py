@@ -18,13 +18,15 @@ The last line printed is the recipe line ``sampling.guidance.interval: [lo, hi]`
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-from probes.compare import _levels, read_finished_run
 from probes.errors import ProbesError
+from probes.fileio import read_text
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
 
@@ -173,3 +175,57 @@ def _result(interval: tuple[float, float], rule: str, text: list[str]) -> dict:
         raise ProbesError(f"the derived interval [{lo:g}, {hi:g}] is empty; the curves are too coarse to place it")
     text.append(f"sampling.guidance.interval: [{lo:g}, {hi:g}]")
     return {"interval": (lo, hi), "rule": rule, "text": "\n".join(text)}
+
+
+# --- the runs' tables -------------------------------------------------------------------------
+
+
+def read_finished_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
+    """``(run.json, curves.csv rows, decisions.csv rows)`` of a finished run, each checked: one
+    line naming the file for anything missing, unfinished or damaged."""
+    from probes.result import read_run_state
+
+    state = read_run_state(path)
+    if "status" not in state:
+        raise ProbesError(f"{path}: not a finished probes run (its run.json has no status)")
+    tables = []
+    for name in ("curves.csv", "decisions.csv"):
+        reader = csv.DictReader(io.StringIO(read_text(path / name, name)))
+        rows = list(reader)
+        if "estimator" not in (reader.fieldnames or []) or (name == "curves.csv" and not rows):
+            raise ProbesError(f"{path / name}: empty or not a probes table; rerun with --resume to rewrite it")
+        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in reader.fieldnames]
+        for line, row in enumerate(rows, start=2):
+            for column in numeric:
+                try:
+                    _float(row[column])
+                except (TypeError, ValueError):
+                    raise ProbesError(f"{path / name}:{line}: {column} {row[column]!r} is not a number") from None
+        tables.append(rows)
+    return state, tables[0], tables[1]
+
+
+def _float(x: str) -> float:
+    return float(x) if x not in ("", None) else math.nan
+
+
+def _resolve(rows: list[dict], estimator: str) -> str:
+    """The estimator's name in a run's files: guided runs report posterior estimators as
+    ``<name>:unguided_posterior`` (see ``probes.analysis.reported_name``)."""
+    names = {r["estimator"] for r in rows}
+    if estimator not in names and f"{estimator}:unguided_posterior" in names:
+        return f"{estimator}:unguided_posterior"
+    return estimator
+
+
+def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level") -> dict:
+    """{level or node: (sigma descending, mutual information, stderr)} for one estimator."""
+    estimator = _resolve(rows, estimator)
+    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
+    if not chosen and kind == "level":
+        raise ProbesError(f"{source}: no curves for estimator {estimator!r}")
+    out = {}
+    for level in sorted({r["name"] for r in chosen}, key=int if kind == "level" else None):
+        part = sorted((r for r in chosen if r["name"] == level), key=lambda r: -float(r["sigma"]))
+        out[level] = tuple(np.array([_float(r[k]) for r in part]) for k in ("sigma", "mutual_info", "stderr"))
+    return out

@@ -114,24 +114,23 @@ def grid_from_run(run_dir, sigma_max: float, sigma_min: float, steps: int, unifo
     """:func:`entropic_grid` from a finished run's leaf-level entropy (its primary estimator)."""
     from pathlib import Path
 
-    from probes.compare import read_finished_run
+    import numpy as np
+
     from probes.errors import ProbesError
+    from probes.result import load
 
     run_dir = Path(run_dir)
     try:
-        state, curves, _ = read_finished_run(run_dir)  # the checked reader compare and interval use
+        result = load(run_dir)  # the checked loader compare uses
+        curves = result.entropy()
     except ProbesError as err:
         raise ProbesError(f"{field}: {err}") from None
-    estimator = state.get("primary_estimator")
-    rows = [r for r in curves if r["estimator"] == estimator and r["kind"] == "level"]
-    if not rows:
-        raise ProbesError(f"{field}: {run_dir} has no level curves for its primary estimator {estimator!r}")
-    leaf_level = max(int(r["name"]) for r in rows)
-    rows = [r for r in rows if int(r["name"]) == leaf_level and r["entropy"] not in ("", None)]
-    if len(rows) < 2:
+    leaf = curves.level_mean()[:, -1]
+    keep = np.isfinite(leaf)
+    if keep.sum() < 2:
         raise ProbesError(f"{field}: {run_dir} has no leaf-level entropy curve to place steps by")
-    sig = torch.tensor([float(r["sigma"]) for r in rows], dtype=torch.float64)
-    ent = torch.tensor([float(r["entropy"]) for r in rows], dtype=torch.float64)
+    sig = torch.tensor(curves.sigmas[keep], dtype=torch.float64)
+    ent = torch.tensor(leaf[keep], dtype=torch.float64)
     return entropic_grid(sig, ent, sigma_max, sigma_min, steps, uniform_share)
 
 

@@ -11,11 +11,10 @@ directory (the same files as ``probes run``: ``curves.csv``, ``decisions.csv``, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from probes.errors import ProbesError
@@ -120,21 +119,17 @@ class ProbeResult:
         both = decide(self.entropy(estimator), n_boot=n_boot, seed=seed, axis=axis)
         return both if kind == "both" else both[kind]
 
-    def compare(self, other: ProbeResult, estimator: str | None = None) -> dict:
-        """Where in sigma ``other`` knows more than ``self``: per level, ``dI = I_other - I_self``
-        of the mutual information ``I_l = H(cell_l) - H_l(sigma)``, its peak and half-peak band.
-        The two results must share the taxonomy's levels and the sigma grid."""
-        from probes.compare import _where
+    def compare(self, other: ProbeResult, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200,
+                seed: int = 0, ci: float = 0.95):
+        """Where in sigma ``other`` (B) knows more than ``self`` (A): per level and per node,
+        ``dI = I_B - I_A`` along sigma, its rate in log sigma, where each peaks, and joint bootstrap
+        intervals (both results resampled in every replicate; ``pairing="paired"`` resamples
+        sample i of both together, ``"auto"`` does so when both were drawn from the same seeds).
+        Returns a :class:`probes.compare.Comparison`; the results must share the taxonomy's levels
+        and the sigma grid."""
+        from probes.compare import compare_results
 
-        a, b = self.entropy(estimator), other.entropy(estimator)
-        if list(a.level_names) != list(b.level_names):
-            raise ProbesError("compare: the results have different taxonomy levels; compare one taxonomy")
-        if a.sigmas.shape != b.sigmas.shape or not np.allclose(a.sigmas, b.sigmas, rtol=1e-6):
-            raise ProbesError("compare: the results have different sigma grids; probe with the same scheduler "
-                              "and number of steps")
-        delta = b.mutual_information() - a.mutual_information()
-        return {level: {**_where(a.sigmas, delta[:, k]), "delta": delta[:, k]}
-                for k, level in enumerate(a.level_names)}
+        return compare_results(self, other, estimator=estimator, pairing=pairing, n_boot=n_boot, seed=seed, ci=ci)
 
     def plot(self, path=None, estimators: list[str] | None = None):
         """Level entropies against sigma (one panel per estimator). Writes a PNG when ``path`` is
@@ -181,9 +176,18 @@ class ProbeResult:
         first = next(iter(self.estimates.values()))
         return int((first.log_probs if first.log_probs is not None else first.levels).shape[0])
 
+    def summary(self, decisions: dict | None = None) -> str:
+        """The primary estimator's decision-time tree as text (``summary.txt``; what ``probes run``
+        prints). ``decisions`` are its nodes' and levels' decisions, computed when not given."""
+        from probes.report.rundir import format_decision_tree
+
+        if decisions is None:
+            decisions = self.decisions(kind="both")
+        title = f"{self.taxonomy.name}: decision-time tree ({self.primary} estimator, {self.n_samples} samples)"
+        return format_decision_tree(self.taxonomy, decisions, title)
+
     def save(self, directory, n_boot: int = 200, seed: int = 0) -> Path:
         """Write the run directory (with ``run.json`` and ``summary.txt``); returns its path."""
-        from probes.analysis import format_decision_tree
         from probes.report.rundir import atomic_write_text, write_run_json
 
         out = Path(directory)
@@ -194,28 +198,114 @@ class ProbeResult:
             "estimators": {k: {"denoiser_calls": e.denoiser_calls, "classifier_calls": e.classifier_calls}
                            for k, e in self.estimates.items()},
             "decisions": decisions})
-        title = f"{self.taxonomy.name}: decision-time tree ({primary} estimator, {self.n_samples} samples)"
-        atomic_write_text(out / "summary.txt", format_decision_tree(self.taxonomy, decisions[primary], title) + "\n")
+        atomic_write_text(out / "summary.txt", self.summary(decisions[primary]) + "\n")
         return out
 
 
 def load(directory) -> ProbeResult:
-    """A :class:`ProbeResult` from a directory written by :meth:`ProbeResult.save`."""
+    """A :class:`ProbeResult` from a finished run directory (``probes run``) or a directory written
+    by :meth:`ProbeResult.save`. Anything missing, unfinished or damaged is one line naming the file."""
     from probes.taxonomy.export import from_node_link
 
     path = Path(directory)
-    missing = [f for f in (POSTERIORS_FILE, TAXONOMY_FILE, "run.json") if not (path / f).is_file()]
-    if missing:
-        raise ProbesError(f"{path}: not a saved probe result (no {', '.join(missing)})")
+    state = read_run_state(path)
+    run = "status" in state  # written by ``probes run`` (a saved probe has no status)
+    rewrite = "; rerun with --resume to rewrite it" if run else ""
+    for name in (POSTERIORS_FILE, TAXONOMY_FILE):
+        if not (path / name).is_file():
+            raise ProbesError(f"{path / name}: missing, so {path} cannot be loaded{rewrite}")
     try:
         data, _ = read_record(path / POSTERIORS_FILE)
-        taxonomy_data = json.loads(read_text(path / TAXONOMY_FILE, "taxonomy file"))
-        meta = json.loads(read_text(path / "run.json", "run.json")).get("meta") or {}
     except BatchInvalid as why:
-        raise ProbesError(f"{path / POSTERIORS_FILE}: {why}") from None
-    except (ValueError, AttributeError):
-        raise ProbesError(f"{path}: taxonomy.json or run.json is not valid JSON") from None
+        raise ProbesError(f"{path / POSTERIORS_FILE}: {why}{rewrite}") from None
+    try:
+        taxonomy_data = json.loads(read_text(path / TAXONOMY_FILE, "taxonomy file"))
+    except ValueError:
+        raise ProbesError(f"{path / TAXONOMY_FILE}: not valid JSON{rewrite}") from None
     taxonomy = from_node_link(taxonomy_data, source=str(path / TAXONOMY_FILE))
-    estimates = {n: EstimatorOutput(**fields) for n, fields in data["estimates"].items()}
-    return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=data["prior"],
-                       primary=data["primary"], inside_weighted=bool(data.get("inside_weighted", True)))
+    estimates, prior, primary = _estimates_of(data, taxonomy, path / POSTERIORS_FILE)
+    meta = dict(state.get("meta") or {}) if isinstance(state.get("meta"), dict) else {}
+    if run:
+        meta.update(_run_meta(state, list(estimates)))
+    inside_weighted = data.get("inside_weighted", True)  # files written before it was recorded: True
+    if not isinstance(inside_weighted, bool):
+        raise ProbesError(f"{path / POSTERIORS_FILE}: inside_weighted is not true or false; not a probes result file")
+    return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary,
+                       inside_weighted=inside_weighted)
+
+
+def read_run_state(path: Path) -> dict:
+    """``run.json`` of a run or saved result directory, checked: one line for a folder that is not
+    one, a damaged file, or a run that has not finished."""
+    state_file = path / "run.json"
+    if not state_file.is_file():
+        raise ProbesError(f"{path}: not a probes run directory or saved probe result (no run.json)")
+    try:
+        state = json.loads(read_text(state_file, "run.json"))
+    except ValueError:
+        raise ProbesError(f"{state_file}: not valid JSON; rerun with --resume to rewrite it") from None
+    if not isinstance(state, dict):
+        raise ProbesError(f"{state_file}: not a probes run.json (not a JSON object); rerun with --resume to rewrite it")
+    if "status" in state and state["status"] != "complete":
+        raise ProbesError(f"{path}: the run is not finished (status {state['status']!r}); resume it first")
+    return state
+
+
+def sample_seeds(result: ProbeResult) -> str | None:
+    """What fixes which random numbers sample i was drawn from, when known (runs: the recipe's seed
+    and batch size); two results with the same value and sample count hold paired samples."""
+    return result.meta.get("sample_seeds")
+
+
+def _run_meta(state: dict, estimators: list[str]) -> dict:
+    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, and
+    the names its files give the estimators (guided runs rename the plain ones)."""
+    from probes.analysis import name_in_files
+
+    recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
+    sampling = recipe.get("sampling") if isinstance(recipe.get("sampling"), dict) else {}
+    guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}
+    scale = guidance.get("scale", 1.0)
+    meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
+            "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
+    if state.get("seed") is not None and sampling.get("batch_size") is not None:
+        # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.
+        meta["sample_seeds"] = f"recipe seed {state['seed']}, batches of {sampling['batch_size']}"
+    return meta
+
+
+def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | None, str | None]:
+    """The estimator outputs of a posteriors file, each checked against the taxonomy."""
+    def bad(why: str) -> ProbesError:
+        return ProbesError(f"{source}: {why}; not a probes result file")
+
+    if not isinstance(data, dict) or not isinstance(data.get("estimates"), dict) or not data["estimates"]:
+        raise bad("no estimates")
+    L, D, K = len(taxonomy.leaves), taxonomy.max_depth, len(taxonomy.internal_nodes)
+    known = {f.name for f in fields(EstimatorOutput)}
+    estimates = {}
+    for name, values in data["estimates"].items():
+        if not isinstance(values, dict) or set(values) - known:
+            raise bad(f"estimator {name!r} has unknown fields")
+        try:
+            out = EstimatorOutput(**values)
+        except TypeError as why:
+            raise bad(f"estimator {name!r}: {why}") from None
+        sig = out.sigmas
+        if not isinstance(sig, torch.Tensor) or sig.ndim != 1 or len(sig) < 1:
+            raise bad(f"estimator {name!r} has no sigma grid")
+        S = len(sig)
+        shapes = [(out.log_probs, (S, L), "log_probs"), (out.levels, (S, D), "levels"), (out.nodes, (S, K), "nodes")]
+        if out.log_probs is None and out.levels is None:
+            raise bad(f"estimator {name!r} has neither posteriors nor entropies")
+        for value, tail, what in shapes:
+            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3
+                                      or tuple(value.shape[1:]) != tail):
+                raise bad(f"estimator {name!r}: {what} is not [samples, {tail[0]}, {tail[1]}] for this taxonomy")
+        estimates[str(name)] = out
+    prior, primary = data.get("prior"), data.get("primary")
+    if prior is not None and (not isinstance(prior, torch.Tensor) or tuple(prior.shape) != (L,)):
+        raise bad(f"the prior is not [{L}] for this taxonomy")
+    if primary is not None and primary not in estimates:
+        raise bad(f"the primary estimator {primary!r} has no estimates")
+    return estimates, prior, primary

@@ -22,3 +22,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def guidance_runs(tmp_path_factory):
+    """Two finished runs of one leaf-conditional mixture recipe, ``w1`` (guidance 1) and ``w3``
+    (guidance 3), in one folder (see ``tests/gmm_runs.py``)."""
+    from gmm_runs import guidance_pair
+
+    return guidance_pair(tmp_path_factory.mktemp("guidance"))

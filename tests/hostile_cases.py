@@ -235,15 +235,40 @@ def _out_under_file(f: Path) -> list[str]:
     return ["run", recipe(f), "--out", str(f / "afile" / "run"), "--quiet"]
 
 
-def _compare_missing_curves(f: Path) -> list[str]:
+def _compare_missing_posteriors(f: Path) -> list[str]:
     out = finished_run(f)
-    (out / "curves.csv").unlink()
+    (out / "posteriors.safetensors").unlink()
     return ["compare", str(out), str(out)]
 
 
-def _compare_garbage_curves(f: Path) -> list[str]:
+def _compare_garbage_posteriors(f: Path) -> list[str]:
     out = finished_run(f)
-    (out / "curves.csv").write_text("estimator,sigma,kind,name,mutual_info,stderr\nexact,abc,level,1,x,y\n")
+    (out / "posteriors.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    return ["compare", str(out), str(out)]
+
+
+def _compare_misshapen_posteriors(f: Path) -> list[str]:
+    """A well-formed file (checksum and all) whose posteriors do not fit the taxonomy."""
+    import torch
+
+    from probes.store import write_record
+
+    out = finished_run(f)
+    record = {"estimates": {"exact": {"name": "exact", "sigmas": torch.ones(3), "log_probs": torch.zeros(2, 3, 7)}},
+              "prior": None, "primary": "exact"}
+    write_record(out / "posteriors.safetensors", record, {"kind": "posteriors"})
+    return ["compare", str(out), str(out)]
+
+
+def _compare_garbage_taxonomy(f: Path) -> list[str]:
+    out = finished_run(f)
+    (out / "taxonomy.json").write_text("{not json")
+    return ["compare", str(out), str(out)]
+
+
+def _compare_garbage_run_json(f: Path) -> list[str]:
+    out = finished_run(f)
+    (out / "run.json").write_text("[1, 2]")
     return ["compare", str(out), str(out)]
 
 
@@ -393,8 +418,14 @@ CASES: list[Case] = [
     Case("--out under a file", "rundir", _out_under_file, needle="afile"),
     Case("grid from a run whose run.json is damaged", "rundir", _grid_from_damaged_run, needle="run.json"),
     # compare
-    Case("compare without curves.csv", "compare", _compare_missing_curves, needle="curves.csv"),
-    Case("compare with a damaged curves.csv", "compare", _compare_garbage_curves, needle="curves.csv"),
+    Case("compare without posteriors.safetensors", "compare", _compare_missing_posteriors,
+         needle="posteriors.safetensors"),
+    Case("compare with a damaged posteriors.safetensors", "compare", _compare_garbage_posteriors,
+         needle="posteriors.safetensors"),
+    Case("compare with posteriors that do not fit the taxonomy", "compare", _compare_misshapen_posteriors,
+         needle="posteriors.safetensors"),
+    Case("compare with a damaged taxonomy.json", "compare", _compare_garbage_taxonomy, needle="taxonomy.json"),
+    Case("compare with a run.json that is not an object", "compare", _compare_garbage_run_json, needle="run.json"),
     Case("compare a folder that is not a run", "compare", lambda f: ["compare", str(f), str(f)]),
     # the command line
     Case("unknown command", "cli", lambda f: ["fly"]),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from gmm_runs import gmm_recipe
 
 from probes.cli import main
 from probes.errors import ProbesError
@@ -15,31 +16,14 @@ from probes.interval import derive_interval, gain_band
 from probes.noise import entropic_grid, geometric_grid
 from probes.run import run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe(tmp_path: Path, name: str, **sampling) -> Path:
-    recipe = {
-        "name": name, "seed": 4, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
-        "model": {"kind": "gmm", "dim": 2, "std": 0.5,
-                  "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
-        "classifier": {"kind": "exact"},
-        "sampling": {"samples": 64, "batch_size": 32, "steps": 24, "sigma_max": 40.0, "sigma_min": 0.05,
-                     "condition": "leaf", **sampling},
-        "estimators": ["exact"], "analysis": {"n_boot": 0},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("control")
-    run_recipe(_recipe(tmp, "w1"), tmp / "w1", progress=False)
-    run_recipe(_recipe(tmp, "w3", guidance={"scale": 3.0}), tmp / "w3", progress=False)
-    run_recipe(_recipe(tmp, "plain", condition="none"), tmp / "plain", progress=False)
-    run_recipe(_recipe(tmp, "cut"), tmp / "cut", progress=False, stop_after_batches=1)
+def runs(guidance_runs):
+    """The shared guided pair, plus an unconditional run and an unfinished one."""
+    tmp = guidance_runs
+    if not (tmp / "plain").exists():
+        run_recipe(gmm_recipe(tmp, "plain", condition="none"), tmp / "plain", progress=False)
+        run_recipe(gmm_recipe(tmp, "cut"), tmp / "cut", progress=False, stop_after_batches=1)
     return tmp
 
 
@@ -127,7 +111,7 @@ def test_bad_interval_input_is_one_clear_line(runs, capsys, args, message):
 
 
 def test_a_recipe_grid_from_a_run_puts_more_steps_in_its_decision_window(runs, tmp_path):
-    path = _recipe(tmp_path, "entropic", grid={"from_run": str(runs / "w1")})
+    path = gmm_recipe(tmp_path, "entropic", grid={"from_run": str(runs / "w1")})
     run_recipe(path, tmp_path / "entropic", progress=False)
     sig = torch.tensor(json.loads((tmp_path / "entropic" / "run.json").read_text())["sigmas"])
     lo, hi = json.loads((runs / "w1" / "run.json").read_text())["decisions"]["exact"]["levels"]["2"]["window"]
@@ -137,7 +121,7 @@ def test_a_recipe_grid_from_a_run_puts_more_steps_in_its_decision_window(runs, t
 
 
 def test_a_grid_from_a_missing_run_is_one_line_naming_the_field(tmp_path):
-    path = _recipe(tmp_path, "bad", grid={"from_run": "no/such/run"})
+    path = gmm_recipe(tmp_path, "bad", grid={"from_run": "no/such/run"})
     with pytest.raises(ProbesError, match="sampling.grid.from_run"):
         run_recipe(path, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()

@@ -8,38 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from probes.compare import compare_runs
 from probes.report.layout import place_labels
-from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def _recipe(tmp_path: Path, scale: float) -> Path:
-    recipe = {
-        "name": f"gmm-report-w{scale:g}", "seed": 2, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
-        "model": {"kind": "gmm", "dim": 2, "std": 0.5,
-                  "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True, "share_level_axes": True}},
-        "classifier": {"kind": "exact"},
-        "sampling": {"samples": 48, "batch_size": 24, "steps": 16, "sigma_max": 40.0, "sigma_min": 0.05,
-                     "condition": "leaf", "guidance": {"scale": scale}},
-        "estimators": ["exact"], "analysis": {"n_boot": 20},
-    }
-    path = tmp_path / f"w{scale:g}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("report")
-    run_recipe(_recipe(tmp, 1.0), tmp / "w1", progress=False)
-    run_recipe(_recipe(tmp, 3.0), tmp / "w3", progress=False)
-    compare_runs(tmp / "w1", tmp / "w3", out=tmp / "cmp")
-    return tmp
+def runs(guidance_runs):
+    compare_runs(guidance_runs / "w1", guidance_runs / "w3", out=guidance_runs / "cmp")
+    return guidance_runs
 
 
 def test_the_report_is_self_contained_and_shows_every_node(runs):

@@ -54,10 +54,13 @@ def test_entropy_of_known_posteriors(tax):
 
 def test_compare_gives_the_information_gap(tax):
     uni, one = _result(tax, "uniform"), _result(tax, "onehot")
-    gap = uni.compare(one)
+    gap = uni.compare(one, n_boot=20)
     depth = tax.max_depth
-    assert np.allclose(gap[depth]["delta"], math.log(len(tax.leaves)), atol=1e-6)
-    assert np.allclose(one.compare(one)[depth]["delta"], 0.0, atol=1e-9)
+    assert np.allclose(gap.levels[depth].delta, math.log(len(tax.leaves)), atol=1e-6)
+    # every sample is the same: every replicate gives the same curve, so the interval is a point
+    assert np.allclose(gap.levels[depth].delta_interval, math.log(len(tax.leaves)), atol=1e-6)
+    assert np.allclose(one.compare(one).levels[depth].delta, 0.0, atol=1e-9)
+    assert set(gap.nodes) == set(tax.internal_nodes)
     other_grid = _result(tax, "uniform", sigmas=(9.0, 4.0, 2.0, 1.0, 0.5))
     with pytest.raises(ProbesError, match="different sigma grids"):
         uni.compare(other_grid)
@@ -91,7 +94,7 @@ def test_save_and_load_round_trip(tax, tmp_path):
         rows = list(csv.DictReader(f))
     leaf_rows = [r for r in rows if r["kind"] == "level" and r["name"] == str(tax.max_depth)]
     assert len(leaf_rows) == 5 and abs(float(leaf_rows[0]["entropy"]) - math.log(13)) < 1e-6
-    with pytest.raises(ProbesError, match="not a saved probe result"):
+    with pytest.raises(ProbesError, match=r"saved probe result \(no run.json\)"):
         probes.load(tmp_path)
 
 

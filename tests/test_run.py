@@ -173,6 +173,8 @@ def test_guided_leaf_conditional_run_and_compare(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "w1.0"), str(tmp_path / "w4.0"), "--out", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out
     assert "level 1: dI peaks at +" in text and "root:" in text
+    # B's plain estimator reads the unguided posterior at guided states, and the comparison says so
+    assert "exact in A, exact:unguided_posterior in B" in text and "paired (same seeds" in text
     rows = read_csv(tmp_path / "cmp" / "compare.csv")
     coarse = [r for r in rows if r["level"] == "1"]
     peak = max(coarse, key=lambda r: float(r["delta_mutual_info"]))

@@ -344,22 +344,20 @@ def write_run_report(run) -> Path:
     return atomic_write_text(run / "report.html", render_run_report(run))
 
 
-def write_compare_report(out, result: dict, run_a, run_b) -> Path:
-    """report.html for ``probes compare``: the information difference per level and the node shifts."""
+def write_compare_report(out, comparison, run_a, run_b) -> Path:
+    """report.html for ``probes compare`` (a :class:`probes.compare.Comparison`): the information
+    difference per level and the node shifts."""
     out = Path(out)
-    by_level: dict[str, list] = {}
-    for level, sigma, _a, _b, delta, _se in result["rows"]:
-        by_level.setdefault(str(level), []).append((sigma, delta))
-    series = [(f"level {k}", np.array([s for s, _ in v]), np.array([d for _, d in v])) for k, v in by_level.items()]
-    shade = [(s["band"][0], s["band"][1], PALETTE[k % len(PALETTE)])
-             for k, s in enumerate(result["levels"].values()) if s.get("band")]
+    series = [(f"level {k}", d.sigmas, d.delta) for k, d in comparison.levels.items()]
+    shade = [(d.band[0], d.band[1], PALETTE[k % len(PALETTE)])
+             for k, d in enumerate(comparison.levels.values()) if d.band]
     shifts = "".join(f"<tr><td>{html.escape(n)}</td><td>{_g(s['sigma_a'])}</td><td>{_g(s['sigma_b'])}</td>"
-                     f"<td>×{_g(s['ratio'])}</td></tr>" for n, s in result["nodes"].items())
+                     f"<td>×{_g(s['ratio'])}</td></tr>" for n, s in comparison.shifts.items())
     body = (f"<h1>probes compare</h1><p>B = {html.escape(str(run_b))} against A = {html.escape(str(run_a))} "
-            f"({html.escape(result['estimator'])} estimator).</p>"
+            f"({html.escape(comparison.estimator)} estimator).</p>"
             "<h2>Information B gains over A, per level</h2><section>"
             + line_chart(series, "I_B − I_A [nats]", shade) + "<p>Shaded: where |ΔI| exceeds half its peak.</p>"
-            + f"<pre>{html.escape(result['text'])}</pre></section>"
+            + f"<pre>{html.escape(comparison.text(run_a, run_b))}</pre></section>"
             "<h2>Decision σ per node</h2><section><table><tr><th>node</th><th>A</th><th>B</th><th>ratio</th></tr>"
             + shifts + "</table></section>")
     return atomic_write_text(out / "report.html", _page("probes compare", body))

@@ -1,4 +1,5 @@
-"""Writers for the run directory: ``run.json``, ``curves.csv``, ``decisions.csv``, ``tree.*``.
+"""Writers for the run directory: ``run.json``, ``curves.csv``, ``decisions.csv``, ``tree.*``,
+``summary.txt``.
 
 These files are the product's output and their formats are stable; ``docs/outputs.md`` documents
 every column and attribute. All files are written atomically (a temporary file in the same folder,
@@ -320,3 +321,42 @@ def write_run_json(path, payload: Mapping) -> Path:
     data["versions"] = versions
     text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+# --------------------------------------------------------------------------------------------
+# summary.txt
+# --------------------------------------------------------------------------------------------
+
+
+def format_decision_tree(taxonomy, decisions: dict, title: str = "") -> str:
+    """``summary.txt``: the taxonomy as text, each internal node with its decision sigma, window and
+    interval (``decisions``: ``{"nodes": ..., "levels": ...}`` of one estimator)."""
+    nodes = decisions["nodes"]
+    lines = [title] if title else []
+    lines.append("node: decision sigma [half-peak window] (95% bootstrap interval)")
+
+    def describe(n: str) -> str:
+        label = taxonomy.node_attrs(n).get("label", n)
+        name = n if str(label) == str(n) else f"{n} ({label})"
+        if taxonomy.is_leaf(n):
+            return name
+        d = nodes.get(n)
+        if d is None or d.decision_sigma is None:
+            return f"{name}: undecided"
+        edge = "  (peak at grid edge)" if getattr(d, "at_edge", False) else ""
+        interval = f" ({d.interval[0]:.3g}-{d.interval[1]:.3g})" if d.interval is not None else ""
+        return f"{name}: sigma={d.decision_sigma:.3g} [{d.window[0]:.3g}, {d.window[1]:.3g}]{interval}{edge}"
+
+    def walk(n: str, prefix: str, last: bool, top: bool) -> None:
+        lines.append(describe(n) if top else f"{prefix}{'└── ' if last else '├── '}{describe(n)}")
+        kids = taxonomy.children(n)
+        for i, c in enumerate(kids):
+            walk(c, prefix if top else prefix + ("    " if last else "│   "), i == len(kids) - 1, False)
+
+    walk(taxonomy.root, "", True, True)
+    levels = decisions.get("levels", {})
+    if levels:
+        lines.append("level cuts: " + ", ".join(
+            f"depth {k}: sigma={v.decision_sigma:.3g}" if v is not None and v.decision_sigma is not None
+            else f"depth {k}: undecided" for k, v in levels.items()))
+    return "\n".join(lines)
