@@ -34,6 +34,7 @@ from probes.fileio import atomic_write_bytes, atomic_write_text
 
 FORMAT = "probes-run"
 FORMAT_VERSION = 2
+METADATA_KEY = "probes"  # the safetensors metadata key of a record's header
 MARKER = ".probes-run"
 BATCH_DIR = "batches"
 BATCH_SUFFIX = ".safetensors"
@@ -218,7 +219,9 @@ def write_record(path: Path, record: dict, header: dict[str, str]) -> Path:
     tensors, values = _flatten(record)
     meta = {"format": FORMAT, "version": str(FORMAT_VERSION), **header, "values": json.dumps(values),
             "sha256": _tensor_digest(tensors)}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    # One metadata key holding sorted JSON: safetensors writes several keys in no fixed order, and
+    # identical runs must give identical bytes.
+    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}))
     return Path(path)
 
 
@@ -232,6 +235,10 @@ def read_record(path: Path) -> tuple[dict, dict]:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        if METADATA_KEY in meta:  # files written before the header was one key carry the fields as keys
+            meta = json.loads(meta[METADATA_KEY])
+        if not isinstance(meta, dict):
+            raise ValueError("header is not a mapping")
     except Exception as exc:  # any parse failure means the file is not a readable record
         raise BatchInvalid(f"unreadable ({type(exc).__name__})") from None
     if meta.get("format") != FORMAT:
