@@ -183,8 +183,8 @@ def main(argv=None) -> int:
     gs = g_recipe.sampling
     g_sigmas = make_grid(gs.grid, gs.sigma_max, gs.sigma_min, gs.steps)
     interval_table("Gaussian mixture (gmm-hierarchy with std 1, exact classifier, exact reference samples)", g_parts,
-                   g_ref,
-                   g_sigmas, 3.0, {"the pair interval": g_pair["interval"], "the decision window": g_window["interval"]},
+                   g_ref, g_sigmas, 3.0,
+                   {"the pair interval": g_pair["interval"], "the decision window": g_window["interval"]},
                    args.samples, seed=5)
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
     return 0

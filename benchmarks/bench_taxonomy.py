@@ -64,8 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, suffix in (("json", "json"), ("graphml", "graphml"), ("newick", "nwk")):
             path = Path(tmp) / f"imagenet.{suffix}"
-            _, tw = timed(lambda: write_taxonomy(tax, path, fmt), args.repeats)
-            _, tr = timed(lambda: read_taxonomy(path, fmt), args.repeats)
+            _, tw = timed(lambda path=path, fmt=fmt: write_taxonomy(tax, path, fmt), args.repeats)
+            _, tr = timed(lambda path=path, fmt=fmt: read_taxonomy(path, fmt), args.repeats)
             row(f"write {fmt}", tw, f"{path.stat().st_size / 1024:.0f} KiB")
             row(f"read {fmt}", tr)
 

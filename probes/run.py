@@ -463,8 +463,8 @@ def _pair_sampler(recipe: Recipe, parts: Components, sigmas: torch.Tensor):
         noise = torch.randn((n, *parts.shape), generator=g, dtype=_dtype(parts)) * sigmas[0]
         cond = parts.conditioner([leaves[i] for i in leaf.tolist()])
         with torch.no_grad():
-            traj = sample(FiniteCheck(parts.denoiser), noise.to(parts.device), sigmas, method=recipe.sampling.method, cond=cond,
-                          generator=g)
+            traj = sample(FiniteCheck(parts.denoiser), noise.to(parts.device), sigmas, method=recipe.sampling.method,
+                          cond=cond, generator=g)
         return traj.x0, leaf
 
     return draw

@@ -119,7 +119,8 @@ def test_text_encoder_runs_once(tiny, tax, checkpoint, tmp_path, monkeypatch):
     assert calls == []
     # the loaded weights are the checkpoint's
     with torch.no_grad():
-        torch.testing.assert_close(first.model.encode_image(first.preprocess(x)), reference.encode_image(first.preprocess(x)))
+        pixels = first.preprocess(x)
+        torch.testing.assert_close(first.model.encode_image(pixels), reference.encode_image(pixels))
     # same model and texts: memory cache, then disk cache
     again = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
     assert again.text_encoder_calls == 0

@@ -22,11 +22,11 @@ def log(p):
     return torch.log(torch.tensor(p, dtype=torch.float64))
 
 
-def random_log_probs(n, s, l, seed=0, zeros=True):
+def random_log_probs(n, s, n_leaves, seed=0, zeros=True):
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, s, l, generator=g, dtype=torch.float64) * 2
+    logits = torch.randn(n, s, n_leaves, generator=g, dtype=torch.float64) * 2
     if zeros:
-        logits[torch.rand(n, s, l, generator=g) < 0.2] = -math.inf
+        logits[torch.rand(n, s, n_leaves, generator=g) < 0.2] = -math.inf
         logits[..., 0] = torch.where(torch.isinf(logits).all(-1), 0.0, logits[..., 0])
     return torch.log_softmax(logits, -1)
 

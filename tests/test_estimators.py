@@ -253,8 +253,9 @@ def test_immse_matches_exact_levels_and_nodes(reference4):
     assert out.denoiser_calls == 3 * 2000 * 40  # D(x), D(x; coarse node), D(x; leaf)
     got = curves(out, ctx)
     torch.testing.assert_close(out.nodes.sum(-1), out.levels[..., -1])  # chain rule, per pair
-    for mean, se, ref, ref_se in ((got.level_mean(), got.level_stderr(), reference4.level_mean(), reference4.level_stderr()),
-                                  (got.node_mean(), got.node_stderr(), reference4.node_mean(), reference4.node_stderr())):
+    pairs = ((got.level_mean(), got.level_stderr(), reference4.level_mean(), reference4.level_stderr()),
+             (got.node_mean(), got.node_stderr(), reference4.node_mean(), reference4.node_stderr()))
+    for mean, se, ref, ref_se in pairs:
         assert (np.abs(mean - ref) <= 4 * np.hypot(se, ref_se) + 0.01).all()
     np.testing.assert_allclose(got.prior_levels, [math.log(2), math.log(4)])
 
@@ -310,7 +311,8 @@ def test_registry_and_options():
     assert (est.k, est.method, est.substeps, est.sigma_stride) == (4, "euler_maruyama", 2, 3)
     with pytest.raises(ProbesError, match="unknown estimator 'oracle'.*exact, plugin, rollout, bayes, immse, guided"):
         build_estimator("oracle")
-    with pytest.raises(ProbesError, match="'rollout' has no option 'K'.*k, method, steps, rho, substeps, bias_correction, sigma_stride"):
+    with pytest.raises(ProbesError, match="'rollout' has no option 'K'.*k, method, steps, rho, substeps, "
+                                          "bias_correction, sigma_stride"):
         build_estimator("rollout", K=4)
     with pytest.raises(ProbesError, match="'plugin' has no option 'k'"):
         build_estimator("plugin", k=4)

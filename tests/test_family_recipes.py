@@ -26,7 +26,8 @@ def test_missing_weights_fail_within_seconds_in_one_line(recipe, tmp_path, capsy
     assert r.model.kind == FAMILY_RECIPES[recipe] and find_shipped("taxonomies", r.resolve_path(r.taxonomy)) is not None
     for extra in ([], ["--set", "model.model=/no/such/weights"]):
         start = time.process_time()  # CPU seconds: wall time on a shared machine measures the neighbours
-        code = main(["run", str(ROOT / "probes" / "recipes" / recipe), "--out", str(tmp_path / "o"), "--device", "cpu", *extra])
+        code = main(["run", str(ROOT / "probes" / "recipes" / recipe), "--out", str(tmp_path / "o"), "--device", "cpu",
+                     *extra])
         elapsed = time.process_time() - start
         err = capsys.readouterr().err.strip()
         assert code == 2 and "\n" not in err and elapsed < 10

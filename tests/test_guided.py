@@ -166,7 +166,8 @@ def test_guided_run_reports_the_band_and_renames_the_old_quantity(tmp_path):
 def test_guided_estimator_without_labels_is_one_error_before_any_work(tmp_path):
     from probes.run import run_recipe
 
-    with pytest.raises(ProbesError, match="'guided' scores each sample's conditioning leaf; it needs sampling.condition: leaf"):
+    with pytest.raises(ProbesError, match="'guided' scores each sample's conditioning leaf; "
+                                          "it needs sampling.condition: leaf"):
         run_recipe(_recipe(tmp_path, condition="none", guidance={"scale": 1.0}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

@@ -58,8 +58,8 @@ def _vae(latent_channels=4, blocks=(8, 8), **kw):
                          up_block_types=("UpDecoderBlock2D",) * len(blocks), **kw)
 
 
-_T5_WORDS = ("a photo of the an cat dog car bus truck animal vehicle bird horse ship plane fish boat "
-             "mammal thing object").split()
+_T5_WORDS = ["a", "photo", "of", "the", "an", "cat", "dog", "car", "bus", "truck", "animal", "vehicle", "bird",
+             "horse", "ship", "plane", "fish", "boat", "mammal", "thing", "object"]
 
 
 def _t5_tokenizer():
@@ -183,7 +183,8 @@ def text_embeddings(family, batch, seed=1):
     if family == "pixart":
         emb = torch.randn(2, batch, 6, 32, generator=g)
         mask = torch.ones(batch, 6, dtype=torch.long)
-        return dict(prompt_embeds=emb[0], prompt_attention_mask=mask, negative_prompt=None, negative_prompt_embeds=emb[1],
+        return dict(prompt_embeds=emb[0], prompt_attention_mask=mask, negative_prompt=None,
+                    negative_prompt_embeds=emb[1],
                     negative_prompt_attention_mask=mask)
     raise ValueError(family)
 

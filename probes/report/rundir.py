@@ -162,9 +162,10 @@ def _decision_rows(est: str, axis: str, decisions) -> list[list[str]]:
             interval = d.interval or (None, None)
             rows.append([
                 est, kind, str(name), format_float(d.decision_sigma), format_float(d.window[0]),
-                format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]), format_float(d.vp_time),
-                format_float(d.log_snr), format_float(d.peak_rate), "true" if d.at_edge else "false",
-                d.axis, format_float(d.points_per_half_width), "true" if d.under_resolved else "false",
+                format_float(d.window[1]), format_float(interval[0]), format_float(interval[1]),
+                format_float(d.vp_time), format_float(d.log_snr), format_float(d.peak_rate),
+                "true" if d.at_edge else "false", d.axis, format_float(d.points_per_half_width),
+                "true" if d.under_resolved else "false",
             ])
     return rows
 
