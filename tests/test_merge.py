@@ -53,7 +53,7 @@ def test_two_halves_merge_to_the_whole(whole_and_halves):
 
 
 def test_mismatches_are_one_line(whole_and_halves):
-    whole, a, _ = whole_and_halves
+    _, a, _ = whole_and_halves
     other_grid = _probe(PROMPTS[:2], [0, 1], steps=3)
     cases = [
         ([], "no results"),
