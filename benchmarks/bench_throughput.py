@@ -267,18 +267,20 @@ class Bench:
         return timed(run, device, self.args.repeats)
 
 
-def trajectory_bytes(family: str, steps: int) -> tuple[tuple, int]:
+def trajectory_bytes(family: str, steps: int) -> tuple[tuple, int, int]:
     """Bytes per sample a recorded trajectory holds at the family's native latent size (float32),
     measured on the sampler's own recording with a stand-in denoiser."""
     from probes.noise import karras_grid
     from probes.sampling import sample
 
     if family not in full_size.BUILDERS:
-        return None, 0
+        return None, 0, 0
     latent = full_size.BUILDERS[family][1]
     shape = (16, latent, latent) if family in ("sd3", "flux") else (4, latent, latent)
     traj = sample(lambda x, s, c: 0.5 * x, torch.zeros(1, *shape), karras_grid(14.6, 0.03, steps), method="ancestral")
-    return shape, traj.states.nbytes + traj.denoised.nbytes
+    lean = sample(lambda x, s, c: 0.5 * x, torch.zeros(1, *shape), karras_grid(14.6, 0.03, steps), method="ancestral",
+                  record="states")  # what `probes run` records for conditional batches after the first
+    return shape, traj.states.nbytes + traj.denoised.nbytes, lean.states.nbytes
 
 
 def main(argv=None) -> int:
@@ -338,9 +340,10 @@ def main(argv=None) -> int:
 
     for family in ("stable-diffusion", "sdxl"):
         steps = load_recipe(RECIPES[family]).sampling.steps
-        shape, size = trajectory_bytes(family, steps)
-        print(f"  recorded trajectory per sample, {family} latents {'x'.join(map(str, shape))}, {steps} steps: "
-              f"{size / 2**20:.2f} MiB (states and predictions, float32)")
+        shape, size, states = trajectory_bytes(family, steps)
+        print(f"  recorded trajectory per sample, {family} latents {'x'.join(map(str, shape))}, {steps} steps "
+              f"(float32): {size / 2**20:.2f} MiB with predictions (unconditional runs, and the first batch), "
+              f"{states / 2**20:.2f} MiB states only (conditional runs)")
     return 0
 
 

@@ -369,9 +369,12 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         def show_step(done: int, total: int) -> None:
             bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}")
 
+        # Estimators never read a conditional run's predictions (see below): record them only where
+        # the first batch keeps a few for its x0 strips. That halves a batch's trajectory memory.
+        record = True if cond is None or b == 0 else "states"
         with torch.no_grad():
             traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
-                          generator=g, progress=show_step)
+                          generator=g, progress=show_step, record=record)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
         keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "extra_evaluations", 0) - guided_before)
         if cond is not None:
