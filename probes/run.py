@@ -218,10 +218,21 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     group = current_group()
+    n_batches = math.ceil(recipe.sampling.samples / recipe.sampling.batch_size)
     try:
-        return _run(recipe, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
+        with group.stopping_says(lambda: _kept(Path(out), n_batches)):
+            return _run(recipe, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
     finally:
         group.close()
+
+
+def _kept(out: Path, n_batches: int) -> str:
+    """What a stopped sharded run leaves, and how to continue it (one line)."""
+    from probes import store
+
+    done = len(list((out / store.BATCH_DIR).glob("batch_*" + store.BATCH_SUFFIX)))
+    return (f"{done} of {n_batches} batches are finished and kept in {out}; run the same command with --resume to "
+            f"compute the other {n_batches - done}")
 
 
 def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: bool, stop_after_batches, group) -> dict:
