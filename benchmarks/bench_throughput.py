@@ -189,7 +189,7 @@ class Bench:
         unguided = recipe_for(self.family, args, "[bayes]", "bayes", guided=False)
         parts.generator = parts.guidance_base or parts.denoiser
         plain_u = self._plain(unguided)
-        bayes_t, bayes_out = self._probed(unguided, [build_estimator("bayes")], plain_u)
+        bayes_t, _ = self._probed(unguided, [build_estimator("bayes")], plain_u)
         idx = torch.arange(unguided.sampling.batch_size)
         x = torch.randn((len(idx), *parts.shape), generator=torch.Generator().manual_seed(1)).to(device) * 2.0
         cond = parts.generation_cond(idx)
@@ -201,7 +201,7 @@ class Bench:
         plugin_t, plugin_out = self._probed(self.recipe, [build_estimator(spec.name, **spec.options)], plain_g)
         n_leaves = len(parts.taxonomy.leaves)
         steps = len(self.sigmas)
-        bayes_est = bayes_out["estimators"]["bayes"]["seconds"]
+        bayes_est = max(bayes_t - plain_u, 0.0)  # the filter's share, on the benchmark's clock
         return {"family": self.family, "batch": self.recipe.sampling.batch_size, "steps": steps,
                 "latent": tuple(parts.shape), "leaves": n_leaves, "plain_g": plain_g, "plugin": plugin_t,
                 "plain_u": plain_u, "bayes": bayes_t, "call": call_t,
@@ -283,6 +283,70 @@ def trajectory_bytes(family: str, steps: int) -> tuple[tuple, int, int]:
     return shape, traj.states.nbytes + traj.denoised.nbytes, lean.states.nbytes
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def probing_peak_bytes(batch: int, latent: int, steps: int, leaves: int) -> int:
+    """Peak memory (bytes above the resident set before it) of probing one batch of SD-size latents:
+    sampled with the states recorded (as a conditional run records them), then read by ``plugin``
+    and ``bayes``, with stand-ins for the networks so that the memory is the probing's own. Linux
+    only: the kernel's peak-RSS mark is reset before (``/proc/self/clear_refs``) and read after."""
+    import networkx as nx
+
+    from probes.estimators import ProbeContext, build_estimator
+    from probes.noise import karras_grid
+    from probes.sampling import sample
+    from probes.taxonomy import Taxonomy
+
+    g = nx.DiGraph()
+    g.add_edges_from(("root", f"leaf{i}") for i in range(leaves))
+    tax = Taxonomy(g, name="flat")
+    sigmas = karras_grid(14.6, 0.03, steps)
+
+    def denoiser(x, s, cond):  # a stand-in network: one cheap op, an output like a prediction
+        return 0.5 * x
+
+    def classifier(x0):
+        return torch.zeros(x0.shape[0], leaves)
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # hand freed heap back, so the resident set is the live one
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark to the current resident set
+    before = _status_kib("VmRSS")
+    noise = torch.randn(batch, 4, latent, latent) * sigmas[0]
+    traj = sample(denoiser, noise, sigmas, method="ancestral", cond=["p"] * batch, record="states")
+    ctx = ProbeContext(taxonomy=tax, sigmas=sigmas, denoiser=denoiser, conditioner=lambda nodes: list(nodes),
+                       classifier=classifier, batch_size=batch)
+    for name in ("plugin", "bayes"):
+        build_estimator(name).estimate(traj, ctx)
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def probing_memory_per_sample(latent: int = 64, steps: int = 50, leaves: int = 16) -> float | None:
+    """Peak memory per sample of probing SD-size latents: fresh processes probe a batch of 2 and
+    of 34 (after a warm-up batch, so first-call allocations are not counted); the difference over
+    32 leaves out what does not grow with the batch. Repeats vary by ~10%."""
+    import subprocess
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    peaks = []
+    for batch in (2, 34):
+        code = (f"import sys; sys.path[:0] = {[HERE, os.path.join(HERE, '..')]!r}; import bench_throughput as b; "
+                f"b.probing_peak_bytes(1, {latent}, {steps}, {leaves}); "
+                f"print(b.probing_peak_bytes({batch}, {latent}, {steps}, {leaves}))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        peaks.append(int(out.stdout.strip().splitlines()[-1]))
+    return (peaks[1] - peaks[0]) / 32
+
+
 def main(argv=None) -> int:
     from diffusers.utils import logging as diffusers_logging
 
@@ -338,6 +402,11 @@ def main(argv=None) -> int:
         print(f"  {note}")
     from probes.recipe import load_recipe
 
+    per_sample = probing_memory_per_sample()
+    if per_sample is not None:
+        print(f"  peak memory per sample of probing SD 1.5-size latents (4x64x64, 50 steps, states recorded, plugin "
+              f"and bayes over 16 leaves, networks stubbed): {per_sample / 2**20:.2f} MiB (peak RSS above the start, "
+              f"batches of 34 and 2, difference / 32)")
     for family in ("stable-diffusion", "sdxl"):
         steps = load_recipe(RECIPES[family]).sampling.steps
         shape, size, states = trajectory_bytes(family, steps)
