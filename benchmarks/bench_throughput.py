@@ -25,6 +25,9 @@ trajectory at the family's native latent size and the recipe's steps, and the pe
     python benchmarks/bench_throughput.py                      # CPU defaults: a few minutes on 2 cores
     python benchmarks/bench_throughput.py --families stable-diffusion --size 64 --steps 50   # SD 1.5 at 512 px
     python benchmarks/bench_throughput.py --compile --channels-last   # GPU: all families, recipe settings
+
+EDM2-XS is built with NVlabs' code: ``PYTHONPATH=/path/to/edm2`` (a checkout of
+https://github.com/NVlabs/edm2), otherwise that family is skipped with a line.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from probes.errors import ProbesError  # noqa: E402
 RECIPES = {"stable-diffusion": "sd15", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "pixart": "pixart",
            "dit": "dit", "edm2": "edm2-xs", "digits": "digits", "gmm": "gmm-hierarchy"}
 IMAGE_TAXONOMY = "imagenet-mixed-16"
-CPU_FAMILIES = ("stable-diffusion", "pixart", "dit", "digits", "gmm")  # the others need more memory than 2 cores' RAM
+CPU_FAMILIES = ("stable-diffusion", "pixart", "dit", "edm2", "digits", "gmm")  # the rest need more memory
 
 
 def parse(argv):
@@ -91,7 +94,7 @@ def parse(argv):
 def cpu_defaults(family: str, args) -> tuple:
     """(size, steps, batch): full-size image networks on CPU get tiny latents, steps and batches
     unless the flags say otherwise; everything else runs its recipe's settings."""
-    if args.cuda or family not in full_size.BUILDERS:
+    if args.cuda or (family not in full_size.BUILDERS and family != "edm2"):
         return args.size, args.steps, args.batch
     return args.size or 8, args.steps or 4, args.batch or 1
 
@@ -125,9 +128,43 @@ def pipeline_built_in_code(family: str, latent: int, args):
 
     sd.load_pipeline = load
     try:
-        yield
+        if family == "edm2":
+            with edm2_built_in_code(latent, args):
+                yield
+        else:
+            yield
     finally:
         sd.load_pipeline = original
+
+
+@contextlib.contextmanager
+def edm2_built_in_code(latent: int, args):
+    """EDM2's loaders return EDM2-XS built with NVlabs' code (random weights; the conditional
+    network, or the unconditional one for the recipe's ``uncond_path``) and SD's VAE layout
+    (sd-vae-ft-mse, EDM2's decoder)."""
+    from probes.models import edm2
+
+    dtype = torch.float32  # EDM2's networks run their layers in float16 on CUDA themselves (use_fp16)
+    originals = edm2.load_edm2, edm2.load_vae
+
+    def load_net(path, key="ema"):
+        torch.manual_seed(0)
+        net = full_size.edm2_xs(latent, label_dim=0 if "uncond" in str(path) else 1000)
+        if args.compile:
+            net.compile()
+        return net.to(dtype).eval().requires_grad_(False), None
+
+    def load_vae(name, device="cpu", **_):
+        vae = full_size._vae()
+        if args.channels_last:
+            vae.to(memory_format=torch.channels_last)
+        return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    edm2.load_edm2, edm2.load_vae = load_net, load_vae
+    try:
+        yield
+    finally:
+        edm2.load_edm2, edm2.load_vae = originals
 
 
 def recipe_for(family: str, args, estimators: str, primary: str, guided: bool):
@@ -136,12 +173,15 @@ def recipe_for(family: str, args, estimators: str, primary: str, guided: bool):
     _, steps, batch = cpu_defaults(family, args)
     base = load_recipe(RECIPES[family])
     sets = [f"device={args.device}", f"estimators={estimators}", f"analysis.primary={primary}"]
-    image = family in full_size.BUILDERS
+    image = family in full_size.BUILDERS or family == "edm2"
+    if family == "edm2":
+        sets.append("model.vae=stabilityai/sd-vae-ft-mse")  # built in code, see edm2_built_in_code
     if image:
         sets.append(f"taxonomy={IMAGE_TAXONOMY}")
-        dtype = args.dtype if args.dtype != "auto" else (base.model.dtype if args.device.startswith("cuda")
-                                                         else "float32")
-        sets.append(f"model.dtype={dtype}")
+        dtype = args.dtype if args.dtype != "auto" else (getattr(base.model, "dtype", "float32")
+                                                         if args.device.startswith("cuda") else "float32")
+        if family != "edm2":  # EDM2 recipes have no dtype: its networks pick float16 on CUDA themselves
+            sets.append(f"model.dtype={dtype}")
         if base.classifier is not None and base.classifier.kind == "clip":
             sets += ["classifier.pretrained=null", "classifier.templates=simple"]
     if steps:
@@ -164,7 +204,8 @@ class Bench:
         self.recipe = recipe_for(family, args, f"[{{name: plugin, sigma_stride: {args.stride}}}]", "plugin",
                                  guided=True)
         size = cpu_defaults(family, args)[0]
-        self.latent = size or (full_size.BUILDERS[family][1] if family in full_size.BUILDERS else None)
+        native = {**{f: b[1] for f, b in full_size.BUILDERS.items()}, "edm2": 64}
+        self.latent = size or native.get(family)
         with pipeline_built_in_code(family, self.latent, args):
             self.parts = build_components(self.recipe)
         shapes = full_size.BUILDERS.get(family, (None, None, None))[2]
@@ -365,9 +406,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for family in args.families:
-        if family == "edm2":
-            notes.append("edm2: skipped; its network is NVlabs' pickled code, not a diffusers model that builds "
-                         "from a config (time a local pickle with `probes run edm2-xs`)")
+        if family == "edm2" and not full_size.nvlabs_edm2_importable():
+            notes.append("edm2: skipped; EDM2-XS is built with NVlabs' own code: put a checkout of "
+                         "https://github.com/NVlabs/edm2 on PYTHONPATH")
             continue
         if family in full_size.BUILDERS:
             latent = cpu_defaults(family, args)[0] or full_size.BUILDERS[family][1]
@@ -383,6 +424,8 @@ def main(argv=None) -> int:
         bench = Bench(family, args)
         r = bench.run()
         dtype = getattr(bench.recipe.model, "dtype", "float64" if bench.parts.exact_model is not None else "float32")
+        if family == "edm2" and device.startswith("cuda"):
+            dtype = "float16 layers"  # EDM2's Precond (use_fp16)
         b = r["batch"]
         latents = "x".join(map(str, r["latent"]))
         print(f"| {family} | {latents} | {b} | {r['steps']} | {dtype} | {b / r['plain_g']:.3g} "

@@ -136,6 +136,26 @@ def dit(latent: int = 32):
     return DiTPipeline(transformer=transformer, vae=_vae(), scheduler=scheduler)
 
 
+def nvlabs_edm2_importable() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("training.networks_edm2") is not None
+    except ImportError:  # no package named training
+        return False
+
+
+def edm2_xs(latent: int = 64, label_dim: int = 1000):
+    """EDM2-XS on ImageNet-512 latents (``edm2-img512-xs``: model_channels 128, 125M), built with
+    NVlabs' own code, which must be importable (``PYTHONPATH=/path/to/edm2``); ``label_dim=0`` is
+    the unconditional network the recipe reads plain posteriors with."""
+    try:
+        from training.networks_edm2 import Precond
+    except ImportError:
+        return None
+    return Precond(img_resolution=latent, img_channels=4, label_dim=label_dim, model_channels=128)
+
+
 #: family -> (builder, native latent side, text embeddings the family's encoders would give:
 #: name -> shape per prompt, or None when the pipeline encodes its own prompts)
 BUILDERS = {
