@@ -18,9 +18,10 @@ Then, per batch:
 
 Samples per second count finished samples (sampled, probed, decoded). On CPU the clock is the
 process's CPU time (steady on a busy machine; one torch thread unless ``--threads``); on CUDA, wall
-time with synchronisation. Memory: the bytes a probed batch records per sample, measured on the
-trajectory at the family's native latent size and the recipe's steps, and the peak memory
-(process max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+time with synchronisation. Memory: the process's peak (max RSS on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA) after each family; the bytes a recorded trajectory
+holds per sample at SD 1.5's and SDXL's latent sizes and 50 steps; and the peak memory per sample
+of probing SD 1.5-size latents with the networks stubbed out (fresh processes, Linux).
 
     python benchmarks/bench_throughput.py                      # CPU defaults: a few minutes on 2 cores
     python benchmarks/bench_throughput.py --families stable-diffusion --size 64 --steps 50   # SD 1.5 at 512 px
@@ -404,7 +405,10 @@ def main(argv=None) -> int:
     print(f"| family | latents | batch | steps | dtype | plain samples/s | plugin/{args.stride} samples/s "
           "| plugin probed/plain | bayes samples/s (L leaves) | bayes probed/plain | bayes step / (L+1) calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    notes = []
+    from probes.adapters import FAMILIES
+
+    notes = [f"{name}: not benchmarked; add its shipped recipe to RECIPES in benchmarks/bench_throughput.py"
+             for name in FAMILIES if name not in RECIPES]
     for family in args.families:
         if family == "edm2" and not full_size.nvlabs_edm2_importable():
             notes.append("edm2: skipped; EDM2-XS is built with NVlabs' own code: put a checkout of "
