@@ -75,10 +75,14 @@ def parse(argv):
     p.add_argument("--compile", action="store_true", help="torch.compile the denoising network")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for UNets and VAEs")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    p.add_argument("--estimators", default="plugin,bayes", help="which probed runs to time: plugin, bayes or both")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
     args.device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
     args.families = args.families.split(",") if args.families else (list(RECIPES) if cuda else list(CPU_FAMILIES))
+    args.estimators = args.estimators.split(",")
+    if not args.estimators or any(e not in ("plugin", "bayes") for e in args.estimators):
+        raise ProbesError(f"--estimators: expected plugin, bayes or plugin,bayes, got {','.join(args.estimators)!r}")
     unknown = [f for f in args.families if f not in RECIPES]
     if unknown:
         raise ProbesError(f"--families: unknown {', '.join(unknown)}; expected names from {', '.join(RECIPES)}")
@@ -226,30 +230,34 @@ class Bench:
         from probes.estimators import build_estimator
 
         args, parts, device = self.args, self.parts, self.args.device
-        guided_gen = parts.generator
-        # bayes: the same parts sampling unguided (one call per step), so a step is 1 + L calls.
-        unguided = recipe_for(self.family, args, "[bayes]", "bayes", guided=False)
-        parts.generator = parts.guidance_base or parts.denoiser
-        plain_u = self._plain(unguided)
-        bayes_t, _ = self._probed(unguided, [build_estimator("bayes")], plain_u)
-        idx = torch.arange(unguided.sampling.batch_size)
-        x = torch.randn((len(idx), *parts.shape), generator=torch.Generator().manual_seed(1)).to(device) * 2.0
-        cond = parts.generation_cond(idx)
-        with torch.no_grad():
-            call_t, _ = timed(lambda: parts.generator(x, float(self.sigmas[1]), cond), device, max(3, args.repeats))
-        parts.generator = guided_gen
-        plain_g = self._plain(self.recipe)
-        spec = self.recipe.estimators[0]
-        plugin_t, plugin_out = self._probed(self.recipe, [build_estimator(spec.name, **spec.options)], plain_g)
-        n_leaves = len(parts.taxonomy.leaves)
-        steps = len(self.sigmas)
-        bayes_est = max(bayes_t - plain_u, 0.0)  # the filter's share, on the benchmark's clock
-        return {"family": self.family, "batch": self.recipe.sampling.batch_size, "steps": steps,
-                "latent": tuple(parts.shape), "leaves": n_leaves, "plain_g": plain_g, "plugin": plugin_t,
-                "plain_u": plain_u, "bayes": bayes_t, "call": call_t,
-                "bayes_step_calls": (bayes_est / (steps - 1) + call_t) / ((n_leaves + 1) * call_t),
-                "plugin_probes": plugin_out["estimators"][spec.name]["classifier_calls"],
-                "guidance": (self.recipe.sampling.guidance.scale if self.recipe.sampling.guidance else 1.0)}
+        n_leaves, steps = len(parts.taxonomy.leaves), len(self.sigmas)
+        out = {"family": self.family, "batch": self.recipe.sampling.batch_size, "steps": steps,
+               "latent": tuple(parts.shape), "leaves": n_leaves,
+               "guidance": self.recipe.sampling.guidance.scale}
+        if "bayes" in args.estimators:
+            guided_gen = parts.generator
+            # bayes: the same parts sampling unguided (one call per step), so a step is 1 + L calls.
+            unguided = recipe_for(self.family, args, "[bayes]", "bayes", guided=False)
+            parts.generator = parts.guidance_base or parts.denoiser
+            plain_u = self._plain(unguided)
+            bayes_t, _ = self._probed(unguided, [build_estimator("bayes")], plain_u)
+            idx = torch.arange(unguided.sampling.batch_size)
+            x = torch.randn((len(idx), *parts.shape), generator=torch.Generator().manual_seed(1)).to(device) * 2.0
+            cond = parts.generation_cond(idx)
+            with torch.no_grad():
+                call_t, _ = timed(lambda: parts.generator(x, float(self.sigmas[1]), cond), device,
+                                  max(3, args.repeats))
+            parts.generator = guided_gen
+            bayes_est = max(bayes_t - plain_u, 0.0)  # the filter's share, on the benchmark's clock
+            out.update(plain_u=plain_u, bayes=bayes_t, call=call_t,
+                       bayes_step_calls=(bayes_est / (steps - 1) + call_t) / ((n_leaves + 1) * call_t))
+        if "plugin" in args.estimators:
+            plain_g = self._plain(self.recipe)
+            spec = self.recipe.estimators[0]
+            plugin_t, plugin_out = self._probed(self.recipe, [build_estimator(spec.name, **spec.options)], plain_g)
+            out.update(plain_g=plain_g, plugin=plugin_t,
+                       plugin_probes=plugin_out["estimators"][spec.name]["classifier_calls"])
+        return out
 
     def _noise(self, recipe, b=0):
         s = recipe.sampling
@@ -432,15 +440,19 @@ def main(argv=None) -> int:
             dtype = "float16 layers"  # EDM2's Precond (use_fp16)
         b = r["batch"]
         latents = "x".join(map(str, r["latent"]))
-        print(f"| {family} | {latents} | {b} | {r['steps']} | {dtype} | {b / r['plain_g']:.3g} "
-              f"| {b / r['plugin']:.3g} | {r['plugin'] / r['plain_g']:.3f} "
-              f"| {b / r['bayes']:.3g} ({r['leaves']}) | {r['bayes'] / r['plain_u']:.2f} "
-              f"| {r['bayes_step_calls']:.3f} |", flush=True)
+        cells = ([f"{b / r['plain_g']:.3g}", f"{b / r['plugin']:.3g}", f"{r['plugin'] / r['plain_g']:.3f}"]
+                 if "plugin" in r else ["-"] * 3)
+        cells += ([f"{b / r['bayes']:.3g} ({r['leaves']})", f"{r['bayes'] / r['plain_u']:.2f}",
+                   f"{r['bayes_step_calls']:.3f}"] if "bayes" in r else ["-"] * 3)
+        print(f"| {family} | {latents} | {b} | {r['steps']} | {dtype} | " + " | ".join(cells) + " |", flush=True)
         mem = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda")
                else f"process max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-        notes.append(f"{family}: guidance {r['guidance']:g} in plain/plugin, none in bayes; "
-                     f"{r['plugin_probes'] // b} plugin probes per sample; one plain call on the batch "
-                     f"{r['call'] * 1e3:.1f} ms; {mem}; {time.perf_counter() - t0:.0f} s in all")
+        said = [f"guidance {r['guidance']:g} in plain/plugin, none in bayes"]
+        if "plugin" in r:
+            said.append(f"{r['plugin_probes'] // b} plugin probes per sample")
+        if "bayes" in r:
+            said.append(f"one plain call on the batch {r['call'] * 1e3:.1f} ms")
+        notes.append(f"{family}: {'; '.join(said)}; {mem}; {time.perf_counter() - t0:.0f} s in all")
         del bench
         gc.collect()
         if device.startswith("cuda"):
