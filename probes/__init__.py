@@ -30,8 +30,8 @@ _LAZY = {
     "merge_results": ("probes.merge", "merge_results"),
 }
 
-__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "merge_results", "probe",
-           "run"]
+__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "merge_results",
+           "probe", "run"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes import run
