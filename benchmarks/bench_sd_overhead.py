@@ -28,7 +28,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -40,10 +39,14 @@ patch_torchvision()
 import networkx as nx  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from full_size import build as build_full_size  # noqa: E402
+from full_size import timed  # noqa: E402
+
 from probes.classifiers.clip import ClipZeroShotClassifier, register_tiny_clip  # noqa: E402
 from probes.denoisers import GuidedDenoiser  # noqa: E402
 from probes.models.stable_diffusion import DecodedClassifier, LatentDecoder, StableDiffusionDenoiser  # noqa: E402
-from probes.models.tiny_sd import SD_SCHEDULE, build_clip_tokenizer, build_tiny_pipeline  # noqa: E402
+from probes.models.tiny_sd import build_tiny_pipeline  # noqa: E402
 from probes.taxonomy import Taxonomy  # noqa: E402
 
 LEAVES = {"animal": ["cat", "dog", "bird"], "vehicle": ["car", "airplane", "boat"]}
@@ -56,54 +59,6 @@ def toy_taxonomy() -> Taxonomy:
         for child in children:
             g.add_edge(parent, child)
     return Taxonomy(g, name="bench")
-
-
-def full_pipeline(device: str, dtype: torch.dtype):
-    """SD 1.5's architecture (config values of stable-diffusion-v1-5) with random weights."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, norm_num_groups=32,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=1))
-    scheduler = PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=build_clip_tokenizer(), unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-#: What is timed: wall time on CUDA; on CPU the process's CPU time, which a busy shared machine
-#: does not inflate (run with one thread, the default on CPU, so that it equals compute time).
-CLOCK = {"cpu": time.process_time, "cuda": time.perf_counter}
-
-
-def timed(fn, device: str, repeats: int) -> tuple[float, object]:
-    clock = CLOCK["cuda" if device.startswith("cuda") else "cpu"]
-    times, out = [], None
-    for _ in range(repeats):
-        sync(device)
-        start = clock()
-        out = fn()
-        sync(device)
-        times.append(clock() - start)
-    return statistics.median(times), out
 
 
 def main(argv=None) -> int:
@@ -127,7 +82,7 @@ def main(argv=None) -> int:
                   "at 512x512; run it on a GPU machine)")
             return 0
         device, dtype = "cuda", torch.float16
-        pipe = full_pipeline(device, dtype)
+        pipe = build_full_size("stable-diffusion", 64, device, dtype)  # SD 1.5's architecture, random weights
         clip_name, steps = "ViT-B-32", args.steps or 50
     else:
         device, dtype = "cpu", torch.float32

@@ -27,13 +27,16 @@ _LAZY = {
     "probe": ("probes.probing", "probe"),
     "load": ("probes.result", "load"),
     "ProbeResult": ("probes.result", "ProbeResult"),
+    "merge_results": ("probes.merge", "merge_results"),
 }
 
-__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "probe", "run"]
+__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "merge_results",
+           "probe", "run"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes import run
     from probes.errors import ProbesError
+    from probes.merge import merge_results
     from probes.probing import probe
     from probes.recipe import load_recipe
     from probes.result import ProbeResult, load

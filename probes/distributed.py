@@ -7,14 +7,20 @@ in. The numbers are therefore those of a one-process run, whatever the number of
 
 Coordination is small Python objects and barriers, so the process group always uses gloo (it
 works next to CUDA models; nothing is sent between GPUs). A rank that fails takes the others down
-through torchrun; its finished batches stay on disk and ``--resume`` redoes the rest.
+through torchrun; its finished batches stay on disk and ``--resume`` redoes the rest. Every other
+rank then says so in one line (:meth:`Group.stopping_says`): torchrun stops them with SIGTERM, or
+the gloo barrier they wait at fails when the peer's connection closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +38,8 @@ class Group:
     world: int = 1
     local_rank: int = 0
     owned: bool = False  # joined here (so left here), not by the caller's own code
+    #: what is kept and how to continue, said when another rank fails (set by the run)
+    kept: Callable[[], str] = field(default=lambda: "finished work is kept", repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -49,7 +57,8 @@ class Group:
                 box[0] = ("ok", fn())
             except ProbesError as err:
                 box[0] = ("error", str(err))
-        dist.broadcast_object_list(box, src=0)
+        with self._peers_alive():
+            dist.broadcast_object_list(box, src=0)
         status, value = box[0]
         if status == "error":
             raise ProbesError(value)
@@ -59,7 +68,38 @@ class Group:
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            with self._peers_alive():
+                dist.barrier()
+
+    @contextlib.contextmanager
+    def _peers_alive(self) -> Iterator[None]:
+        """A collective whose peer died raises a gloo RuntimeError: one line instead."""
+        try:
+            yield
+        except RuntimeError as err:
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            why = re.sub(r"^\[[^\]]*\]\s*", "", line).split(". ")[0][:160]  # gloo prefixes its source line
+            raise ProbesError(f"process {self.rank} of {self.world}: another process of this run stopped ({why}); "
+                              f"{self.kept()}") from None
+
+    @contextlib.contextmanager
+    def stopping_says(self, kept: Callable[[], str]) -> Iterator[None]:
+        """While the run computes: a SIGTERM (torchrun stops every process when one fails, Slurm
+        on preemption) or a failed collective ends this rank with one line saying ``kept()``."""
+        self.kept = kept
+        if self.world == 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_term(signum, frame):
+            raise ProbesError(f"process {self.rank} of {self.world} was stopped (SIGTERM: torchrun stops every "
+                              f"process when one fails); {kept()}")
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def close(self) -> None:
         if self.owned:

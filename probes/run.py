@@ -218,10 +218,21 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path, resume: bool = Fals
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     group = current_group()
+    n_batches = math.ceil(recipe.sampling.samples / recipe.sampling.batch_size)
     try:
-        return _run(recipe, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
+        with group.stopping_says(lambda: _kept(Path(out), n_batches)):
+            return _run(recipe, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
     finally:
         group.close()
+
+
+def _kept(out: Path, n_batches: int) -> str:
+    """What a stopped sharded run leaves, and how to continue it (one line)."""
+    from probes import store
+
+    done = len(list((out / store.BATCH_DIR).glob("batch_*" + store.BATCH_SUFFIX)))
+    return (f"{done} of {n_batches} batches are finished and kept in {out}; run the same command with --resume to "
+            f"compute the other {n_batches - done}")
 
 
 def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: bool, stop_after_batches, group) -> dict:
@@ -374,9 +385,12 @@ def _probe_batch(recipe: Recipe, parts: Components, ctx, estimators, sigmas, b: 
         def show_step(done: int, total: int) -> None:
             bar.set_postfix_str(f"batch {b + 1}: sampling step {done}/{total}")
 
+        # Estimators never read a conditional run's predictions (see below): record them only where
+        # the first batch keeps a few for its x0 strips. That halves a batch's trajectory memory.
+        record = True if cond is None or b == 0 else "states"
         with torch.no_grad():
             traj = sample(FiniteCheck(parts.generator), noise.to(parts.device), sigmas, method=s.method, cond=cond,
-                          generator=g, progress=show_step)
+                          generator=g, progress=show_step, record=record)
         traj.leaf = leaf_of_sample(recipe, parts.taxonomy, idx, parts.prior)
         keep_samples(record_extra, traj, idx, cond, b, getattr(parts.generator, "extra_evaluations", 0) - guided_before)
         if cond is not None:

@@ -79,8 +79,10 @@ def _run(denoiser, x, sigmas, method, cond, generator, record, progress):
     if sigmas.ndim != 1 or len(sigmas) < 1:
         raise ProbesError("sampler: sigmas must be a non-empty 1-D grid")
     n, b = len(sigmas), x.shape[0]
+    if record not in (True, False, "states"):
+        raise ProbesError(f"sampler: record must be True, False or 'states', not {record!r}")
     states = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device) if record else None
-    denoised = torch.empty_like(states) if record else None
+    denoised = torch.empty_like(states) if record is True else None
     calls = 0
     extra_before = getattr(denoiser, "extra_evaluations", 0)  # guidance's second branch
     bar = _progress_bar(progress, n, method)
@@ -89,8 +91,10 @@ def _run(denoiser, x, sigmas, method, cond, generator, record, progress):
         t = float(sigmas[i + 1]) if i + 1 < n else 0.0
         d = denoiser(x, s, cond)
         calls += b
-        if record:
-            states[i], denoised[i] = x, d
+        if states is not None:
+            states[i] = x
+        if denoised is not None:
+            denoised[i] = d
         if t == 0.0:
             x = d  # the last step of every method lands on the denoised estimate
         elif method in ("euler", "ddim", "heun"):
@@ -134,7 +138,7 @@ def _progress_bar(progress, total: int, method: str) -> Callable[[int, int], Non
 
 @torch.no_grad()
 def sample(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, method: str = "euler", cond: Any = None,
-           generator: torch.Generator | None = None, record: bool = True, progress=None,
+           generator: torch.Generator | None = None, record: bool | str = True, progress=None,
            leaf: torch.Tensor | None = None) -> Trajectory:
     """Sample from ``noise`` (x at ``sigmas[0]``, already scaled by it) down to ``sigma = 0``.
 
@@ -145,7 +149,9 @@ def sample(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, method: str = "e
         method: one of :data:`METHODS`.
         cond: the model's conditioning object for the batch, passed to every call.
         generator: seeds the noise of stochastic methods (runs reproduce with the same seed).
-        record: keep ``states`` and ``denoised`` (``[S, B, ...]`` each); off to save memory.
+        record: keep ``states`` and ``denoised`` (``[S, B, ...]`` each); ``"states"`` keeps the
+            states only (half the memory, for callers that do not read the predictions); off to save
+            memory.
         progress: None/False, True (tqdm bar) or a callable ``f(steps_done, total)``.
         leaf: known leaf indices ``[B]`` to store on the trajectory (class-conditional generation).
     """

@@ -127,6 +127,16 @@ def test_trajectory_records_denoised_states_and_counts_calls(gauss):
         torch.testing.assert_close(traj.x0, traj.denoised[-1])
 
 
+def test_recording_states_only_keeps_the_same_states(gauss):
+    grid = geometric_grid(SIGMA_MAX, 0.01, 12)
+    full = sample(gauss, start(5), grid, method="ancestral", generator=torch.Generator().manual_seed(0))
+    lean = sample(gauss, start(5), grid, method="ancestral", generator=torch.Generator().manual_seed(0),
+                  record="states")
+    assert lean.denoised is None and torch.equal(lean.states, full.states) and torch.equal(lean.x0, full.x0)
+    with pytest.raises(ProbesError, match="record must be"):
+        sample(gauss, start(5), grid, record="denoised")
+
+
 def test_sample_from_completes_a_trajectory(gauss):
     grid = geometric_grid(SIGMA_MAX, 0.01, 15)
     traj = sample(gauss, start(6), grid, method="heun")

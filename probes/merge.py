@@ -1,0 +1,95 @@
+"""Results of several processes as one: :func:`merge_results` concatenates :class:`ProbeResult`\\ s
+along samples.
+
+Each process of a sharded job (``torchrun``, a Slurm array, several GPUs each calling
+``probes.probe`` on its own prompts and seeds) gets a result over its own samples. Per-sample
+posteriors do not depend on the other samples of a batch, so concatenating them gives the result
+of one process probing all samples; entropy curves and decisions are then computed on the whole.
+Results are refused, in one line, unless they share the taxonomy, the estimators, each estimator's
+sigma grid, the prior and the provenance (family, pipeline, scheduler, estimator options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from probes.errors import ProbesError
+from probes.estimators.base import EstimatorOutput
+from probes.result import ProbeResult
+
+# Per-sample fields, concatenated along samples; the rest must agree.
+_PER_SAMPLE = ("log_probs", "levels", "nodes")
+_SHARED = ("prior_levels", "prior_nodes")
+
+
+def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
+    """One :class:`~probes.result.ProbeResult` holding every sample of ``results``, in order.
+
+    Call counts add up; ``output`` and ``trajectory`` (per-process objects) are not kept.
+    """
+    results = list(results)
+    if not results:
+        raise ProbesError("merge_results: no results to merge")
+    for k, r in enumerate(results):
+        if not isinstance(r, ProbeResult):
+            raise ProbesError(f"merge_results: item {k} is a {type(r).__name__}, not a ProbeResult")
+    first = results[0]
+    for k, r in enumerate(results[1:], start=1):
+        _check_same(first, r, k)
+    estimates = {name: _merge_outputs([r.estimates[name] for r in results]) for name in first.estimates}
+    meta = dict(first.meta, merged_from=sum(r.meta.get("merged_from", 1) for r in results))
+    return ProbeResult(taxonomy=first.taxonomy, estimates=estimates, meta=meta, prior=first.prior,
+                       primary=first.primary)
+
+
+def _same_tensor(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+
+
+def _taxonomy_key(tax) -> tuple:
+    return tuple(tax.leaves), tuple(tax.internal_nodes), tuple(sorted(tax.graph.edges))
+
+
+def _check_same(first, other, k: int) -> None:
+    where = f"merge_results: result {k} differs from result 0"
+    if _taxonomy_key(first.taxonomy) != _taxonomy_key(other.taxonomy):
+        raise ProbesError(f"{where} in its taxonomy ({first.taxonomy.name!r} vs {other.taxonomy.name!r}); "
+                          "merge results over one taxonomy")
+    if list(first.estimates) != list(other.estimates):
+        raise ProbesError(f"{where} in its estimators ({', '.join(first.estimates)} vs {', '.join(other.estimates)})")
+    for name, out in first.estimates.items():
+        theirs = other.estimates[name]
+        if not _same_tensor(out.sigmas, theirs.sigmas):
+            raise ProbesError(f"{where} in estimator {name!r}'s sigma grid; probe with the same scheduler, steps "
+                              "and sigma_stride")
+        for field in _SHARED:
+            if not _same_tensor(getattr(out, field), getattr(theirs, field)):
+                raise ProbesError(f"{where} in estimator {name!r}'s {field}")
+        for field in (*_PER_SAMPLE, "bounds"):
+            if (getattr(out, field) is None) != (getattr(theirs, field) is None):
+                raise ProbesError(f"{where}: estimator {name!r} has {field} in one and not the other")
+    if not _same_tensor(first.prior, other.prior):
+        raise ProbesError(f"{where} in its leaf prior")
+    if first.primary != other.primary:
+        raise ProbesError(f"{where} in its primary estimator ({first.primary!r} vs {other.primary!r})")
+    keys = [key for key in sorted(set(first.meta) | set(other.meta))
+            if key != "merged_from" and first.meta.get(key) != other.meta.get(key)]
+    if keys:
+        raise ProbesError(f"{where} in its provenance ({', '.join(keys)}: {first.meta.get(keys[0])!r} vs "
+                          f"{other.meta.get(keys[0])!r})")
+
+
+def _merge_outputs(outs: list[EstimatorOutput]) -> EstimatorOutput:
+    first = outs[0]
+    per_sample = {f: None if getattr(first, f) is None else torch.cat([getattr(o, f) for o in outs])
+                  for f in _PER_SAMPLE}
+    bounds = None if first.bounds is None else {key: torch.cat([o.bounds[key] for o in outs]) for key in first.bounds}
+    return EstimatorOutput(
+        first.name, first.sigmas, **per_sample, bounds=bounds,
+        denoiser_calls=sum(int(o.denoiser_calls) for o in outs),
+        classifier_calls=sum(int(o.classifier_calls) for o in outs),
+        prior_levels=first.prior_levels, prior_nodes=first.prior_nodes)

@@ -1,0 +1,74 @@
+"""``probes.merge_results``: results of several processes concatenated along samples equal the result
+of one process on all samples; mismatched results are refused in one line."""
+
+import numpy as np
+import pytest
+import tiny_pipelines as tp
+import torch
+
+import probes
+from probes.errors import ProbesError
+from probes.taxonomy import load_taxonomy
+
+TAX = "animals-vehicles"
+PROMPTS = ["a cat", "a dog", "a car", "a boat"]
+
+
+class LinearLogits:
+    def __init__(self, n_leaves, seed=0):
+        self.w = torch.randn(3 * 16, n_leaves, generator=torch.Generator().manual_seed(seed))
+
+    def __call__(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1) @ self.w
+
+
+def _probe(prompts, seeds, steps=4, tax=TAX):
+    pipe = tp.family_pipe("stable-diffusion")
+    taxonomy = load_taxonomy(tax)
+    # One generator per sample: a sample's noise does not depend on which process draws it.
+    return probes.probe(pipe, taxonomy, classifier=LinearLogits(len(taxonomy.leaves)),
+                        estimators=["plugin"], prompt=prompts,
+                        guidance_scale=3.0, num_inference_steps=steps, output_type="latent",
+                        generator=[torch.Generator().manual_seed(s) for s in seeds])
+
+
+@pytest.fixture(scope="module")
+def whole_and_halves():
+    return _probe(PROMPTS, [0, 1, 2, 3]), _probe(PROMPTS[:2], [0, 1]), _probe(PROMPTS[2:], [2, 3])
+
+
+def test_two_halves_merge_to_the_whole(whole_and_halves):
+    whole, a, b = whole_and_halves
+    merged = probes.merge_results([a, b])
+    assert merged.n_samples == 4 and merged.meta["merged_from"] == 2
+    assert torch.equal(merged.sigmas(), whole.sigmas())
+    # The UNet runs on batches of 2 instead of 4: float32 kernels may round differently per batch
+    # size (~1e-6 relative), so the posteriors are compared at 1e-5 rather than bit for bit.
+    assert torch.allclose(merged.log_posteriors(), whole.log_posteriors(), atol=1e-5, rtol=0)
+    assert merged.estimates["plugin"].classifier_calls == whole.estimates["plugin"].classifier_calls
+    assert np.allclose(merged.entropy().level_mean(), whole.entropy().level_mean(), atol=1e-5)
+    # A merged result merges again (three shards), and saves like any result.
+    again = probes.merge_results([a, probes.merge_results([b])])
+    assert again.meta["merged_from"] == 2 and torch.equal(again.log_posteriors(), merged.log_posteriors())
+
+
+def test_mismatches_are_one_line(whole_and_halves):
+    _, a, _ = whole_and_halves
+    other_grid = _probe(PROMPTS[:2], [0, 1], steps=3)
+    cases = [
+        ([], "no results"),
+        ([a, "not a result"], "item 1 is a str"),
+        ([a, other_grid], "sigma grid"),
+    ]
+    renamed = probes.ProbeResult(taxonomy=a.taxonomy, estimates={"rollout": a.estimates["plugin"]}, meta=a.meta)
+    cases.append(([a, renamed], "estimators"))
+    restricted = probes.ProbeResult(taxonomy=a.taxonomy.restrict(a.taxonomy.leaves), estimates=a.estimates,
+                                    meta=dict(a.meta, scheduler="EulerDiscreteScheduler"))
+    cases.append(([a, restricted], "provenance \\(scheduler"))
+    smaller = probes.ProbeResult(taxonomy=a.taxonomy.restrict(a.taxonomy.leaves[:4]), estimates=a.estimates,
+                                 meta=a.meta)
+    cases.append(([a, smaller], "taxonomy"))
+    for items, message in cases:
+        with pytest.raises(ProbesError, match=message) as err:
+            probes.merge_results(items)
+        assert "\n" not in str(err.value)
