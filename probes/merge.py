@@ -41,7 +41,7 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
     estimates = {name: _merge_outputs([r.estimates[name] for r in results]) for name in first.estimates}
     meta = dict(first.meta, merged_from=sum(r.meta.get("merged_from", 1) for r in results))
     return ProbeResult(taxonomy=first.taxonomy, estimates=estimates, meta=meta, prior=first.prior,
-                       primary=first.primary)
+                       primary=first.primary, inside_weighted=first.inside_weighted)
 
 
 def _same_tensor(a, b) -> bool:
@@ -74,6 +74,9 @@ def _check_same(first, other, k: int) -> None:
                 raise ProbesError(f"{where}: estimator {name!r} has {field} in one and not the other")
     if not _same_tensor(first.prior, other.prior):
         raise ProbesError(f"{where} in its leaf prior")
+    if first.inside_weighted != other.inside_weighted:
+        raise ProbesError(f"{where} in whether its samples came from the model's whole world or from the taxonomy "
+                          "(inside_weighted)")
     if first.primary != other.primary:
         raise ProbesError(f"{where} in its primary estimator ({first.primary!r} vs {other.primary!r})")
     keys = [key for key in sorted(set(first.meta) | set(other.meta))
