@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         if size not in probe_cost:
             clf = DecodedClassifier(LatentDecoder(pipe.vae, decode_size=size), image_classifier)
             with torch.no_grad():
-                probe_cost[size], _ = timed(lambda: clf(x), device, max(5, args.repeats))
+                probe_cost[size], _ = timed(lambda clf=clf: clf(x), device, max(5, args.repeats))
         t_probe_call = probe_cost[size]
         model = (steps * t_unet + t_final + n_probe * (t_plain + t_probe_call)) / (steps * t_unet + t_final)
         where = f"every {stride}th sigma" if stride > 1 else "every sigma"
