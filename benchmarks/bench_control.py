@@ -34,11 +34,12 @@ import torch  # noqa: E402
 import probes  # noqa: E402,F401  (the torchvision fix before anything imports it)
 from probes.components import build_components  # noqa: E402
 from probes.denoisers import GuidedDenoiser  # noqa: E402
+from probes.errors import ProbesError  # noqa: E402
 from probes.interval import derive_interval  # noqa: E402
 from probes.noise import grid_from_run, karras_grid, make_grid  # noqa: E402
 from probes.quality import measure_quality, reference_features  # noqa: E402
 from probes.recipe import load_recipe  # noqa: E402
-from probes.run import recipe_fingerprint, run_recipe  # noqa: E402
+from probes.run import run_recipe  # noqa: E402
 from probes.sampling import sample  # noqa: E402
 
 GRID_LO = [None, 0.5, 1.5]  # None: down to sigma = 0
@@ -46,13 +47,12 @@ GRID_HI = [3.0, 8.0, None]  # None: from sigma_max
 
 
 def ensure_run(recipe, out: Path) -> None:
-    """Run ``recipe`` into ``out`` unless ``out`` already holds the finished run of this very recipe."""
-    import json
-
-    state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    if state.get("status") != "complete" or state.get("fingerprint") != recipe_fingerprint(recipe) or \
-            state.get("n_samples") != recipe.sampling.samples:
-        run_recipe(recipe, out, overwrite=out.exists(), progress=False)
+    """Run ``recipe`` into ``out``, reusing the batches ``out`` already holds of this very recipe
+    (``--resume`` refuses a run of another recipe; that one is replaced)."""
+    try:
+        run_recipe(recipe, out, resume=out.exists(), progress=False)
+    except ProbesError:
+        run_recipe(recipe, out, overwrite=True, progress=False)
 
 
 def draw(parts, sigmas, scale, interval, n, seed, batch=250):
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     # --- digits ------------------------------------------------------------------------------------------
-    recipe_path = ROOT / "recipes" / "digits-guidance.yaml"
+    recipe_path = "digits-guidance"  # a shipped recipe, by name
     n_probe = f"sampling.samples={args.probe_samples}"
     for name, scale in (("digits-w1", 1.0), ("digits-w3", 3.0)):
         ensure_run(load_recipe(recipe_path, overrides=[n_probe, f"sampling.guidance.scale={scale}"]), work / name)
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         print(f"| {steps} | " + " | ".join(f"{fds[k]:.4g}" for k in ("geometric", "karras", "from_run")) + " |")
 
     # --- a Gaussian mixture ------------------------------------------------------------------------------
-    gmm_path = ROOT / "recipes" / "gmm-hierarchy.yaml"
+    gmm_path = "gmm-hierarchy"
     # Within-class std 1 (not the recipe's 0.5), so that the fine split is not trivially separable
     # and accuracy has room to move.
     common = ["sampling.condition=leaf", "estimators=[exact]", f"sampling.samples={args.probe_samples * 2}",
