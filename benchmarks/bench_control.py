@@ -71,7 +71,7 @@ def draw(parts, sigmas, scale, interval, n, seed, batch=250):
                           generator=g, record=False)
         xs.append(traj.x0)
         ys.append(leaf)
-    return torch.cat(xs), torch.cat(ys), int(getattr(gen, "guided_calls", 0))
+    return torch.cat(xs), torch.cat(ys), int(getattr(gen, "extra_evaluations", 0))
 
 
 def score(parts, reference, sigmas, scale, interval, n, seed):
