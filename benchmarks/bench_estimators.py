@@ -215,7 +215,8 @@ def partial_taxonomy(paths: int, seed: int) -> None:
                   "ancestral", generator=gen)
     ctx = ProbeContext(two, sigmas=grid, denoiser=gmm.denoiser(), conditioner=gmm.conditioner(two),
                        classifier=gmm.classifier(two.leaves), exact_model=gmm, prior=inside.weights,
-                       sample_pairs=lambda n, g: inside.sample(n, g), outside_mass=0.4, partial_taxonomy=True)
+                       sample_pairs=lambda n, g: inside.sample(n, g), partial_taxonomy=True,
+                       outside_mass=1.0 - float(gmm.weights[gmm.component_index(two.leaves)].sum()))
     truth = []
     for s_ in np.sqrt(0.25 + grid.numpy() ** 2):
         xs = np.linspace(-1.5 - 12 * s_, 1.5 + 12 * s_, 20001)
@@ -265,7 +266,8 @@ def digits_partial(paths: int, seed: int) -> None:
     traj = sample(parts.denoiser, torch.randn(paths, *parts.shape, generator=gen) * grid[0], grid, "ancestral",
                   generator=gen)
     ctx = ProbeContext(tax, sigmas=grid, denoiser=parts.denoiser, classifier=classifier,
-                       conditioner=digits.digits_conditioner(tax), outside_mass=0.7, partial_taxonomy=True)
+                       conditioner=digits.digits_conditioner(tax), partial_taxonomy=True,
+                       outside_mass=1.0 - len(tax.leaves) / digits.NUM_DIGITS)
     shown = [0, 8, 12, 16, 20, 23]
     print(f"\n### inside mass on the digits model, taxonomy 0, 8 | 1 (30% of the training digits): {paths} "
           "unconditional samples, 24 ancestral steps\n")
@@ -280,40 +282,31 @@ def digits_partial(paths: int, seed: int) -> None:
         print(f"| {label} | " + " | ".join(f"{float(mass[i]):.3f}" for i in shown) + f" | {wall:.1f} |")
 
 
+# The single-setting modes: flag -> (what it runs, its default --paths, help).
+MODES = {
+    "digits_rollout": (digits_rollout, 16, "time rollout on the digits model"),
+    "leaf_conditional": (guided_and_prior, 4096, "guided band and non-uniform prior on a 1-D mixture"),
+    "partial": (partial_taxonomy, 4096, "a taxonomy covering part of a mixture's world"),
+    "digits_partial": (digits_partial, 128, "inside mass on the digits model under a three-digit taxonomy"),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", type=int, default=None,
-                        help="samples (default 256; 4096 for --leaf-conditional and --partial, 16 for "
-                             "--digits-rollout, 128 for --digits-partial)")
+    parser.add_argument("--paths", type=int, default=None, help="samples (default 256, or the mode's)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--digits-rollout", action="store_true", help="time rollout on the digits model")
-    parser.add_argument("--leaf-conditional", action="store_true",
-                        help="guided band and non-uniform prior on a 1-D mixture (default --paths 4096)")
-    parser.add_argument("--partial", action="store_true",
-                        help="a taxonomy covering part of a mixture's world (default --paths 4096)")
-    parser.add_argument("--digits-partial", action="store_true",
-                        help="inside mass on the digits model under a three-digit taxonomy (default --paths 128)")
+    for flag, (_, paths, text) in MODES.items():
+        parser.add_argument("--" + flag.replace("_", "-"), action="store_true",
+                            help=f"{text} (default --paths {paths})")
     args = parser.parse_args()
-    if args.paths is None:
-        args.paths = (16 if args.digits_rollout else 128 if args.digits_partial
-                      else 4096 if (args.leaf_conditional or args.partial) else 256)
     torch.set_num_threads(1)  # small tensors: extra threads only add contention
-    if args.digits_rollout:
-        digits_rollout(args.paths, args.seed)
-        return
-    if args.leaf_conditional:
-        guided_and_prior(args.paths, args.seed)
-        return
-    if args.digits_partial:
-        digits_partial(args.paths, args.seed)
-        return
-    if args.partial:
-        partial_taxonomy(args.paths, args.seed)
-        return
+    for flag, (run, paths, _) in MODES.items():
+        if getattr(args, flag):
+            run(args.paths if args.paths is not None else paths, args.seed)
+            return
     for label, tax, gmm in models():
-        bench(label, tax, gmm, args.paths, args.steps, args.seed)
-
+        bench(label, tax, gmm, args.paths if args.paths is not None else 256, args.steps, args.seed)
 
 if __name__ == "__main__":
     main()

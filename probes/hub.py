@@ -3,6 +3,7 @@ download command to suggest, and probes' own cache folder."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,22 +35,14 @@ def quiet_loading_bars():
     """Silence diffusers', transformers' and huggingface_hub's own progress bars ("Loading
     pipeline components", "Loading weights", downloads) while loading; the run shows its own."""
     restore = []
-    try:
-        from diffusers.utils import logging as diffusers_logging
-
-        if diffusers_logging.is_progress_bar_enabled():
-            diffusers_logging.disable_progress_bar()
-            restore.append(diffusers_logging.enable_progress_bar)
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        if transformers_logging.is_progress_bar_enabled():
-            transformers_logging.disable_progress_bar()
-            restore.append(transformers_logging.enable_progress_bar)
-    except ImportError:
-        pass
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):  # the same switch in both
+        try:
+            library_logging = importlib.import_module(name)
+        except ImportError:
+            continue
+        if library_logging.is_progress_bar_enabled():
+            library_logging.disable_progress_bar()
+            restore.append(library_logging.enable_progress_bar)
     try:
         import huggingface_hub.utils as hub_utils
 

@@ -66,7 +66,7 @@ def run(tmp_path, condition, estimators):
 
 
 def table(rows, estimator, kind):
-    got = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind and r["name"] in ("2", "1", "root")]
+    got = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind and r["name"] in ("1", "root")]
     column = "inside_mass" if kind == "inside" else "entropy"
     return np.array([float(r["sigma"]) for r in got]), np.array([float(r[column]) for r in got])
 
