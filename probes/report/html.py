@@ -352,7 +352,8 @@ def write_compare_report(out, comparison, run_a, run_b) -> Path:
     shade = [(d.band[0], d.band[1], PALETTE[k % len(PALETTE)])
              for k, d in enumerate(comparison.levels.values()) if d.band]
     def ratio_interval(s):
-        return "" if s.get("ratio_interval") is None else f"×{_g(s['ratio_interval'][0])} – ×{_g(s['ratio_interval'][1])}"
+        lo_hi = s.get("ratio_interval")
+        return "" if lo_hi is None else f"×{_g(lo_hi[0])} – ×{_g(lo_hi[1])}"
 
     shifts = "".join(f"<tr><td>{html.escape(n)}</td><td>{_g(s['sigma_a'])}</td><td>{_g(s['sigma_b'])}</td>"
                      f"<td>×{_g(s['ratio'])}</td><td>{ratio_interval(s)}</td></tr>"
