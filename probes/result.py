@@ -258,8 +258,9 @@ def sample_seeds(result: ProbeResult) -> str | None:
 
 
 def _run_meta(state: dict, estimators: list[str]) -> dict:
-    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, and
-    the names its files give the estimators (guided runs rename the plain ones)."""
+    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, how it
+    was conditioned and guided, and the names its files give the estimators (guided runs rename
+    the plain ones)."""
     from probes.analysis import name_in_files
 
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
@@ -267,6 +268,8 @@ def _run_meta(state: dict, estimators: list[str]) -> dict:
     guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}
     scale = guidance.get("scale", 1.0)
     meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
+            "condition": sampling.get("condition", "none"), "guidance_scale": float(scale or 1.0),
+            "guidance_interval": guidance.get("interval"),
             "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
     if state.get("seed") is not None and sampling.get("batch_size") is not None:
         # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.
