@@ -253,8 +253,23 @@ def read_run_state(path: Path) -> dict:
 
 def sample_seeds(result: ProbeResult) -> str | None:
     """What fixes which random numbers sample i was drawn from, when known (runs: the recipe's seed
-    and batch size); two results with the same value and sample count hold paired samples."""
-    return result.meta.get("sample_seeds")
+    and batch size; probes: the seeds of the pipeline call's generators, see
+    :func:`probes.probing.generator_provenance`); two results with the same value and sample count
+    hold paired samples."""
+    if result.meta.get("sample_seeds") is not None:
+        return result.meta["sample_seeds"]
+    generator = result.meta.get("generator")
+    if not isinstance(generator, dict) or not generator.get("seeds"):
+        return None
+    seeds = [int(s) for s in generator["seeds"]]
+    if not generator.get("per_sample"):
+        text = f"one generator, seed {seeds[0]}"
+    elif len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        text = f"one generator per sample, seeds {seeds[0]} to {seeds[-1]}"
+    else:
+        text = f"one generator per sample, seeds {seeds}"
+    device = generator.get("device", "cpu")
+    return text if device == "cpu" else f"{text} on {device}"
 
 
 def _run_meta(state: dict, estimators: list[str]) -> dict:
