@@ -103,8 +103,9 @@ class Comparison:
             lines.append("dI per node (information about the node's split):")
             for node, d in c.nodes.items():
                 lines.append(f"  {node}: " + _describe(d, pct))
-        lines.append(f"decision sigma per node (A -> B, ratio B / A with its {pct} joint bootstrap interval; "
-                     "the decision's shift in VP time t):")
+        interval = f" with its {pct} joint bootstrap interval" if c.n_boot else ""
+        lines.append(f"decision sigma per node (A -> B, ratio B / A{interval}; the decision's shift in VP time "
+                     "t = log(1 + sigma^2) / 2):")
         for node, s in self.shifts.items():
             lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f}"
                          + ("" if s["ratio_interval"] is None else
