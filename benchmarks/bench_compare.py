@@ -82,6 +82,31 @@ def exact_shifts(fine: np.ndarray) -> dict:
     return out
 
 
+def grid_bias() -> dict:
+    """``{(node, axis): (decision bias A, decision bias B, shift bias)}``: what deciding the exact
+    contributions on the runs' 32-point grid (central differences and the parabola through the top
+    three points, as :func:`probes.entropy.decide` does) moves the decisions and shifts by, in the
+    axis's units. ``SHIFT_TOL`` must cover the shift bias."""
+    from probes.entropy.decisions import _refine
+
+    grid = np.exp(np.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), STEPS))
+    fine = np.exp(np.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), 40001))
+    out = {}
+    for node, level in (("root", 0), ("left", 1), ("right", 1)):
+        for axis in SHIFT_AXES:
+            bias = []
+            for which in ("A", "B"):
+                m = SEPARATIONS[which][level]
+                x = axis_value(axis, grid)
+                rate = np.gradient(h2(m / np.sqrt(STD**2 + grid**2)), x)
+                i = int(np.argmax(rate))
+                on_grid, _ = _refine(x, rate, np.array(i))
+                exact_fine = np.gradient(h2(m / np.sqrt(STD**2 + fine**2)), axis_value(axis, fine))
+                bias.append(float(on_grid) - float(axis_value(axis, fine[np.argmax(exact_fine)])))
+            out[(node, axis)] = (bias[0], bias[1], bias[1] - bias[0])
+    return out
+
+
 def shift_rows(comparison, truth: dict | None) -> list[tuple]:
     """(node, axis, covered, width) per node and axis; ``truth`` None checks zero."""
     rows = []
@@ -167,6 +192,9 @@ def main() -> None:
     for pairing in ("paired", "independent", "zero"):
         rows = [r for (p, _, _), v in shift_stats.items() if p == pairing for r in v]
         print(f"{pairing}: {sum(r[0] for r in rows)} of {len(rows)} covered")
+    print(f"\nthe {STEPS}-point grid's bias on the exact curves (axis units): decision A, decision B, shift")
+    for (node, axis), (a, b, shift) in grid_bias().items():
+        print(f"  {node:6s} {axis:10s} {a:+.4f}  {b:+.4f}  {shift:+.4f}")
 
 
 if __name__ == "__main__":

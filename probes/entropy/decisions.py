@@ -24,6 +24,9 @@ takes the rate against ``log_sigma`` (the default), ``vp_time`` (``t = 0.5 log(1
 peaks where the log-sigma rate does, at half its height). Every sigma of a decision is the sigma at
 that axis's peak. A peak whose half-peak half-width spans fewer than ``MIN_POINTS_PER_HALF_WIDTH``
 grid spacings (on that axis, at the peak) is flagged ``under_resolved``: the grid cannot place it.
+
+:func:`decision_replicates` decides every node under sample counts the caller supplies, so that
+two sets of curves can be resampled together (``probes compare``'s decision shifts).
 """
 
 from __future__ import annotations
