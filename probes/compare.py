@@ -60,7 +60,9 @@ class Comparison:
 
     ``levels`` and ``nodes`` map each level depth / node name to a
     :class:`~probes.entropy.difference.Difference` (``delta``, ``rate``, their intervals, peaks);
-    ``shifts`` gives each node's decision sigma in A and B; ``pairing`` says how the bootstrap
+    ``shifts`` gives each node's decision sigma in A and B, how far it moved on each axis and the
+    bootstrap interval of that shift (``curves.shifts`` holds the same as
+    :class:`~probes.entropy.difference.DecisionShift` objects); ``pairing`` says how the bootstrap
     resampled the two (``paired`` or ``independent``) and ``pairing_reason`` why.
     """
 
@@ -101,9 +103,14 @@ class Comparison:
             lines.append("dI per node (information about the node's split):")
             for node, d in c.nodes.items():
                 lines.append(f"  {node}: " + _describe(d, pct))
-        lines.append("decision sigma per node (A -> B, ratio):")
+        interval = f" with its {pct} joint bootstrap interval" if c.n_boot else ""
+        lines.append(f"decision sigma per node (A -> B, ratio B / A{interval}; the decision's shift in VP time "
+                     "t = log(1 + sigma^2) / 2):")
         for node, s in self.shifts.items():
-            lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f})")
+            lines.append(f"  {node}: {s['sigma_a']:.3g} -> {s['sigma_b']:.3g} (x{s['ratio']:.2f}"
+                         + ("" if s["ratio_interval"] is None else
+                            f", {pct} x{s['ratio_interval'][0]:.2f} to x{s['ratio_interval'][1]:.2f}") + ")"
+                         + _describe_shift(c.shifts.get(node, {}).get("vp_time"), pct))
         return "\n".join(lines)
 
     def _what(self) -> str:
@@ -113,8 +120,8 @@ class Comparison:
         return f"{self.estimator} estimator: {a} in A, {b} in B"
 
     def write(self, out, label_a="A", label_b="B") -> Path:
-        """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare.json``, ``compare.png`` and
-        ``report.html`` in ``out``; returns ``out``."""
+        """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare_shifts.csv`` (decision shifts),
+        ``compare.json``, ``compare.png`` and ``report.html`` in ``out``; returns ``out``."""
         from probes.report.html import write_compare_report
         from probes.report.rundir import atomic_write_text, format_float, write_csv
 
@@ -129,11 +136,25 @@ class Comparison:
                 rows += [[label] + [format_float(v) for v in values] for values in zip(*columns)]
             write_csv(out / name, [key, "sigma", "mutual_info_a", "mutual_info_b", "delta_mutual_info", "stderr",
                                    *extra], rows)
+        rows = [[node, axis, format_float(d.sigma_a), format_float(d.sigma_b), format_float(d.shift),
+                 *(format_float(v) for v in (d.interval or (math.nan, math.nan))), d.n_boot]
+                for node, axes in self.curves.shifts.items() for axis, d in axes.items()]
+        write_csv(out / "compare_shifts.csv", ["node", "axis", "sigma_a", "sigma_b", "shift", "shift_lo", "shift_hi",
+                                               "n_boot"], rows)
         payload = {"a": str(label_a), "b": str(label_b), **self.to_dict()}
         atomic_write_text(out / "compare.json", json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
         _plot(out / "compare.png", self)
         write_compare_report(out, self, label_a, label_b)
         return out
+
+
+def _describe_shift(shift, pct: str) -> str:
+    if shift is None or not math.isfinite(shift.shift):
+        return ""
+    text = f"; t {shift.shift:+.3f}"
+    if shift.interval is not None:
+        text += f" ({pct} {shift.interval[0]:+.3f} to {shift.interval[1]:+.3f})"
+    return text
 
 
 def _describe(d, pct: str) -> str:
@@ -218,7 +239,8 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
                             prior_sums_a=_prior_sums(a, name, curves_a), prior_sums_b=_prior_sums(b, name, curves_b))
     files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
-                      shifts=_decision_shifts(a, b, name), names_in_files=files)
+                      shifts={node: _shift_summary(axes) for node, axes in curves.shifts.items()},
+                      names_in_files=files)
 
 
 def _prior_sums(result, name: str, curves):
@@ -227,18 +249,16 @@ def _prior_sums(result, name: str, curves):
     return None if log_probs is None else prior_sums(curves, log_probs.double().numpy())
 
 
-def _decision_shifts(a, b, name: str) -> dict:
-    da = a.decisions(estimator=name, n_boot=0)
-    db = b.decisions(estimator=name, n_boot=0)
-
-    def sigma(d):
-        return math.nan if d is None or d.decision_sigma is None else float(d.decision_sigma)
-
-    out = {}
-    for node, d in da.items():
-        sa, sb = sigma(d), sigma(db.get(node))
-        out[node] = {"sigma_a": sa, "sigma_b": sb, "ratio": sb / sa if sa and math.isfinite(sa) else math.nan}
-    return out
+def _shift_summary(axes: dict) -> dict:
+    """One node's decision shift as JSON-ready values: on log sigma at the top (the sigmas, their
+    ratio B / A and its interval, ``log_shift = log ratio`` and its interval), every axis under
+    ``axes``."""
+    d = axes["log_sigma"]
+    sa, sb = d.sigma_a, d.sigma_b
+    return {"sigma_a": sa, "sigma_b": sb, "ratio": sb / sa if sa and math.isfinite(sa) else math.nan,
+            "ratio_interval": None if d.interval is None else [math.exp(v) for v in d.interval],
+            "log_shift": d.shift, "log_shift_interval": None if d.interval is None else list(d.interval),
+            "n_boot": d.n_boot, "axes": {axis: s.summary() for axis, s in axes.items()}}
 
 
 def compare_runs(run_a, run_b, estimator: str | None = None, out=None, pairing: str = "auto",

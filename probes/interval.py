@@ -14,19 +14,21 @@ Two rules (the reasons are in ``docs/control.md``):
   steers the decision itself and leaves the early (layout) and late (detail) phases alone.
 
 The last line printed is the recipe line ``sampling.guidance.interval: [lo, hi]``.
+
+Runs and saved results (``ProbeResult.save``) load through :func:`probes.load`, which checks every
+file; the curves and decision windows are computed from the posteriors, as ``probes compare``
+does. How a result was sampled (conditioning, guidance scale) comes from its recipe for runs and
+from what ``probes.probe`` recorded for saved results; what is not recorded is not checked.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from probes.errors import ProbesError
-from probes.fileio import read_text
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
 
@@ -53,27 +55,30 @@ def _cmd_interval(args) -> int:
     return 0
 
 
-def _guidance(state: dict) -> tuple[float, str]:
-    sampling = (state.get("recipe") or {}).get("sampling") or {}
-    scale = float(((sampling.get("guidance") or {}).get("scale")) or 1.0)
-    return scale, sampling.get("condition", "none")
+def _guidance(result) -> tuple[float | None, str | None]:
+    """``(guidance scale, sampling condition)`` as recorded in the result's provenance (None: not
+    recorded, as for a pipeline probed without ``guidance_scale``)."""
+    scale = result.meta.get("guidance_scale")
+    return (None if scale is None else float(scale)), result.meta.get("condition")
 
 
 def derive_interval(run, against=None, level: int | None = None, node: str | None = None,
                     estimator: str | None = None) -> dict:
     """``{"interval": (lo, hi), "rule": ..., "text": ...}``; every bad input is one ProbesError line."""
+    from probes.result import load
+
     run = Path(run)
-    state, curves, decisions = read_finished_run(run)
-    estimator = estimator or state.get("primary_estimator")
-    scale, condition = _guidance(state)
+    result = load(run)
+    estimator = estimator or result.primary
+    scale, condition = _guidance(result)
     if condition == "none":
         raise ProbesError(f"{run}: sampled without conditioning (sampling.condition: none), so it holds no guidance "
                           "information; run the recipe with sampling.condition: leaf")
     if against is not None:
         if node is not None:
             raise ProbesError("--node: the guided/unguided rule works per level; use --level with --against")
-        return _from_pair(run, state, curves, Path(against), level, estimator, scale)
-    return _from_windows(run, state, decisions, level, node, estimator)
+        return _from_pair(run, result, Path(against), level, estimator, scale)
+    return _from_windows(run, result, level, node, estimator)
 
 
 def _check_level(level: int | None, levels: list[str], run: Path) -> str:
@@ -85,38 +90,39 @@ def _check_level(level: int | None, levels: list[str], run: Path) -> str:
     return str(level)
 
 
-def _from_windows(run: Path, state: dict, decisions: list[dict], level, node, estimator) -> dict:
-    rows = [r for r in decisions if r["estimator"] == estimator]
-    if not rows:
-        raise ProbesError(f"{run}: no decisions for estimator {estimator!r}")
+def _from_windows(run: Path, result, level, node, estimator) -> dict:
+    name = _estimator(result, estimator, run)
+    decisions = result.decisions(estimator=name, n_boot=0, kind="both")
     if node is not None:
-        nodes = [r["name"] for r in rows if r["kind"] == "node"]
+        nodes = [str(n) for n in decisions["nodes"]]
         if node not in nodes:
             shown = ", ".join(nodes[:8]) + (" ..." if len(nodes) > 8 else "")
             raise ProbesError(f"--node {node!r}: not an internal node of {run}'s taxonomy (internal nodes: {shown})")
-        row, what = next(r for r in rows if r["kind"] == "node" and r["name"] == node), f"node {node!r}"
+        decision, what = decisions["nodes"][node], f"node {node!r}"
     else:
-        name = _check_level(level, [r["name"] for r in rows if r["kind"] == "level"], run)
-        row, what = next(r for r in rows if r["kind"] == "level" and r["name"] == name), f"level {name}"
-    if row["decision_sigma"] in ("", None):
+        depth = _check_level(level, [str(k) for k in decisions["levels"]], run)
+        decision, what = decisions["levels"][int(depth)], f"level {depth}"
+    if decision is None:
         raise ProbesError(f"{run}: {what} is undecided in this run, so it has no decision window")
-    lo, hi = float(row["window_lo"]), float(row["window_hi"])
-    text = [f"{run}: {what} decides at sigma={float(row['decision_sigma']):.3g}, half-peak window "
+    lo, hi = (float(v) for v in decision.window)
+    text = [f"{run}: {what} decides at sigma={decision.decision_sigma:.3g}, half-peak window "
             f"[{lo:.3g}, {hi:.3g}] ({estimator} estimator)",
             "rule: guide where the model decides (the decision window)"]
     return _result((lo, hi), "decision-window", text)
 
 
-def _from_pair(run: Path, state: dict, curves: list[dict], against: Path, level, estimator, scale: float) -> dict:
-    state_u, curves_u, _ = read_finished_run(against)
-    scale_u, _ = _guidance(state_u)
+def _from_pair(run: Path, result, against: Path, level, estimator, scale: float | None) -> dict:
+    from probes.result import load
+
+    plain_result = load(against)
+    scale_u, _ = _guidance(plain_result)
     if scale == 1.0:
         raise ProbesError(f"{run}: has no guidance (sampling.guidance.scale 1); give the guided run first and the "
                           "unguided one with --against")
-    if scale_u != 1.0 and (state_u.get("recipe") or {}).get("sampling", {}).get("guidance", {}).get("interval") is None:
+    if scale_u is not None and scale_u != 1.0 and plain_result.meta.get("guidance_interval") is None:
         raise ProbesError(f"--against {against}: is guided too (scale {scale_u:g}); give the same recipe run with "
                           "sampling.guidance.scale=1")
-    guided, plain = _levels(curves, estimator, run), _levels(curves_u, estimator, against)
+    guided, plain = _levels(result, estimator, run), _levels(plain_result, estimator, against)
     name = _check_level(level, list(guided), run)
     if set(plain) != set(guided):
         raise ProbesError(f"--against {against}: its taxonomy levels differ from {run}'s; pair runs of one recipe")
@@ -140,7 +146,8 @@ def _from_pair(run: Path, state: dict, curves: list[dict], against: Path, level,
     if not bands:
         raise ProbesError(f"{run}: guidance does not change the information about level {name} against {against}")
     lo, hi = min(b[0] for b in bands), max(b[1] for b in bands)
-    text.insert(0, f"{run} (guidance {scale:g}) vs {against}: where guidance adds information about level {name} "
+    guidance = "" if scale is None else f" (guidance {scale:g})"
+    text.insert(0, f"{run}{guidance} vs {against}: where guidance adds information about level {name} "
                    f"({estimator} estimator)")
     text.append("rule: guide over the half-peak bands of d dI/d(-log sigma), level by level (chain rule)")
     return _result((lo, hi), "guidance-gain", text)
@@ -177,55 +184,23 @@ def _result(interval: tuple[float, float], rule: str, text: list[str]) -> dict:
     return {"interval": (lo, hi), "rule": rule, "text": "\n".join(text)}
 
 
-# --- the runs' tables -------------------------------------------------------------------------
+# --- the results' curves ------------------------------------------------------------------------
 
 
-def read_finished_run(path: Path) -> tuple[dict, list[dict], list[dict]]:
-    """``(run.json, curves.csv rows, decisions.csv rows)`` of a finished run, each checked: one
-    line naming the file for anything missing, unfinished or damaged."""
-    from probes.result import read_run_state
+def _estimator(result, estimator: str, source: Path) -> str:
+    """The estimator's name in ``result`` (guided runs' files call posterior estimators
+    ``<name>:unguided_posterior``; either name is accepted)."""
+    from probes.compare import estimator_name
 
-    state = read_run_state(path)
-    if "status" not in state:
-        raise ProbesError(f"{path}: not a finished probes run (its run.json has no status)")
-    tables = []
-    for name in ("curves.csv", "decisions.csv"):
-        reader = csv.DictReader(io.StringIO(read_text(path / name, name)))
-        rows = list(reader)
-        if "estimator" not in (reader.fieldnames or []) or (name == "curves.csv" and not rows):
-            raise ProbesError(f"{path / name}: empty or not a probes table; rerun with --resume to rewrite it")
-        numeric = [c for c in ("sigma", "entropy", "stderr", "mutual_info", "decision_sigma") if c in reader.fieldnames]
-        for line, row in enumerate(rows, start=2):
-            for column in numeric:
-                try:
-                    _float(row[column])
-                except (TypeError, ValueError):
-                    raise ProbesError(f"{path / name}:{line}: {column} {row[column]!r} is not a number") from None
-        tables.append(rows)
-    return state, tables[0], tables[1]
-
-
-def _float(x: str) -> float:
-    return float(x) if x not in ("", None) else math.nan
-
-
-def _resolve(rows: list[dict], estimator: str) -> str:
-    """The estimator's name in a run's files: guided runs report posterior estimators as
-    ``<name>:unguided_posterior`` (see ``probes.analysis.reported_name``)."""
-    names = {r["estimator"] for r in rows}
-    if estimator not in names and f"{estimator}:unguided_posterior" in names:
-        return f"{estimator}:unguided_posterior"
-    return estimator
-
-
-def _levels(rows: list[dict], estimator: str, source: Path, kind: str = "level") -> dict:
-    """{level or node: (sigma descending, mutual information, stderr)} for one estimator."""
-    estimator = _resolve(rows, estimator)
-    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
-    if not chosen and kind == "level":
+    name = estimator_name(result, estimator)
+    if name not in result.estimates:
         raise ProbesError(f"{source}: no curves for estimator {estimator!r}")
-    out = {}
-    for level in sorted({r["name"] for r in chosen}, key=int if kind == "level" else None):
-        part = sorted((r for r in chosen if r["name"] == level), key=lambda r: -float(r["sigma"]))
-        out[level] = tuple(np.array([_float(r[k]) for r in part]) for k in ("sigma", "mutual_info", "stderr"))
-    return out
+    return name
+
+
+def _levels(result, estimator: str, source: Path) -> dict:
+    """{level depth as text: (sigma descending, mutual information)} of one estimator's curves."""
+    curves = result.entropy(_estimator(result, estimator, source))
+    order = np.argsort(-curves.sigmas, kind="stable")
+    mutual_info = curves.mutual_information()[order]
+    return {str(k): (curves.sigmas[order], mutual_info[:, j]) for j, k in enumerate(curves.level_names)}

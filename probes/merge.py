@@ -6,7 +6,9 @@ Each process of a sharded job (``torchrun``, a Slurm array, several GPUs each ca
 posteriors do not depend on the other samples of a batch, so concatenating them gives the result
 of one process probing all samples; entropy curves and decisions are then computed on the whole.
 Results are refused, in one line, unless they share the taxonomy, the estimators, each estimator's
-sigma grid, the prior and the provenance (family, pipeline, scheduler, estimator options).
+sigma grid, the prior and the provenance (family, pipeline, scheduler, estimator options). The
+generator seeds the parts recorded (``meta["generator"]``) are concatenated when each part drew
+sample i from its own generator i, and dropped otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from probes.result import ProbeResult
 # Per-sample fields, concatenated along samples; the rest must agree.
 _PER_SAMPLE = ("log_probs", "levels", "nodes")
 _SHARED = ("prior_levels", "prior_nodes")
+# Provenance that differs between parts by design: how many results were merged, and the seeds
+# each part's samples were drawn from.
+_PER_SAMPLE_META = ("merged_from", "generator")
 
 
 def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
@@ -40,8 +45,22 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
         _check_same(first, r, k)
     estimates = {name: _merge_outputs([r.estimates[name] for r in results]) for name in first.estimates}
     meta = dict(first.meta, merged_from=sum(r.meta.get("merged_from", 1) for r in results))
+    meta.pop("generator", None)
+    generator = _merged_generator([r.meta.get("generator") for r in results])
+    if generator is not None:
+        meta["generator"] = generator
     return ProbeResult(taxonomy=first.taxonomy, estimates=estimates, meta=meta, prior=first.prior,
                        primary=first.primary, inside_weighted=first.inside_weighted)
+
+
+def _merged_generator(parts: list) -> dict | None:
+    """The merged result's generator seeds: the parts' in sample order when every part drew sample
+    i from generator i on one device; otherwise none (one seed no longer says what was drawn)."""
+    if not all(isinstance(g, dict) and g.get("per_sample") for g in parts):
+        return None
+    if len({g.get("device") for g in parts}) != 1:
+        return None
+    return {"seeds": [s for g in parts for s in g["seeds"]], "per_sample": True, "device": parts[0].get("device")}
 
 
 def _same_tensor(a, b) -> bool:
@@ -80,7 +99,7 @@ def _check_same(first, other, k: int) -> None:
     if first.primary != other.primary:
         raise ProbesError(f"{where} in its primary estimator ({first.primary!r} vs {other.primary!r})")
     keys = [key for key in sorted(set(first.meta) | set(other.meta))
-            if key != "merged_from" and first.meta.get(key) != other.meta.get(key)]
+            if key not in _PER_SAMPLE_META and first.meta.get(key) != other.meta.get(key)]
     if keys:
         raise ProbesError(f"{where} in its provenance ({', '.join(keys)}: {first.meta.get(keys[0])!r} vs "
                           f"{other.meta.get(keys[0])!r})")

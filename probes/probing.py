@@ -129,6 +129,26 @@ def _estimators(estimators) -> list[Estimator]:
     return out
 
 
+def generator_provenance(generator) -> dict | None:
+    """What fixes the random draws of a pipeline call made with ``generator=generator``:
+    ``{"seeds": [...], "per_sample": bool, "device": str}`` for one ``torch.Generator`` (the whole
+    call draws from it) or a list of them (sample i draws from generator i), read before the call.
+
+    None, so that nothing is claimed, without a generator, for anything but torch generators, and
+    for a generator that has drawn since it was seeded: its ``initial_seed()`` then no longer says
+    where its draws start."""
+    per_sample = isinstance(generator, (list, tuple))
+    gens = list(generator) if per_sample else [generator]
+    if not gens or not all(isinstance(g, torch.Generator) for g in gens):
+        return None
+    for g in gens:
+        fresh = torch.Generator(device=g.device).manual_seed(g.initial_seed())
+        if not torch.equal(fresh.get_state(), g.get_state()):
+            return None
+    devices = sorted({g.device.type for g in gens})
+    return {"seeds": [int(g.initial_seed()) for g in gens], "per_sample": per_sample, "device": ",".join(devices)}
+
+
 def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugin",), *,
           family: str | Family | None = None, conditioner=None, estimator_seed: int = 0, batch_size: int = 64,
           **pipe_kwargs) -> ProbeResult:
@@ -149,6 +169,9 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
 
     Returns:
         a :class:`~probes.result.ProbeResult`; ``result.output`` is what ``pipe(...)`` returned.
+        Its ``meta`` records the seeds of ``generator`` when given (``meta["generator"]``, see
+        :func:`generator_provenance`), so ``compare`` pairs two probes drawn from the same seeds,
+        and ``guidance_scale`` when given.
     """
     from probes.result import ProbeResult
     from probes.taxonomy import Taxonomy, load_taxonomy
@@ -172,6 +195,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     if needs_model and any(e.name == "bayes" for e in ests) and conditioner is None:
         conditioner = fam.conditioner(pipe, tax)
 
+    seeds = generator_provenance(pipe_kwargs.get("generator"))  # before the call draws from it
     with StepRecorder(pipe, fam, kind, pipe_kwargs) as recorder:
         output = pipe(**pipe_kwargs)
     traj = recorder.trajectory()
@@ -185,4 +209,9 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     meta: dict[str, Any] = {"family": fam.name, "pipeline": type(pipe).__name__,
                             "scheduler": type(pipe.scheduler).__name__, "scheduler_kernel": kind.kernel,
                             "state_layout": kind.layout, "estimators": {e.name: repr(e) for e in ests}}
+    if seeds is not None:
+        meta["generator"] = seeds
+    scale = pipe_kwargs.get("guidance_scale")
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        meta["guidance_scale"] = float(scale)
     return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)

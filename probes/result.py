@@ -253,13 +253,29 @@ def read_run_state(path: Path) -> dict:
 
 def sample_seeds(result: ProbeResult) -> str | None:
     """What fixes which random numbers sample i was drawn from, when known (runs: the recipe's seed
-    and batch size); two results with the same value and sample count hold paired samples."""
-    return result.meta.get("sample_seeds")
+    and batch size; probes: the seeds of the pipeline call's generators, see
+    :func:`probes.probing.generator_provenance`); two results with the same value and sample count
+    hold paired samples."""
+    if result.meta.get("sample_seeds") is not None:
+        return result.meta["sample_seeds"]
+    generator = result.meta.get("generator")
+    if not isinstance(generator, dict) or not generator.get("seeds"):
+        return None
+    seeds = [int(s) for s in generator["seeds"]]
+    if not generator.get("per_sample"):
+        text = f"one generator, seed {seeds[0]}"
+    elif len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        text = f"one generator per sample, seeds {seeds[0]} to {seeds[-1]}"
+    else:
+        text = f"one generator per sample, seeds {seeds}"
+    device = generator.get("device", "cpu")
+    return text if device == "cpu" else f"{text} on {device}"
 
 
 def _run_meta(state: dict, estimators: list[str]) -> dict:
-    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, and
-    the names its files give the estimators (guided runs rename the plain ones)."""
+    """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, how it
+    was conditioned and guided, and the names its files give the estimators (guided runs rename
+    the plain ones)."""
     from probes.analysis import name_in_files
 
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
@@ -267,6 +283,8 @@ def _run_meta(state: dict, estimators: list[str]) -> dict:
     guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}
     scale = guidance.get("scale", 1.0)
     meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
+            "condition": sampling.get("condition", "none"), "guidance_scale": float(scale or 1.0),
+            "guidance_interval": guidance.get("interval"),
             "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
     if state.get("seed") is not None and sampling.get("batch_size") is not None:
         # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.

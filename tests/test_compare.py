@@ -187,7 +187,20 @@ def test_the_cli_writes_the_intervals_and_says_how_it_paired(runs, capsys):
     with open(out / "compare_nodes.csv") as f:
         nodes = list(csv.DictReader(f))
     assert {r["node"] for r in nodes} == {"root", "left", "right"}
+    # Each node's decision shift, with its interval, on every axis.
+    assert "decision sigma per node" in text and "95% x" in text and "; t " in text
+    with open(out / "compare_shifts.csv") as f:
+        shifts = list(csv.DictReader(f))
+    assert list(shifts[0]) == ["node", "axis", "sigma_a", "sigma_b", "shift", "shift_lo", "shift_hi", "n_boot"]
+    assert {(r["node"], r["axis"]) for r in shifts} == {(n, a) for n in ("root", "left", "right")
+                                                        for a in ("log_sigma", "vp_time", "log_snr")}
     summary = json.loads((out / "compare.json").read_text())
+    root = summary["decision_shifts"]["root"]
+    assert root["ratio_interval"][0] < root["ratio_interval"][1] and root["n_boot"] == 50
+    row = next(r for r in shifts if r["node"] == "root" and r["axis"] == "log_sigma")
+    assert math.isclose(float(row["shift"]), root["log_shift"]) and math.isclose(float(row["shift_lo"]),
+                                                                                 root["log_shift_interval"][0])
+    assert set(root["axes"]) == {"log_sigma", "vp_time", "log_snr"}
     assert summary["pairing"] == "paired" and summary["n_boot"] == 50
     assert set(summary["levels"]) == {"1", "2"} and summary["levels"]["1"]["peak_interval"] is not None
     assert (out / "compare.png").stat().st_size > 0 and (out / "report.html").is_file()
@@ -273,3 +286,142 @@ def test_means_are_those_of_the_curves_where_the_world_is_larger_than_the_taxono
     node_mi = cb.node_mutual_information() - ca.node_mutual_information()
     for j, node in enumerate(ca.node_names):
         np.testing.assert_allclose(comparison.nodes[node].delta, node_mi[:, j], atol=1e-12)
+
+
+# --- decision shifts ---------------------------------------------------------------------------
+# A node's decision is the peak of the rate of its contribution C_n against an axis: root
+# C = H2(m1 / s), left and right C = 1/2 H2(m2 / s) (the same peak as H2(m2 / s)). Against log sigma
+# the rate is dC/dlog sigma; against VP time t = 1/2 log(1 + sigma^2) it is dC/dlog sigma times
+# (1 + sigma^2) / sigma^2; log-SNR lambda = -2 log sigma peaks where log sigma does. The exact
+# decisions below maximise those rates of the quadrature H2 (central differences, step 1e-4).
+
+SHIFT_AXES = ("log_sigma", "vp_time")
+# Tolerance: the runs decide on a 32-point grid (central differences, a parabola through the top
+# three points). Through that grid, the exact curves' decisions are off by at most 0.022 (in log
+# sigma or t) and the shifts B - A by 0.006 in log sigma and 0.014 in t (printed by
+# `benchmarks/bench_compare.py`), so intervals are widened by 0.03: twice the grid's bias in the
+# shift and a tenth of the intervals' typical width (0.4-0.8 at N = 512).
+# Over 12 further seeded trials per pairing (3 nodes x 2 axes each; `benchmarks/bench_compare.py
+# --trials 12 --n-boot 200`), these intervals covered the exact shift in 70 of 72 checks paired
+# and 72 of 72 independent, and zero between two seeds of one recipe in 72 of 72 (nominal 95%);
+# the tests below ask for 80% of their checks, so that one or two misses among their 18 per
+# pairing, as 95% intervals allow, do not fail them.
+SHIFT_TOL = 0.03
+
+
+def _axis_value(axis: str, sigma: float) -> float:
+    return math.log(sigma) if axis == "log_sigma" else 0.5 * math.log1p(sigma * sigma)
+
+
+def exact_decision(m: float, axis: str) -> float:
+    """The sigma where ``d H2(m / s) / d axis`` peaks, ``s^2 = STD^2 + sigma^2``."""
+    def contribution(u):
+        return _h2(m / math.sqrt(STD**2 + math.exp(2 * u)))
+
+    def rate(u, h=1e-4):
+        r = (contribution(u + h) - contribution(u - h)) / (2 * h)
+        return r * (1 + math.exp(-2 * u)) if axis == "vp_time" else r
+
+    u = np.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), 121)
+    i = int(np.argmax([rate(v) for v in u]))
+    best = optimize.minimize_scalar(lambda v: -rate(v), bounds=(u[max(i - 1, 0)], u[min(i + 1, len(u) - 1)]),
+                                    method="bounded", options={"xatol": 1e-7})
+    return math.exp(best.x)
+
+
+def exact_shift(node: str, axis: str) -> float:
+    """``value_B - value_A`` of the node's decision on ``axis`` (log sigma or VP time)."""
+    level = 0 if node == "root" else 1
+    ma, mb = SEPARATIONS["A"][level], SEPARATIONS["B"][level]
+    return _axis_value(axis, exact_decision(mb, axis)) - _axis_value(axis, exact_decision(ma, axis))
+
+
+@pytest.fixture(scope="module")
+def shift_trials(runs):
+    """Six seeded A-B trials: three paired (same seeds), three independent."""
+    for name, which, seed in (("A2", "A", 2), ("B2", "B", 2)):
+        run_recipe(_recipe(runs, name, SEPARATIONS[which], seed), runs / name, progress=False)
+    return {"paired": [("A", "B0"), ("A1", "B1"), ("A2", "B2")],
+            "independent": [("A", "B1"), ("A1", "B2"), ("A2", "B0")]}
+
+
+@pytest.mark.parametrize("pairing", ["paired", "independent"])
+def test_decision_shift_intervals_cover_the_exact_shift(runs, shift_trials, pairing):
+    truth = {(node, axis): exact_shift(node, axis) for node in ("root", "left", "right") for axis in SHIFT_AXES}
+    # B's coarse split is narrower (2 vs 3), its fine split wider (1.5 vs 1): root decides later,
+    # left and right earlier, by about 0.4 in log sigma.
+    assert truth["root", "log_sigma"] < -0.3 and truth["left", "log_sigma"] > 0.3
+    covered, root_below_zero = [], []
+    for name_a, name_b in shift_trials[pairing]:
+        comparison = load(runs / name_a).compare(load(runs / name_b), n_boot=200)
+        assert comparison.pairing == pairing
+        for (node, axis), exact in truth.items():
+            shift = comparison.curves.shifts[node][axis]
+            lo, hi = shift.interval
+            covered.append(lo - SHIFT_TOL <= exact <= hi + SHIFT_TOL)
+        root = comparison.curves.shifts["root"]["log_sigma"]
+        root_below_zero.append(root.interval[1] < 0)
+        # The log-sigma shift is the printed ratio's logarithm; log-SNR is -2 log sigma, whose rate
+        # peaks at the same sigma, so its shift and interval are the log-sigma ones times -2.
+        for node, summary in comparison.shifts.items():
+            log_shift = comparison.curves.shifts[node]["log_sigma"]
+            assert math.isclose(math.log(summary["ratio"]), log_shift.shift, rel_tol=1e-9)
+            np.testing.assert_allclose(summary["ratio_interval"], np.exp(log_shift.interval), rtol=1e-12)
+            snr = comparison.curves.shifts[node]["log_snr"]
+            assert math.isclose(snr.shift, -2 * log_shift.shift, rel_tol=1e-9, abs_tol=1e-12)
+            np.testing.assert_allclose(snr.interval, [-2 * log_shift.interval[1], -2 * log_shift.interval[0]],
+                                       rtol=1e-6, atol=1e-9)
+    assert np.mean(covered) >= 0.8, np.mean(covered)
+    # The intervals are narrow enough to tell the root's shift (about -0.4) from none in most trials.
+    assert sum(root_below_zero) >= 2, root_below_zero
+
+
+def test_same_recipe_from_other_seeds_gives_shift_intervals_around_zero(runs, shift_trials):
+    contains_zero = []
+    for name_a, name_b in (("A", "A1"), ("A1", "A2"), ("B0", "B1")):
+        comparison = load(runs / name_a).compare(load(runs / name_b), n_boot=200)
+        assert comparison.pairing == "independent"
+        for axes in comparison.curves.shifts.values():
+            for axis in SHIFT_AXES:
+                lo, hi = axes[axis].interval
+                assert axes[axis].n_boot == 200
+                contains_zero.append(lo - SHIFT_TOL <= 0 <= hi + SHIFT_TOL)
+    assert np.mean(contains_zero) >= 0.8, np.mean(contains_zero)
+
+
+def test_decision_replicates_weight_samples_as_the_decisions_do():
+    """A replicate's sample counts act as repeating sample i c_i times: its decision must be the
+    point decision of the repeated samples, inside-weighted where posteriors leave mass outside
+    the taxonomy."""
+    import torch
+
+    from probes.entropy.decisions import decision_replicates
+    from probes.estimators import EstimatorOutput
+    from probes.result import ProbeResult
+    from probes.taxonomy import load_taxonomy
+
+    tax = load_taxonomy("gmm-two-by-two")
+    sigmas = torch.exp(torch.linspace(math.log(8.0), math.log(0.1), 12)).double()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 12, 5, generator=g, dtype=torch.float64) * torch.linspace(0.1, 4.0, 12)[None, :, None]
+    log_probs = torch.log_softmax(logits, -1)[..., :4]  # the fifth class is outside the taxonomy
+    prior = torch.full((4,), 0.25, dtype=torch.float64)
+
+    def result(rows):
+        return ProbeResult(taxonomy=tax, estimates={"plugin": EstimatorOutput("plugin", sigmas, log_probs=rows)},
+                           prior=prior)
+
+    curves = result(log_probs).entropy()
+    assert curves.sample_weight() is not None
+    counts = np.random.default_rng(1).multinomial(40, np.full(40, 1 / 40), size=3).astype(np.float64)
+    for axis in ("log_sigma", "vp_time"):
+        replicates = decision_replicates(curves, counts, axis=axis)
+        for b, c in enumerate(counts):
+            repeated = result(log_probs[np.repeat(np.arange(40), c.astype(int))])
+            point = repeated.decisions(axis=axis, n_boot=0)
+            for node, d in point.items():
+                expected = math.nan if d is None else d.decision_sigma
+                assert math.isclose(replicates[node][b], expected, rel_tol=1e-9) or (
+                    math.isnan(expected) and math.isnan(replicates[node][b])), (axis, node, b)
+    with pytest.raises(ProbesError, match="replicate weights"):
+        decision_replicates(curves, counts[:, :10])

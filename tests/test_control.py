@@ -14,6 +14,7 @@ from probes.cli import main
 from probes.errors import ProbesError
 from probes.interval import derive_interval, gain_band
 from probes.noise import entropic_grid, geometric_grid
+from probes.result import load
 from probes.run import run_recipe
 
 
@@ -107,6 +108,22 @@ def test_bad_interval_input_is_one_clear_line(runs, capsys, args, message):
     assert err.count("\n") == 0 and message in err, err
 
 
+def test_interval_reads_saved_results_as_it_reads_runs(runs, tmp_path, capsys):
+    """A result saved with ``ProbeResult.save`` gives the run's own lines; a damaged one is one
+    line naming the file."""
+    for name in ("w1", "w3"):
+        load(runs / name).save(tmp_path / name, n_boot=0)
+    for args in (["{}/w3", "--against", "{}/w1"], ["{}/w1", "--node", "root"], ["{}/w3", "--level", "1"]):
+        assert main(["interval", *(a.format(runs) for a in args)]) == 0
+        from_runs = capsys.readouterr().out.replace(str(runs), "DIR")
+        assert main(["interval", *(a.format(tmp_path) for a in args)]) == 0
+        assert capsys.readouterr().out.replace(str(tmp_path), "DIR") == from_runs
+    (tmp_path / "w1" / "posteriors.safetensors").write_bytes(b"not a record")
+    assert main(["interval", str(tmp_path / "w3"), "--against", str(tmp_path / "w1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(tmp_path / "w1" / "posteriors.safetensors") in err, err
+
+
 # --- grid: {from_run: DIR} ----------------------------------------------------------------------------
 
 
@@ -127,19 +144,34 @@ def test_a_grid_from_a_missing_run_is_one_line_naming_the_field(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def _fake_run(path: Path, scale: float, mutual_info: dict) -> Path:
-    """A finished run directory holding only what probes interval reads: run.json and curves.csv."""
-    path.mkdir()
-    state = {"status": "complete", "primary_estimator": "exact",
-             "recipe": {"sampling": {"condition": "leaf", "guidance": {"scale": scale, "interval": None}}}}
-    (path / "run.json").write_text(json.dumps(state))
-    lines = ["estimator,sigma,vp_time,log_snr,kind,name,entropy,stderr,mutual_info,n_samples"]
-    for level, (sigmas, mi) in mutual_info.items():
-        lines += [f"exact,{float(s)!r},,,level,{level},,0,{float(m)!r},100" for s, m in zip(sigmas, mi)]
-    (path / "curves.csv").write_text("\n".join(lines) + "\n")
-    (path / "decisions.csv").write_text("estimator,kind,name,decision_sigma,window_lo,window_hi,interval_lo,"
-                                        "interval_hi,vp_time,log_snr,peak_rate,at_edge\n")
-    return path
+def _binary_posterior(information: np.ndarray) -> np.ndarray:
+    """The p in [1/2, 1) whose binary entropy is ``log 2 - information`` (bisection; h falls on it)."""
+    lo, hi = np.full_like(information, 0.5), np.full_like(information, 1.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        h = -(mid * np.log(mid) + (1 - mid) * np.log1p(-mid))
+        low_info = math.log(2) - h < information
+        lo, hi = np.where(low_info, mid, lo), np.where(low_info, hi, mid)
+    return (lo + hi) / 2
+
+
+def _saved_result(path: Path, scale: float, sigmas: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> Path:
+    """A saved probe result (``ProbeResult.save``) on ``gmm-two-by-two`` whose mutual information is
+    ``coarse`` about level 1 and ``coarse + fine`` about level 2, with the guidance scale a probe
+    records. Its posterior is a product: the coarse split with p1 (``log 2 - h(p1) = coarse``) and,
+    within each group, the fine split with p2; under the uniform prior ``I_1 = log 2 - h(p1)`` and
+    ``I_2 = log 4 - h(p1) - h(p2)``."""
+    from probes.estimators import EstimatorOutput
+    from probes.result import ProbeResult
+    from probes.taxonomy import load_taxonomy
+
+    p1, p2 = _binary_posterior(coarse), _binary_posterior(fine)
+    leaves = np.stack([p1 * p2, p1 * (1 - p2), (1 - p1) * p2, (1 - p1) * (1 - p2)], -1)  # left-a .. right-b
+    log_probs = torch.from_numpy(np.log(leaves))[None].expand(2, -1, -1).contiguous()
+    out = EstimatorOutput("exact", torch.from_numpy(sigmas), log_probs=log_probs)
+    result = ProbeResult(taxonomy=load_taxonomy("gmm-two-by-two"), estimates={"exact": out},
+                         prior=torch.full((4,), 0.25, dtype=torch.float64), meta={"guidance_scale": scale})
+    return result.save(path, n_boot=0)
 
 
 def test_the_pair_interval_spans_the_gain_band_of_every_level(tmp_path):
@@ -153,8 +185,10 @@ def test_the_pair_interval_spans_the_gain_band_of_every_level(tmp_path):
 
     coarse, fine = gap(8.0, 0.3, 0.6), gap(1.0, 0.3, 0.2)  # the fine gain is smaller: dI_2 peaks at 8
     zero = np.zeros_like(u)
-    plain = _fake_run(tmp_path / "plain", 1.0, {1: (sigmas, zero), 2: (sigmas, zero)})
-    guided = _fake_run(tmp_path / "guided", 3.0, {1: (sigmas, coarse), 2: (sigmas, coarse + fine)})
+    plain = _saved_result(tmp_path / "plain", 1.0, sigmas, zero, zero)
+    guided = _saved_result(tmp_path / "guided", 3.0, sigmas, coarse, fine)
+    curves = load(guided).entropy()  # the saved posteriors carry the designed information
+    np.testing.assert_allclose(curves.mutual_information(), np.stack([coarse, coarse + fine], -1), atol=1e-9)
     lo, hi = derive_interval(guided, against=plain)["interval"]
     half = 0.3 * math.log(3 + 2 * math.sqrt(2))
     step = math.log(sigmas[0] / sigmas[1])

@@ -50,6 +50,19 @@ def test_two_halves_merge_to_the_whole(whole_and_halves):
     # A merged result merges again (three shards), and saves like any result.
     again = probes.merge_results([a, probes.merge_results([b])])
     assert again.meta["merged_from"] == 2 and torch.equal(again.log_posteriors(), merged.log_posteriors())
+    # Each part's per-sample seeds, in sample order: the merged result pairs with the whole one.
+    assert merged.meta["generator"] == whole.meta["generator"] == {"seeds": [0, 1, 2, 3], "per_sample": True,
+                                                                   "device": "cpu"}
+    assert merged.compare(whole, n_boot=10).pairing == "paired"
+
+
+def test_parts_drawn_from_one_generator_each_merge_without_seeds(whole_and_halves):
+    """One generator per call: its seed fixed that call's draws only, so the merge claims none."""
+    _, a, b = whole_and_halves
+    single = probes.ProbeResult(taxonomy=b.taxonomy, estimates=b.estimates,
+                                meta=dict(b.meta, generator={"seeds": [7], "per_sample": False, "device": "cpu"}))
+    merged = probes.merge_results([a, single])
+    assert merged.n_samples == 4 and "generator" not in merged.meta
 
 
 def test_mismatches_are_one_line(whole_and_halves):

@@ -159,3 +159,54 @@ def test_probe_t5_pipelines_with_text_prompts(case):
     with torch.no_grad():
         d = family.denoiser(pipe)(x, 2.0, prompts)
     assert d.shape == x.shape and torch.isfinite(d).all() and not torch.allclose(d[0], d[1])
+
+
+# --- the seeds of a probe, for compare's pairing -------------------------------------------------
+
+
+def _seeded_probe(generator, guidance=3.0, prompts=("a cat", "a dog")):
+    tax = load_taxonomy(TAX)
+    return probes.probe(tp.family_pipe("stable-diffusion"), tax, classifier=LinearLogits(len(tax.leaves)),
+                        estimators=["plugin"], prompt=list(prompts), guidance_scale=guidance,
+                        num_inference_steps=4, output_type="latent", generator=generator)
+
+
+def _generators(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_a_probe_records_its_generators_seeds_and_compare_pairs_on_them(tmp_path):
+    w1 = _seeded_probe(_generators(5, 9), guidance=1.0)
+    w3 = _seeded_probe(_generators(5, 9), guidance=3.0)
+    assert w3.meta["generator"] == {"seeds": [5, 9], "per_sample": True, "device": "cpu"}
+    assert w3.meta["guidance_scale"] == 3.0
+    # Same seeds, same sample count: paired automatically, as probes run results are; also after saving.
+    same = w1.compare(w3, n_boot=20)
+    assert same.pairing == "paired" and "seeds [5, 9]" in same.pairing_reason, same.pairing_reason
+    saved = probes.load(w3.save(tmp_path / "w3", n_boot=0))
+    assert saved.meta["generator"] == w3.meta["generator"] and w1.compare(saved, n_boot=20).pairing == "paired"
+    # The same seeds drew the same initial noise: the first recorded states agree.
+    assert torch.equal(w1.trajectory.states[0], w3.trajectory.states[0])
+    other = w1.compare(_seeded_probe(_generators(6, 9), guidance=3.0), n_boot=20)
+    assert other.pairing == "independent" and "different seeds" in other.pairing_reason
+
+
+def test_one_generator_for_the_call_is_recorded_as_such():
+    result = _seeded_probe(torch.Generator().manual_seed(11))
+    assert result.meta["generator"] == {"seeds": [11], "per_sample": False, "device": "cpu"}
+    again = _seeded_probe(torch.Generator().manual_seed(11), guidance=1.0)
+    comparison = result.compare(again, n_boot=20)
+    assert comparison.pairing == "paired" and "one generator, seed 11" in comparison.pairing_reason
+
+
+def test_without_known_seeds_nothing_is_recorded_and_compare_stays_independent():
+    used = torch.Generator().manual_seed(3)
+    torch.randn(4, generator=used)  # drawn from before the call: its seed no longer fixes its draws
+    cases = {"no generator": None, "a used generator": [used, torch.Generator().manual_seed(4)]}
+    for what, generator in cases.items():
+        a = _seeded_probe(generator)
+        assert "generator" not in a.meta, what
+        b = _seeded_probe(None if generator is None else _generators(3, 4))
+        comparison = a.compare(b, n_boot=20)
+        assert comparison.pairing == "independent" and "not recorded" in comparison.pairing_reason, what
+        assert a.compare(b, n_boot=20, pairing="paired").pairing == "paired"  # still available when asked

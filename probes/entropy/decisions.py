@@ -24,6 +24,9 @@ takes the rate against ``log_sigma`` (the default), ``vp_time`` (``t = 0.5 log(1
 peaks where the log-sigma rate does, at half its height). Every sigma of a decision is the sigma at
 that axis's peak. A peak whose half-peak half-width spans fewer than ``MIN_POINTS_PER_HALF_WIDTH``
 grid spacings (on that axis, at the peak) is flagged ``under_resolved``: the grid cannot place it.
+
+:func:`decision_replicates` decides every node under sample counts the caller supplies, so that
+two sets of curves can be resampled together (``probes compare``'s decision shifts).
 """
 
 from __future__ import annotations
@@ -208,6 +211,46 @@ def _half_peak_window(x: np.ndarray, r: np.ndarray, i: int, peak: float) -> tupl
 # --------------------------------------------------------------------------------------------
 
 
+def _means(per_sample: np.ndarray, weights: np.ndarray | None, sample_weight: np.ndarray | None):
+    """The mean ``[S, K]`` of ``per_sample [N, S, K]`` over its finite entries, each sample weighted
+    by ``sample_weight [N, S]`` (inside mass) or equally, and the same mean under each bootstrap
+    replicate's sample counts ``weights [B, N]`` (``[B, S, K]``; None without weights)."""
+    N, S, K = per_sample.shape
+    finite = np.isfinite(per_sample)
+    w = np.ones((N, S, 1)) if sample_weight is None else sample_weight[..., None]
+    finite_w = np.where(finite, w, 0.0)
+    filled = np.where(finite, per_sample, 0.0) * finite_w
+    count = finite_w.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, filled.sum(0) / np.where(count > 0, count, 1.0), np.nan)  # [S, K]
+    boot = None
+    if weights is not None:
+        B = weights.shape[0]
+        num = weights @ filled.reshape(N, S * K)
+        den = weights @ finite_w.reshape(N, S * K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.where(den > 0, num / den, np.nan).reshape(B, S, K)
+    return mean, boot
+
+
+def _usable_groups(mean: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
+    """Curves grouped by which sigma points their mean has (``(points, curve indices)``), so each
+    group's rates and peaks are one vectorised call."""
+    usable = np.isfinite(mean)  # [S, K]
+    groups: dict[bytes, list[int]] = {}
+    for k in range(mean.shape[1]):
+        groups.setdefault(usable[:, k].tobytes(), []).append(k)
+    return [(np.flatnonzero(usable[:, ks[0]]), ks) for ks in groups.values()]
+
+
+def _replicate_peaks(x: np.ndarray, boot: np.ndarray, pts: np.ndarray, ks: list[int], flat_tol: float) -> np.ndarray:
+    """Peak coordinates ``[B, G]`` of the replicate means ``boot [B, S, K]`` for the curves ``ks``
+    on the points ``pts`` (``x`` = their coordinates); NaN where a replicate's rate is flat."""
+    bm = np.transpose(boot[:, pts][:, :, ks], (0, 2, 1))  # [B, G, P]
+    bxp, _, _ = _peaks(x, np.gradient(bm, x, axis=-1), flat_tol)
+    return bxp
+
+
 def _decide_family(
     kind: str,
     names: list,
@@ -222,31 +265,10 @@ def _decide_family(
     """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate);
     ``sample_weight [N, S]`` weights the samples in every mean (inside mass), else equal."""
     to_sigma = lambda v: float(sigma_of_coordinate(axis, v))
-    N, S, K = per_sample.shape
-    finite = np.isfinite(per_sample)
-    w = np.ones((N, S, 1)) if sample_weight is None else sample_weight[..., None]
-    finite_w = np.where(finite, w, 0.0)
-    filled = np.where(finite, per_sample, 0.0) * finite_w
-    count = finite_w.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, filled.sum(0) / np.where(count > 0, count, 1.0), np.nan)  # [S, K]
-
-    boot = None
-    if weights is not None:
-        B = weights.shape[0]
-        num = weights @ filled.reshape(N, S * K)
-        den = weights @ finite_w.reshape(N, S * K)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boot = np.where(den > 0, num / den, np.nan).reshape(B, S, K)
+    mean, boot = _means(per_sample, weights, sample_weight)
 
     out: dict = {}
-    # group nodes by which sigma points are usable, so each group is one vectorised call
-    usable = np.isfinite(mean)  # [S, K]
-    groups: dict[bytes, list[int]] = {}
-    for k in range(K):
-        groups.setdefault(usable[:, k].tobytes(), []).append(k)
-    for _key, ks in groups.items():
-        pts = np.flatnonzero(usable[:, ks[0]])
+    for pts, ks in _usable_groups(mean):
         if len(pts) < 3:
             for k in ks:
                 out[names[k]] = None
@@ -256,8 +278,7 @@ def _decide_family(
         r = np.gradient(m, x, axis=-1)
         xp, yp, idx = _peaks(x, r, flat_tol)
         if boot is not None:
-            bm = np.transpose(boot[:, pts][:, :, ks], (0, 2, 1))  # [B, G, P]
-            bxp, _, _ = _peaks(x, np.gradient(bm, x, axis=-1), flat_tol)
+            bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
         for g, k in enumerate(ks):
             if not np.isfinite(xp[g]):
                 out[names[k]] = None
@@ -332,6 +353,48 @@ def decide(
         "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci, axis, sample_weight
     )
     return {"nodes": nodes, "levels": levels}
+
+
+def decision_replicates(curves: EntropyCurves, weights: np.ndarray, axis: str = "log_sigma",
+                        flat_tol: float = FLAT_TOL) -> dict:
+    """Each internal node's decision sigma under each bootstrap replicate: ``{node: [B]}`` (NaN
+    where a replicate's rate is flat or the node gets no decision), for sample counts ``weights
+    [B, N]`` supplied by the caller (so two sets of curves can share or pair their replicates).
+
+    Each replicate is decided as :func:`decide` decides the curves: the (inside-weighted) mean
+    under the replicate's counts, its rate against ``axis`` on the sigma points the full-sample
+    mean has, and the refined argmax of that rate."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != curves.n_samples:
+        raise ProbesError(f"decisions: replicate weights must be [replicates, {curves.n_samples}], "
+                          f"not {list(weights.shape)}")
+    order = _ascending(curves.sigmas)
+    x_all = axis_coordinate(axis, curves.sigmas[order])
+    sample_weight = curves.sample_weight()
+    if sample_weight is not None:
+        sample_weight = sample_weight[:, order]
+    names = list(curves.node_names)
+    mean, boot = _means(curves.nodes[:, order], weights, sample_weight)
+    out = {str(n): np.full(weights.shape[0], np.nan) for n in names}
+    for pts, ks in _usable_groups(mean):
+        if len(pts) < 3:
+            continue
+        x = x_all[pts]
+        # a node the full sample does not decide gets no decision, whatever its replicates say
+        _, yp, _ = _peaks(x, np.gradient(mean[pts][:, ks].T, x, axis=-1), flat_tol)
+        bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
+        for g, k in enumerate(ks):
+            if np.isfinite(yp[g]):
+                out[str(names[k])] = sigma_of_coordinate(axis, bxp[:, g])
+    return out
+
+
+def axis_value(axis: str, sigma):
+    """Where ``sigma`` lies on ``axis`` in that axis's own units, as decisions report it: log sigma,
+    VP time ``t`` or log-SNR ``lambda = -2 log sigma`` (which falls as sigma grows)."""
+    if axis == "log_snr":
+        return -axis_coordinate(axis, sigma)
+    return axis_coordinate(axis, sigma)
 
 
 def decide_axes(curves: EntropyCurves, axes=AXES, **kwargs) -> dict:

@@ -26,18 +26,24 @@ the taxonomy (:meth:`EntropyCurves.sample_weight`), in the point estimate and in
 ``stderr`` is the standard error of the mean entropy difference (linearised over the samples,
 taken together when paired, ``sqrt(se_A^2 + se_B^2)`` otherwise); it leaves out the prior's own
 uncertainty, which the bootstrap intervals include.
+
+**Decision shifts.** Each node's decision (:mod:`probes.entropy.decisions`: the peak of its
+contribution's rate) moves from A to B by ``value_B - value_A`` on each axis in that axis's units:
+log sigma (``log(sigma_B / sigma_A)``), VP time ``t`` and log-SNR ``lambda``. Its interval comes from
+the same replicates: each decides A and B under its two weight vectors, and the percentiles are
+taken over the replicates in which both decided.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from probes.errors import ProbesError
 
-from .decisions import _refine
+from .decisions import AXES, _refine, axis_value, decide, decision_replicates
 from .engine import EntropyCurves
 
 PAIRINGS = ("paired", "independent")
@@ -85,8 +91,33 @@ class Difference:
 
 
 @dataclass
+class DecisionShift:
+    """How far one node's decision moved from A to B on one ``axis``.
+
+    ``sigma_a`` / ``sigma_b`` are the decision sigmas (NaN where that set does not decide the
+    node); ``shift`` is ``value_B - value_A`` in the axis's units (:func:`~probes.entropy.decisions.axis_value`:
+    log sigma, VP time, log-SNR); ``interval`` its bootstrap percentile interval (None without
+    two replicates in which both decided) and ``n_boot`` the number of such replicates.
+    """
+
+    name: str
+    axis: str
+    sigma_a: float
+    sigma_b: float
+    shift: float
+    interval: tuple[float, float] | None = None
+    n_boot: int = 0
+
+    def summary(self) -> dict:
+        return {"sigma_a": self.sigma_a, "sigma_b": self.sigma_b, "shift": self.shift,
+                "shift_interval": None if self.interval is None else [float(v) for v in self.interval],
+                "n_boot": self.n_boot}
+
+
+@dataclass
 class CurveComparison:
-    """Every level's and node's :class:`Difference`, and how the intervals were made."""
+    """Every level's and node's :class:`Difference`, each node's :class:`DecisionShift` per axis
+    (``shifts[node][axis]``, nodes in A's order), and how the intervals were made."""
 
     pairing: str
     n_boot: int
@@ -95,6 +126,7 @@ class CurveComparison:
     n_samples: tuple[int, int]
     levels: dict[int, Difference]
     nodes: dict[str, Difference]
+    shifts: dict[str, dict[str, DecisionShift]] = field(default_factory=dict)
 
 
 def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int = 200, seed: int = 0,
@@ -139,7 +171,38 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
                                  b.prior_nodes[ib], None if prior_a[1] is None else prior_a[1][:, ia],
                                  None if prior_b[1] is None else prior_b[1][:, ib], w_a, w_b, paired)
     return CurveComparison(pairing="paired" if paired else "independent", n_boot=n_boot, ci=ci, seed=seed,
-                           n_samples=(n_a, n_b), levels=levels, nodes=nodes)
+                           n_samples=(n_a, n_b), levels=levels, nodes=nodes,
+                           shifts=decision_shifts(a, b, w_a, w_b, ci))
+
+
+def decision_shifts(a: EntropyCurves, b: EntropyCurves, w_a=None, w_b=None, ci: float = 0.95,
+                    axes=AXES) -> dict[str, dict[str, DecisionShift]]:
+    """Each of A's internal nodes' :class:`DecisionShift` on each axis, with intervals from the
+    replicate sample counts ``w_a``, ``w_b`` ``[B, N]`` (the same array for paired sets; None: no
+    intervals)."""
+    q = 100 * (1 - ci) / 2
+    out: dict[str, dict[str, DecisionShift]] = {str(n): {} for n in a.node_names}
+    for axis in axes:
+        point_a = decide(a, n_boot=0, axis=axis)["nodes"]
+        point_b = decide(b, n_boot=0, axis=axis)["nodes"]
+        boot_a = boot_b = None
+        if w_a is not None and w_b is not None and len(w_a) >= 2:
+            boot_a, boot_b = decision_replicates(a, w_a, axis), decision_replicates(b, w_b, axis)
+        for node, da in point_a.items():
+            db = point_b.get(node)
+            sa = np.nan if da is None else float(da.decision_sigma)
+            sb = np.nan if db is None else float(db.decision_sigma)
+            shift = DecisionShift(name=str(node), axis=axis, sigma_a=sa, sigma_b=sb,
+                                  shift=float(axis_value(axis, sb) - axis_value(axis, sa)))
+            if boot_a is not None and str(node) in boot_b:
+                moved = axis_value(axis, boot_b[str(node)]) - axis_value(axis, boot_a[str(node)])
+                moved = moved[np.isfinite(moved)]
+                shift.n_boot = len(moved)
+                if len(moved) >= 2:
+                    lo, hi = np.percentile(moved, [q, 100 - q])
+                    shift.interval = (float(lo), float(hi))
+            out[str(node)][axis] = shift
+    return out
 
 
 def prior_sums(curves: EntropyCurves, log_probs) -> tuple[np.ndarray, np.ndarray]:

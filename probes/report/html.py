@@ -351,14 +351,21 @@ def write_compare_report(out, comparison, run_a, run_b) -> Path:
     series = [(f"level {k}", d.sigmas, d.delta) for k, d in comparison.levels.items()]
     shade = [(d.band[0], d.band[1], PALETTE[k % len(PALETTE)])
              for k, d in enumerate(comparison.levels.values()) if d.band]
+    def ratio_interval(s):
+        lo_hi = s.get("ratio_interval")
+        return "" if lo_hi is None else f"×{_g(lo_hi[0])} – ×{_g(lo_hi[1])}"
+
     shifts = "".join(f"<tr><td>{html.escape(n)}</td><td>{_g(s['sigma_a'])}</td><td>{_g(s['sigma_b'])}</td>"
-                     f"<td>×{_g(s['ratio'])}</td></tr>" for n, s in comparison.shifts.items())
+                     f"<td>×{_g(s['ratio'])}</td><td>{ratio_interval(s)}</td></tr>"
+                     for n, s in comparison.shifts.items())
+    pct = f"{100 * comparison.curves.ci:g}%"
     body = (f"<h1>probes compare</h1><p>B = {html.escape(str(run_b))} against A = {html.escape(str(run_a))} "
             f"({html.escape(comparison.estimator)} estimator).</p>"
             "<h2>Information B gains over A, per level</h2><section>"
             + line_chart(series, "I_B − I_A [nats]", shade) + "<p>Shaded: where |ΔI| exceeds half its peak.</p>"
             + f"<pre>{html.escape(comparison.text(run_a, run_b))}</pre></section>"
-            "<h2>Decision σ per node</h2><section><table><tr><th>node</th><th>A</th><th>B</th><th>ratio</th></tr>"
+            "<h2>Decision σ per node</h2><section><table><tr><th>node</th><th>A</th><th>B</th><th>ratio</th>"
+            f"<th>{pct} interval</th></tr>"
             + shifts + "</table></section>")
     return atomic_write_text(out / "report.html", _page("probes compare", body))
 
