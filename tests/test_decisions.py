@@ -126,3 +126,24 @@ def test_window_surrounds_the_peak_on_a_noisy_rate():
     assert peak[0] > 2 * r[i[0]]  # the overshoot this guards against
     lo, hi, _ = _half_peak_window(x, r, int(i[0]), float(peak[0]))
     assert lo <= x[i[0]] <= hi
+
+
+def test_no_grid_point_gaining_information_is_no_decision():
+    """Rates negative at every grid point (information only lost, as a noisy tiny model can give)
+    whose parabola through the top three points still pokes above zero: no decision, no window
+    outside the grid (this once gave a vp_time window edge below t = 0, hence a NaN sigma)."""
+    from probes.entropy.decisions import _peaks
+
+    x = np.array([0.0024, 0.0411, 0.3326, 1.0601, 1.901, 2.6844])  # vp_time coordinates
+    r = np.array([-0.0035, -0.0031, -0.0002, -0.0003, -0.0049, -0.0105])
+    xp, peak, _ = _peaks(x, r[None], 1e-12)
+    assert np.isnan(xp[0]) and np.isnan(peak[0])
+    # through decide(): a mean curve with exactly these rates decides nothing on any axis
+    sigmas = np.sqrt(np.expm1(2 * x))
+    values = np.concatenate([[0.0], np.cumsum(np.diff(x) * (r[1:] + r[:-1]) / 2)]) + 1.0
+    nodes = np.tile(values[None, :, None], (3, 1, 1))
+    with np.errstate(invalid="raise"):
+        for axis in ("log_sigma", "vp_time", "log_snr"):
+            out = decide(curves_from(nodes, sigmas, levels=nodes), axis=axis, n_boot=10)
+            d = out["nodes"]["n0"]
+            assert d is None or np.isfinite(d.window).all()

@@ -168,7 +168,10 @@ def _peaks(x: np.ndarray, r: np.ndarray, flat_tol: float):
     rr = np.where(np.isfinite(r), r, -np.inf)
     i = np.argmax(rr, axis=-1)
     xp, yp = _refine(x, np.where(np.isfinite(r), r, 0.0), i)
-    flat = bad | ~(yp > flat_tol)
+    # no grid point gaining information means no decision, even where the parabola through the
+    # top three points pokes above zero (its half-peak window would lie outside the grid)
+    top = np.take_along_axis(rr, i[..., None], -1)[..., 0]
+    flat = bad | ~(yp > flat_tol) | ~(top > flat_tol)
     return np.where(flat, np.nan, xp), np.where(flat, np.nan, yp), i
 
 
