@@ -198,6 +198,17 @@ def recipe_for(family: str, args, estimators: str, primary: str, guided: bool):
     return load_recipe(RECIPES[family], overrides=sets)
 
 
+def networks_inside(denoiser) -> list:
+    """The outermost diffusers networks inside a denoiser that no pipeline builds (the shipped
+    digits UNet), so ``--compile`` and ``--channels-last`` reach them too."""
+    from diffusers import ModelMixin
+
+    if not isinstance(denoiser, torch.nn.Module):
+        return []  # Gaussian mixtures: closed-form, nothing to compile
+    found = [m for m in denoiser.modules() if isinstance(m, ModelMixin)]
+    return [m for m in found if not any(m is not o and any(m is c for c in o.modules()) for o in found)]
+
+
 class Bench:
     """One family's recipe, built once, timed plain and probed."""
 
@@ -213,6 +224,12 @@ class Bench:
         self.latent = size or native.get(family)
         with pipeline_built_in_code(family, self.latent, args):
             self.parts = build_components(self.recipe)
+        if family not in full_size.BUILDERS and family != "edm2":
+            for net in networks_inside(self.parts.denoiser):  # the digits UNet: no pipeline to hook
+                if args.channels_last:
+                    net.to(memory_format=torch.channels_last)
+                if args.compile:
+                    net.compile()
         shapes = full_size.BUILDERS.get(family, (None, None, None))[2]
         if shapes is not None:  # text families built without their text encoders
             from probes.adapters.text import TextDenoiser
