@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.entropy.decisions import check_n_boot
 from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves, prior_sums
 from probes.errors import ProbesError
 from probes.fileio import atomic_path
@@ -46,8 +47,7 @@ def add_compare_commands(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    if args.n_boot < 0:
-        raise ProbesError(f"--n-boot: must be 0 or more, got {args.n_boot}")
+    check_n_boot(args.n_boot, "--n-boot")
     result = compare_runs(args.run_a, args.run_b, estimator=args.estimator, out=args.out, pairing=args.pairing,
                           n_boot=args.n_boot)
     print(result["text"])

@@ -253,6 +253,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps,
                        resolve=recipe.resolve_path)
+    for est in estimators:
+        est.check_grid(len(sigmas))
     n_batches = math.ceil(s.samples / s.batch_size)
     sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
     headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]

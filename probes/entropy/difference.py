@@ -37,7 +37,7 @@ import numpy as np
 
 from probes.errors import ProbesError
 
-from .decisions import _refine
+from .decisions import _refine, check_n_boot
 from .engine import EntropyCurves
 
 PAIRINGS = ("paired", "independent")
@@ -119,7 +119,7 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
     n_a, n_b = a.n_samples, b.n_samples
     if paired and n_a != n_b:
         raise ProbesError(f"compare: paired resampling needs as many samples in both ({n_a} and {n_b})")
-    n_boot = max(0, int(n_boot))
+    n_boot = check_n_boot(n_boot, "compare: n_boot")
     rng = np.random.default_rng(seed)
     w_a = w_b = None
     if n_boot:

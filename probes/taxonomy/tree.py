@@ -225,6 +225,12 @@ class Taxonomy:
             raise ProbesError(f"taxonomy '{self.name}': '{n}' is a leaf and has no partition")
         return {c: self.leaves_under(c) for c in self._children[n]}
 
+    def require_a_choice(self) -> None:
+        """Probing measures how a sample chooses between leaves: one leaf leaves nothing to measure."""
+        if len(self._leaves) < 2:
+            raise ProbesError(f"taxonomy '{self.name}': a single leaf ({self._leaves[0]!r}); probing needs at least "
+                              "two leaves to tell apart")
+
     # -- derived trees ----------------------------------------------------------------------
     def restrict(self, leaves) -> Taxonomy:
         """A new taxonomy over a subset of the leaves, in this taxonomy's order.
