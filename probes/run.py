@@ -116,6 +116,8 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
 
 def _check_writable(out: Path) -> None:
     """``--out`` must be (or be creatable as) a directory we can write in."""
+    if out.is_symlink() and not out.exists():
+        raise ProbesError(f"--out {out}: a symbolic link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise ProbesError(f"--out {out}: exists and is not a directory")
     probe = out
@@ -127,6 +129,18 @@ def _check_writable(out: Path) -> None:
         raise ProbesError(f"--out {out}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ProbesError(f"--out {out}: cannot create files in {probe} (read-only or no permission)")
+
+
+def _check_grid_source(recipe: Recipe, out: Path) -> None:
+    """A grid read from the run directory this run writes would vanish with it (and a resume could
+    not read it back)."""
+    grid = recipe.sampling.grid
+    if isinstance(grid, str):
+        return
+    source = Path(recipe.resolve_path(grid.from_run))
+    if source.resolve() == out.resolve():
+        raise ProbesError(f"sampling.grid.from_run: {grid.from_run} is --out itself; take the grid from another run "
+                          "(copy this one elsewhere first)")
 
 
 def _read_state(out: Path) -> dict:
@@ -240,6 +254,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     from probes.estimators import ProbeContext, build_estimator
     from probes.report.rundir import write_run_json
 
+    _check_grid_source(recipe, out)
     marker = group.on_main(lambda: check_out_dir(out, resume, overwrite))
     t_start = time.perf_counter()
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
