@@ -119,6 +119,7 @@ class Comparison:
         from probes.report.rundir import atomic_write_text, format_float, write_csv
 
         out = Path(out)
+        _check_out(out)
         out.mkdir(parents=True, exist_ok=True)
         extra = ["delta_lo", "delta_hi", "rate", "rate_lo", "rate_hi"]
         for name, key, table in (("compare.csv", "level", self.levels), ("compare_nodes.csv", "node", self.nodes)):
@@ -134,6 +135,24 @@ class Comparison:
         _plot(out / "compare.png", self)
         write_compare_report(out, self, label_a, label_b)
         return out
+
+
+COMPARE_FILES = ("compare.csv", "compare_nodes.csv", "compare.json", "compare.png", "report.html")
+
+
+def _check_out(out: Path) -> None:
+    """The comparison's folder is new, empty or an earlier comparison: never a run directory or a
+    folder of the user's own files, whose ``report.html`` it would replace."""
+    if out.exists() and not out.is_dir():
+        raise ProbesError(f"--out {out}: exists and is not a directory")
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if name not in COMPARE_FILES]
+    if foreign or (entries and "compare.json" not in entries):
+        shown = ", ".join((foreign or entries)[:3])
+        raise ProbesError(f"--out {out}: holds files that are not an earlier comparison ({shown}); choose an empty "
+                          "or new folder")
 
 
 def _describe(d, pct: str) -> str:
@@ -207,6 +226,16 @@ def choose_pairing(a, b, pairing: str = "auto") -> tuple[bool, str]:
 def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200, seed: int = 0,
                     ci: float = 0.95) -> Comparison:
     """:meth:`probes.result.ProbeResult.compare`: B's information gain over A (see the module docstring)."""
+    from probes.result import ProbeResult
+
+    for result, which in ((a, "A"), (b, "B")):
+        if not isinstance(result, ProbeResult):
+            raise ProbesError(f"compare: result {which} is a {type(result).__name__}, not a ProbeResult")
+    if not a.taxonomy.same_tree(b.taxonomy):
+        la, lb = a.taxonomy.leaves, b.taxonomy.leaves
+        how = (f"leaves {_few(la)} vs {_few(lb)}" if la != lb else "the same leaves grouped differently")
+        raise ProbesError(f"compare: the results are over different taxonomies ({how}); compare results over one "
+                          "taxonomy")
     name = estimator_name(a, estimator)
     for result, which in ((a, "A"), (b, "B")):
         if name not in result.estimates:
@@ -219,6 +248,10 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
     files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
                       shifts=_decision_shifts(a, b, name), names_in_files=files)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" ... ({len(names)})" if len(names) > 4 else "")
 
 
 def _prior_sums(result, name: str, curves):
@@ -249,6 +282,8 @@ def compare_runs(run_a, run_b, estimator: str | None = None, out=None, pairing: 
     from probes.result import load
 
     run_a, run_b = Path(run_a), Path(run_b)
+    if out is not None:
+        _check_out(Path(out))  # before the work
     a, b = load(run_a), load(run_b)
     comparison = a.compare(b, estimator=estimator, pairing=pairing, n_boot=n_boot)
     if out is not None:

@@ -50,13 +50,9 @@ def _same_tensor(a, b) -> bool:
     return a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
 
 
-def _taxonomy_key(tax) -> tuple:
-    return tuple(tax.leaves), tuple(tax.internal_nodes), tuple(sorted(tax.graph.edges))
-
-
 def _check_same(first, other, k: int) -> None:
     where = f"merge_results: result {k} differs from result 0"
-    if _taxonomy_key(first.taxonomy) != _taxonomy_key(other.taxonomy):
+    if not first.taxonomy.same_tree(other.taxonomy):
         raise ProbesError(f"{where} in its taxonomy ({first.taxonomy.name!r} vs {other.taxonomy.name!r}); "
                           "merge results over one taxonomy")
     if list(first.estimates) != list(other.estimates):

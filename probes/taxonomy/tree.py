@@ -225,6 +225,12 @@ class Taxonomy:
             raise ProbesError(f"taxonomy '{self.name}': '{n}' is a leaf and has no partition")
         return {c: self.leaves_under(c) for c in self._children[n]}
 
+    def same_tree(self, other) -> bool:
+        """Whether ``other`` is a taxonomy with the same nodes, edges and leaf order (names and
+        metadata aside): results over the two index their leaves and levels alike."""
+        return isinstance(other, Taxonomy) and (self._leaves, self._nodes, self._children) == (
+            other._leaves, other._nodes, other._children)
+
     def require_a_choice(self) -> None:
         """Probing measures how a sample chooses between leaves: one leaf leaves nothing to measure."""
         if len(self._leaves) < 2:
