@@ -11,7 +11,7 @@ sigma grid, the prior and the provenance (family, pipeline, scheduler, estimator
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -29,6 +29,8 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
 
     Call counts add up; ``output`` and ``trajectory`` (per-process objects) are not kept.
     """
+    if isinstance(results, (str, bytes, ProbeResult)) or not isinstance(results, Iterable):
+        raise ProbesError(f"merge_results: expected a list of ProbeResults, got {type(results).__name__}")
     results = list(results)
     if not results:
         raise ProbesError("merge_results: no results to merge")
@@ -38,6 +40,7 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
     first = results[0]
     for k, r in enumerate(results[1:], start=1):
         _check_same(first, r, k)
+    _check_no_repeats(results)
     estimates = {name: _merge_outputs([r.estimates[name] for r in results]) for name in first.estimates}
     meta = dict(first.meta, merged_from=sum(r.meta.get("merged_from", 1) for r in results))
     return ProbeResult(taxonomy=first.taxonomy, estimates=estimates, meta=meta, prior=first.prior,
@@ -80,6 +83,26 @@ def _check_same(first, other, k: int) -> None:
     if keys:
         raise ProbesError(f"{where} in its provenance ({', '.join(keys)}: {first.meta.get(keys[0])!r} vs "
                           f"{other.meta.get(keys[0])!r})")
+
+
+def _check_no_repeats(results: list[ProbeResult]) -> None:
+    """The same shard twice (one result passed twice, a process's file merged twice) would count its
+    samples twice: refuse results that share a sample (an identical row of per-sample estimates,
+    which independent draws never give)."""
+    name = next(iter(results[0].estimates))
+    seen: dict[bytes, tuple[int, int]] = {}
+    for k, r in enumerate(results):
+        out = r.estimates[name]
+        rows = out.log_probs if out.log_probs is not None else out.levels
+        for i, row in enumerate(rows.detach().cpu().contiguous()):
+            if torch.isnan(row).any():  # unresolved entries (immse) say nothing of the sample
+                continue
+            key = row.numpy().tobytes()
+            if key in seen and seen[key][0] != k:
+                j, first = seen[key]
+                raise ProbesError(f"merge_results: sample {i} of result {k} is sample {first} of result {j} "
+                                  "(the same shard twice?); merge each process's result once")
+            seen.setdefault(key, (k, i))
 
 
 def _merge_outputs(outs: list[EstimatorOutput]) -> EstimatorOutput:

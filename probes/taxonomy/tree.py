@@ -23,7 +23,7 @@ import networkx as nx
 from probes.errors import ProbesError
 
 LIST_ATTRS = ("prompts", "aliases")
-TEXT_ATTRS = ("label", "description", "prompts", "aliases")
+TEXT_ATTRS = ("label", "description", "prompt", "prompts", "aliases")
 # WordNet is ~20 levels deep; anything past this is a generated file gone wrong, and deep
 # recursion in the readers (Newick, JSON) would fail without a useful message.
 MAX_DEPTH = 100
@@ -62,7 +62,14 @@ def _check_names(name: str, graph: nx.DiGraph) -> None:
             raise ProbesError(f"taxonomy '{name}': node name {node!r} {problem}")
         for key in TEXT_ATTRS:
             values = attrs.get(key)
-            for value in [values] if isinstance(values, str) else (values or []):
+            if values is None:
+                continue
+            many = key in LIST_ATTRS or key == "prompt"
+            if not (isinstance(values, str) or (many and isinstance(values, (list, tuple))
+                                                and all(isinstance(v, str) for v in values))):
+                kind = "a string or a list of strings" if many else "a string"
+                raise ProbesError(f"taxonomy '{name}': {key} of {node!r} must be {kind}, got {values!r}")
+            for value in [values] if isinstance(values, str) else values:
                 problem = name_problem(str(value))
                 if problem:
                     raise ProbesError(f"taxonomy '{name}': {key} of {node!r} {problem}")
@@ -76,9 +83,10 @@ class Taxonomy:
     """
 
     def __init__(self, graph: nx.DiGraph, name: str | None = None):
-        self.name = str(name if name is not None else graph.graph.get("name", "taxonomy"))
         if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
-            raise ProbesError(f"taxonomy '{self.name}': expected a networkx DiGraph")
+            raise ProbesError(f"taxonomy '{name or 'taxonomy'}': expected a networkx DiGraph, got "
+                              f"{type(graph).__name__}")
+        self.name = str(name if name is not None else graph.graph.get("name", "taxonomy"))
         if graph.number_of_nodes() == 0:
             raise ProbesError(f"taxonomy '{self.name}': the tree is empty")
         bad = next((n for n in graph if not isinstance(n, str)), None)
