@@ -52,14 +52,25 @@ def _normalise_attrs(attrs: dict) -> None:
             attrs[key] = [attrs[key]]
 
 
+def look_alike_key(text: str) -> str:
+    """What a name looks like on screen: compatibility-normalised (``é`` composed or not, ``ﬁ``
+    and ``fi``), invisible format characters (zero-width spaces) dropped."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+
+
 def _check_names(name: str, graph: nx.DiGraph) -> None:
     problem = name_problem(name)
     if problem:
         raise ProbesError(f"taxonomy name {name!r} {problem}")
+    looks: dict[str, str] = {}
     for node, attrs in graph.nodes(data=True):
         problem = name_problem(node) or ("is empty" if not node.strip() else None)
         if problem:
             raise ProbesError(f"taxonomy '{name}': node name {node!r} {problem}")
+        twin = looks.setdefault(look_alike_key(node), node)
+        if twin != node:  # two classes a reader (and a prompt) cannot tell apart
+            raise ProbesError(f"taxonomy '{name}': node names {ascii(twin)} and {ascii(node)} look the same (they "
+                              "differ only in Unicode normalisation or invisible characters)")
         for key in TEXT_ATTRS:
             values = attrs.get(key)
             if values is None:
