@@ -301,8 +301,12 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
 
 def describe_validation_error(err: ValidationError) -> str:
     """The first problem as ``field.path: message``, with a did-you-mean for misspelt fields."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    errors = err.errors()
+    first = errors[0]
+    if first["type"] == "literal_error" and isinstance(first["input"], dict):
+        # A mapping where a union takes a word or a section: the section's own problem is the one meant.
+        first = next((e for e in errors if e["type"] != "literal_error"), first)
+    loc = [str(p) for p in first["loc"] if str(p) not in _section_names()]
     if first["type"] == NUMBER_EXPECTED:  # raised for the section, about one of its fields
         loc.append(first["ctx"]["field"])
     # Discriminated unions put the chosen kind into the location: drop it for readability.
@@ -340,12 +344,21 @@ def _kinds(loc) -> str:
     return ", ".join(map(repr, kinds)) or "a kind"
 
 
+def _sections() -> tuple:
+    return (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
+            ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig)
+
+
+def _section_names() -> set[str]:
+    """Class names pydantic puts into the location of an error inside a union member."""
+    return {model.__name__ for model in _sections()}
+
+
 def _closest_field(_title: str, loc: list[str]) -> str | None:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
-                  ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig):
+    for model in _sections():
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None

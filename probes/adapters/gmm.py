@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from probes.adapters.base import Family
 from probes.schema import MAX_SCALE, MAX_SEED, Strict
 
+MAX_DIM = 1 << 16  # every node's mean is a vector of this length; SD latents have 16,384 values
 Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
 Coordinate = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE)]
 
@@ -26,7 +27,7 @@ class GMMModel(Strict):
     """A Gaussian mixture over the taxonomy's leaves (exact posteriors and denoisers)."""
 
     kind: Literal["gmm"]
-    dim: int | None = Field(None, gt=0)
+    dim: int | None = Field(None, gt=0, le=MAX_DIM)
     std: float = Field(1.0, gt=0, le=MAX_SCALE)
     weights: dict[str, float] | None = None
     means: dict[str, Annotated[list[Coordinate], Field(min_length=1)]] | None = None
