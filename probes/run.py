@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from probes.analysis import analyse_run
 from probes.components import Components, build_components, leaf_of_sample, samples_from_taxonomy
 from probes.denoisers.base import FiniteCheck
+from probes.distributed import env_int
 from probes.errors import ProbesError
 from probes.noise import make_grid
 from probes.outcomes import outcomes_of_run
@@ -162,7 +163,7 @@ def _check_resumable(out: Path, marker: dict, parts: dict[str, str]) -> None:
             "batch_size": "sampling.batch_size", "taxonomy": "the taxonomy's content",
             "model_files": "the model or classifier files", "device": "the device type"}
     old = marker.get("fingerprint_parts") or {}
-    changed = [what[k] for k in what if old.get(k) != parts.get(k)] or ["the run's inputs"]
+    changed = [what[k] for k in what if old and old.get(k) != parts.get(k)] or ["the run's inputs"]
     raise ProbesError(f"{out}: {' and '.join(changed)} changed since this run started; --resume needs the same "
                       "inputs (or pass --overwrite)")
 
@@ -449,7 +450,7 @@ def _set_threads(recipe: Recipe, parts: Components, group) -> None:
     elif parts.exact_model is not None:
         torch.set_num_threads(1)
     elif group.world > 1 and parts.device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", group.world))
+        local = env_int("LOCAL_WORLD_SIZE", group.world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 

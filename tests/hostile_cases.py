@@ -344,7 +344,7 @@ def _grid_from_its_own_out(f: Path) -> list[str]:
 def _marker_parts_a_list(f: Path) -> list[str]:
     out = unfinished_run(f)
     marker = json.loads((out / ".probes-run").read_text())
-    marker["fingerprint_parts"] = [1, 2]
+    marker["fingerprint"], marker["fingerprint_parts"] = "0" * 64, [1, 2]  # edited by hand
     (out / ".probes-run").write_text(json.dumps(marker))
     return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
 
@@ -455,6 +455,42 @@ def _api_save_onto_file(f: Path):
     path = write(f, "notes.txt", "precious")
     r = _result()
     return lambda: r.save(path)
+
+
+def _api_result_of_a_text_taxonomy(f: Path):
+    import torch
+
+    from probes.estimators.base import EstimatorOutput
+    from probes.result import ProbeResult
+
+    out = EstimatorOutput("plugin", torch.logspace(1, -1, 6, dtype=torch.float64), log_probs=torch.zeros(2, 6, 4))
+    return lambda: ProbeResult(taxonomy="gmm-two-by-two", estimates={"plugin": out}).decisions()
+
+
+def _torchrun_env(env: dict[str, str], join_seconds: float | None = None):
+    """``probes run`` with torchrun's variables set by hand (and, for a case that waits for peers
+    that never come, a join timeout of a few seconds); the environment is restored afterwards."""
+    def build(f: Path):
+        argv = ["run", recipe(f), "--out", str(f / "out"), "--quiet"]
+
+        def call() -> int:
+            from datetime import timedelta
+
+            import probes.distributed as distributed
+            from probes.cli import main
+
+            saved, timeout = {k: os.environ.get(k) for k in env}, distributed.JOIN_TIMEOUT
+            os.environ.update(env)
+            if join_seconds is not None:
+                distributed.JOIN_TIMEOUT = timedelta(seconds=join_seconds)
+            try:
+                return main(argv)
+            finally:
+                distributed.JOIN_TIMEOUT = timeout
+                for k, v in saved.items():
+                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        return call
+    return build
 
 
 def _api_probe_single_leaf(f: Path):
@@ -638,9 +674,10 @@ CASES: list[Case] = [
     Case("--out on a read-only place", "rundir", _readonly_out),
     Case("--out under a file", "rundir", _out_under_file, needle="afile"),
     Case("grid from a run whose run.json is damaged", "rundir", _grid_from_damaged_run, needle="run.json"),
-    Case("--resume with a marker whose fingerprint parts are a list", "rundir", _marker_parts_a_list, expect="ok"),
+    Case("--resume with a marker whose fingerprint parts are a list", "rundir", _marker_parts_a_list,
+         needle="changed"),
     Case("--out empty", "rundir", lambda f: ["run", recipe(f), "--out", "", "--quiet"], needle="--out"),
-    Case("--out a broken symbolic link", "rundir", _broken_link_out, needle="link"),
+    Case("--out a broken symbolic link", "rundir", _broken_link_out, needle="symbolic link"),
     Case("grid from the run --overwrite replaces", "rundir", _grid_from_its_own_out, check=run_kept,
          needle="from_run"),
     # compare
@@ -668,6 +705,12 @@ CASES: list[Case] = [
                                                           "--format", "svg", "-o", str(f / "t.svg")]),
     Case("export over the file it reads", "export", _export_over_source, check=kept((Path("t.yaml"), TAXONOMY)),
          needle="-o"),
+    # torchrun's environment, by hand
+    Case("WORLD_SIZE not a number", "torchrun", _torchrun_env({"WORLD_SIZE": "two"}), needle="WORLD_SIZE"),
+    Case("WORLD_SIZE 0", "torchrun", _torchrun_env({"WORLD_SIZE": "0"}), needle="WORLD_SIZE"),
+    Case("WORLD_SIZE 2 with no second process", "torchrun",
+         _torchrun_env({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29517"}, join_seconds=3), timeout=60, needle="join"),
     # the Python API
     Case("Taxonomy of a dict", "api", _api_taxonomy_of_a_dict, needle="DiGraph"),
     Case("Taxonomy with a numeric label", "api", _api_label_not_text, needle="label"),
@@ -676,6 +719,7 @@ CASES: list[Case] = [
     Case("merge_results(None)", "api", _api_merge_none, needle="merge_results"),
     Case("merge_results of one result twice", "api", _api_merge_twice, needle="twice"),
     Case("ProbeResult over the wrong number of leaves", "api", _api_result_wrong_leaves, needle="log_probs"),
+    Case("ProbeResult over a taxonomy given as text", "api", _api_result_of_a_text_taxonomy, needle="Taxonomy"),
     Case("ProbeResult on an ascending grid", "api", _api_result_ascending, needle="descending"),
     Case("decisions(n_boot=10**12)", "api", _api_decisions_n_boot, needle="n_boot"),
     Case("compare over the same leaves grouped differently", "api", _api_compare_other_grouping, needle="taxonom"),
@@ -746,11 +790,11 @@ def _call(fn: Callable[[], object]) -> int:
     from probes.errors import ProbesError
 
     try:
-        fn()
+        code = fn()
     except ProbesError as err:
         print(f"probes: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0  # a CLI run inside a prepared environment returns its status
 
 
 def _argparse_error(lines: list[str]) -> bool:
