@@ -479,14 +479,15 @@ def _torchrun_env(env: dict[str, str], join_seconds: float | None = None):
             import probes.distributed as distributed
             from probes.cli import main
 
-            saved, timeout = {k: os.environ.get(k) for k in env}, distributed.JOIN_TIMEOUT
+            saved, timeout = {k: os.environ.get(k) for k in env}, getattr(distributed, "JOIN_TIMEOUT", None)
             os.environ.update(env)
-            if join_seconds is not None:
+            if join_seconds is not None and timeout is not None:
                 distributed.JOIN_TIMEOUT = timedelta(seconds=join_seconds)
             try:
                 return main(argv)
             finally:
-                distributed.JOIN_TIMEOUT = timeout
+                if timeout is not None:
+                    distributed.JOIN_TIMEOUT = timeout
                 for k, v in saved.items():
                     os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         return call
