@@ -95,9 +95,9 @@ def _check_no_repeats(results: list[ProbeResult]) -> None:
         out = r.estimates[name]
         rows = out.log_probs if out.log_probs is not None else out.levels
         for i, row in enumerate(rows.detach().cpu().contiguous()):
-            if torch.isnan(row).any():  # unresolved entries (immse) say nothing of the sample
+            if torch.isnan(row).all():  # wholly unresolved (immse): says nothing of the sample
                 continue
-            key = row.numpy().tobytes()
+            key = row.numpy().tobytes()  # NaNs of one pattern have one byte pattern too
             if key in seen and seen[key][0] != k:
                 j, first = seen[key]
                 raise ProbesError(f"merge_results: sample {i} of result {k} is sample {first} of result {j} "
