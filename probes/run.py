@@ -256,6 +256,10 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     from probes.report.rundir import write_run_json
 
     _check_grid_source(recipe, out)
+    if recipe.quality.reference is not None:  # read at the end of the run: checked before it starts
+        from probes.quality import reference_files
+
+        reference_files(recipe.resolve_path(recipe.quality.reference))
     marker = group.on_main(lambda: check_out_dir(out, resume, overwrite))
     t_start = time.perf_counter()
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]

@@ -647,6 +647,8 @@ CASES: list[Case] = [
          timeout=20, needle="n_pairs"),
     Case("recipe sigma_stride past the grid", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
          "estimators: [{name: exact, sigma_stride: 8}]")), needle="sigma_stride"),
+    Case("recipe quality.reference that does not exist", "recipe",
+         _run_with(RECIPE + "quality: {reference: no-such-folder}\n"), needle="quality.reference"),
     Case("recipe estimators: 5", "recipe", _run_with(edit(RECIPE, "estimators: [exact]", "estimators: 5")),
          needle="estimators"),
     # --set
