@@ -11,7 +11,6 @@ import typing
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
-
 MAX_SEED = (1 << 63) - 1  # seeds are 63-bit: torch takes them, hashing keeps them
 # Lengths and scales a recipe states (a std, a separation, a coordinate) beyond this overflow
 # squares and exponentials in float64 before they mean anything.

@@ -43,9 +43,9 @@ def test_booleans_and_quoted_numbers_name_their_field(fields, where):
     if "model" in fields:
         from probes.recipe import recipe_from_dict
 
-        call = lambda: recipe_from_dict({"taxonomy": "t.yaml", **fields}, source="r.yaml")  # noqa: E731
+        call = lambda: recipe_from_dict({"taxonomy": "t.yaml", **fields}, source="r.yaml")
     else:
-        call = lambda: _recipe(**fields)  # noqa: E731
+        call = lambda: _recipe(**fields)
     with pytest.raises(ProbesError) as err:
         call()
     assert str(err.value).startswith(f"r.yaml: {where}")

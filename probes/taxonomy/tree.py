@@ -69,7 +69,7 @@ def _check_names(name: str, graph: nx.DiGraph) -> None:
             raise ProbesError(f"taxonomy '{name}': node name {node!r} {problem}")
         twin = looks.setdefault(look_alike_key(node), node)
         if twin != node:  # two classes a reader (and a prompt) cannot tell apart
-            raise ProbesError(f"taxonomy '{name}': node names {ascii(twin)} and {ascii(node)} look the same (they "
+            raise ProbesError(f"taxonomy '{name}': node names {twin!a} and {node!a} look the same (they "
                               "differ only in Unicode normalisation or invisible characters)")
         for key in TEXT_ATTRS:
             values = attrs.get(key)
