@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
     try:
+        _refuse_empty_arguments(parser, args)
         return int(args.func(args) or 0)
     except ProbesError as err:
         print(f"probes: error: {err}", file=sys.stderr)
@@ -72,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probes: error: internal error ({text[:300]}); this is a bug in probes, please report it with the "
               "command you ran (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _refuse_empty_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--out ""`` (an unset shell variable) is no path: say so rather than fall back to a default."""
+    names = {}
+    stack = [parser]
+    while stack:
+        for action in stack.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest not in names:
+                names[action.dest] = action.option_strings[0] if action.option_strings else action.dest.upper()
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and not value.strip():
+            raise ProbesError(f"{names.get(dest, dest)}: empty value; expected a path or a name")
 
 
 if __name__ == "__main__":  # pragma: no cover

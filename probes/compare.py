@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.entropy.decisions import check_n_boot
 from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves, prior_sums
 from probes.errors import ProbesError
 from probes.fileio import atomic_path
@@ -46,8 +47,7 @@ def add_compare_commands(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    if args.n_boot < 0:
-        raise ProbesError(f"--n-boot: must be 0 or more, got {args.n_boot}")
+    check_n_boot(args.n_boot, "--n-boot")
     result = compare_runs(args.run_a, args.run_b, estimator=args.estimator, out=args.out, pairing=args.pairing,
                           n_boot=args.n_boot)
     print(result["text"])
@@ -126,6 +126,7 @@ class Comparison:
         from probes.report.rundir import atomic_write_text, format_float, write_csv
 
         out = Path(out)
+        _check_out(out)
         out.mkdir(parents=True, exist_ok=True)
         extra = ["delta_lo", "delta_hi", "rate", "rate_lo", "rate_hi"]
         for name, key, table in (("compare.csv", "level", self.levels), ("compare_nodes.csv", "node", self.nodes)):
@@ -155,6 +156,24 @@ def _describe_shift(shift, pct: str) -> str:
     if shift.interval is not None:
         text += f" ({pct} {shift.interval[0]:+.3f} to {shift.interval[1]:+.3f})"
     return text
+
+
+COMPARE_FILES = ("compare.csv", "compare_nodes.csv", "compare_shifts.csv", "compare.json", "compare.png", "report.html")
+
+
+def _check_out(out: Path) -> None:
+    """The comparison's folder is new, empty or an earlier comparison: never a run directory or a
+    folder of the user's own files, whose ``report.html`` it would replace."""
+    if out.exists() and not out.is_dir():
+        raise ProbesError(f"--out {out}: exists and is not a directory")
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if name not in COMPARE_FILES]
+    if foreign or (entries and "compare.json" not in entries):
+        shown = ", ".join((foreign or entries)[:3])
+        raise ProbesError(f"--out {out}: holds files that are not an earlier comparison ({shown}); choose an empty "
+                          "or new folder")
 
 
 def _describe(d, pct: str) -> str:
@@ -228,6 +247,16 @@ def choose_pairing(a, b, pairing: str = "auto") -> tuple[bool, str]:
 def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200, seed: int = 0,
                     ci: float = 0.95) -> Comparison:
     """:meth:`probes.result.ProbeResult.compare`: B's information gain over A (see the module docstring)."""
+    from probes.result import ProbeResult
+
+    for result, which in ((a, "A"), (b, "B")):
+        if not isinstance(result, ProbeResult):
+            raise ProbesError(f"compare: result {which} is a {type(result).__name__}, not a ProbeResult")
+    if not a.taxonomy.same_tree(b.taxonomy):
+        la, lb = a.taxonomy.leaves, b.taxonomy.leaves
+        how = (f"leaves {_few(la)} vs {_few(lb)}" if la != lb else "the same leaves grouped differently")
+        raise ProbesError(f"compare: the results are over different taxonomies ({how}); compare results over one "
+                          "taxonomy")
     name = estimator_name(a, estimator)
     for result, which in ((a, "A"), (b, "B")):
         if name not in result.estimates:
@@ -241,6 +270,10 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
                       shifts={node: _shift_summary(axes) for node, axes in curves.shifts.items()},
                       names_in_files=files)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" ... ({len(names)})" if len(names) > 4 else "")
 
 
 def _prior_sums(result, name: str, curves):
@@ -269,6 +302,8 @@ def compare_runs(run_a, run_b, estimator: str | None = None, out=None, pairing: 
     from probes.result import load
 
     run_a, run_b = Path(run_a), Path(run_b)
+    if out is not None:
+        _check_out(Path(out))  # before the work
     a, b = load(run_a), load(run_b)
     comparison = a.compare(b, estimator=estimator, pairing=pairing, n_boot=n_boot)
     if out is not None:

@@ -84,6 +84,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
 
 def build_components(recipe: Recipe) -> Components:
     taxonomy = load_taxonomy(recipe.resolve_path(recipe.taxonomy))
+    taxonomy.require_a_choice()
     device = resolve_device(recipe.device)
     from probes.adapters import family_of_kind
 
@@ -256,8 +257,11 @@ def build_gmm(recipe: Recipe, taxonomy: Taxonomy, device) -> Components:
         if len(h.separations) < taxonomy.max_depth:
             raise ProbesError(f"model.hierarchy.separations: need one per level ({taxonomy.max_depth}), "
                               f"got {len(h.separations)}")
-        gmm = GaussianMixture.hierarchical(taxonomy, cfg.dim, h.separations, std=cfg.std, seed=h.seed,
-                                           axis_aligned=h.axis_aligned, share_level_axes=h.share_level_axes)
+        try:
+            gmm = GaussianMixture.hierarchical(taxonomy, cfg.dim, h.separations, std=cfg.std, seed=h.seed,
+                                               axis_aligned=h.axis_aligned, share_level_axes=h.share_level_axes)
+        except ProbesError as err:  # the mixture's own words; the recipe's field in front
+            raise ProbesError(f"model.hierarchy: {err}") from None
         if weights is not None:
             gmm = GaussianMixture.from_means(leaves, gmm.means, cfg.std, weights)
     outside_mass = float(1.0 - gmm.weights[: len(leaves)].sum()) if outside else 0.0

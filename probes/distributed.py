@@ -28,6 +28,9 @@ from probes.errors import ProbesError
 
 # Rank 0 may analyse (or a slow rank sample) for a long time while others wait at a barrier.
 BARRIER_TIMEOUT = timedelta(days=7)
+# Joining is quick when every process was launched: one that never comes (WORLD_SIZE set by hand,
+# a job that started fewer tasks) ends the wait with one line instead of a week.
+JOIN_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Group:
     world: int = 1
     local_rank: int = 0
     owned: bool = False  # joined here (so left here), not by the caller's own code
+    coord: Any = None  # the gloo group the run's small messages and barriers go through
     #: what is kept and how to continue, said when another rank fails (set by the run)
     kept: Callable[[], str] = field(default=lambda: "finished work is kept", repr=False)
 
@@ -58,7 +62,7 @@ class Group:
             except ProbesError as err:
                 box[0] = ("error", str(err))
         with self._peers_alive():
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=self.coord)
         status, value = box[0]
         if status == "error":
             raise ProbesError(value)
@@ -69,7 +73,7 @@ class Group:
             import torch.distributed as dist
 
             with self._peers_alive():
-                dist.barrier()
+                dist.barrier(group=self.coord)
 
     @contextlib.contextmanager
     def _peers_alive(self) -> Iterator[None]:
@@ -102,26 +106,46 @@ class Group:
             signal.signal(signal.SIGTERM, previous)
 
     def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
+        if self.world == 1:
+            return
+        import torch.distributed as dist
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        if self.owned and dist.is_initialized():
+            dist.destroy_process_group()
+        elif self.coord is not None and dist.is_initialized():
+            dist.destroy_process_group(self.coord)  # the caller's own group stays
 
 
 def current_group() -> Group:
     """The process group torchrun describes in the environment, joined on first use."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Group()
     import torch.distributed as dist
 
     owned = not dist.is_initialized()
-    if owned:
-        try:
-            dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-        except (RuntimeError, ValueError) as err:
-            raise ProbesError(f"torch.distributed: cannot join the process group ({str(err).splitlines()[0]}); "
-                              "launch with torchrun") from None
-    return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                 owned=owned)
+    try:
+        if owned:
+            dist.init_process_group(backend="gloo", timeout=JOIN_TIMEOUT)
+        coord = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    except (RuntimeError, ValueError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ProbesError(f"torch.distributed: cannot join the process group ({why}); launch every process with "
+                          "torchrun") from None
+    return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=env_int("LOCAL_RANK", 0),
+                 owned=owned, coord=coord)
+
+
+def env_int(name: str, default: int) -> int:
+    """A whole number torchrun sets in the environment; anything else is one line naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or (name == "WORLD_SIZE" and value < 1):
+        least = "a positive" if name == "WORLD_SIZE" else "a non-negative"
+        raise ProbesError(f"environment variable {name}={raw!r}: expected {least} whole number (torchrun sets it)")
+    return value

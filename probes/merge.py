@@ -13,7 +13,7 @@ sample i from its own generator i, and dropped otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -34,6 +34,8 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
 
     Call counts add up; ``output`` and ``trajectory`` (per-process objects) are not kept.
     """
+    if isinstance(results, (str, bytes, ProbeResult)) or not isinstance(results, Iterable):
+        raise ProbesError(f"merge_results: expected a list of ProbeResults, got {type(results).__name__}")
     results = list(results)
     if not results:
         raise ProbesError("merge_results: no results to merge")
@@ -43,6 +45,7 @@ def merge_results(results: Sequence[ProbeResult]) -> ProbeResult:
     first = results[0]
     for k, r in enumerate(results[1:], start=1):
         _check_same(first, r, k)
+    _check_no_repeats(results)
     estimates = {name: _merge_outputs([r.estimates[name] for r in results]) for name in first.estimates}
     meta = dict(first.meta, merged_from=sum(r.meta.get("merged_from", 1) for r in results))
     meta.pop("generator", None)
@@ -69,13 +72,9 @@ def _same_tensor(a, b) -> bool:
     return a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
 
 
-def _taxonomy_key(tax) -> tuple:
-    return tuple(tax.leaves), tuple(tax.internal_nodes), tuple(sorted(tax.graph.edges))
-
-
 def _check_same(first, other, k: int) -> None:
     where = f"merge_results: result {k} differs from result 0"
-    if _taxonomy_key(first.taxonomy) != _taxonomy_key(other.taxonomy):
+    if not first.taxonomy.same_tree(other.taxonomy):
         raise ProbesError(f"{where} in its taxonomy ({first.taxonomy.name!r} vs {other.taxonomy.name!r}); "
                           "merge results over one taxonomy")
     if list(first.estimates) != list(other.estimates):
@@ -103,6 +102,26 @@ def _check_same(first, other, k: int) -> None:
     if keys:
         raise ProbesError(f"{where} in its provenance ({', '.join(keys)}: {first.meta.get(keys[0])!r} vs "
                           f"{other.meta.get(keys[0])!r})")
+
+
+def _check_no_repeats(results: list[ProbeResult]) -> None:
+    """The same shard twice (one result passed twice, a process's file merged twice) would count its
+    samples twice: refuse results that share a sample (an identical row of per-sample estimates,
+    which independent draws never give)."""
+    name = next(iter(results[0].estimates))
+    seen: dict[bytes, tuple[int, int]] = {}
+    for k, r in enumerate(results):
+        out = r.estimates[name]
+        rows = out.log_probs if out.log_probs is not None else out.levels
+        for i, row in enumerate(rows.detach().cpu().contiguous()):
+            if torch.isnan(row).all():  # wholly unresolved (immse): says nothing of the sample
+                continue
+            key = row.numpy().tobytes()  # NaNs of one pattern have one byte pattern too
+            if key in seen and seen[key][0] != k:
+                j, first = seen[key]
+                raise ProbesError(f"merge_results: sample {i} of result {k} is sample {first} of result {j} "
+                                  "(the same shard twice?); merge each process's result once")
+            seen.setdefault(key, (k, i))
 
 
 def _merge_outputs(outs: list[EstimatorOutput]) -> EstimatorOutput:

@@ -177,6 +177,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     from probes.taxonomy import Taxonomy, load_taxonomy
 
     tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(str(taxonomy))
+    tax.require_a_choice()
     fam = family_of(pipe) if family is None else (FAMILIES[family] if isinstance(family, str) and family in FAMILIES
                                                   else family)
     if not isinstance(fam, Family):
@@ -199,6 +200,8 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     with StepRecorder(pipe, fam, kind, pipe_kwargs) as recorder:
         output = pipe(**pipe_kwargs)
     traj = recorder.trajectory()
+    for est in ests:
+        est.check_grid(len(traj.sigmas))
 
     ctx = ProbeContext(taxonomy=tax, sigmas=traj.sigmas, denoiser=denoiser, conditioner=conditioner,
                        classifier=scorer, batch_size=batch_size)

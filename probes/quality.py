@@ -96,16 +96,22 @@ def _features(classifier, x: torch.Tensor) -> torch.Tensor:
     return classifier.logits(x)
 
 
+def reference_files(folder: str | Path) -> list[Path]:
+    """The image files of a reference folder, checked (a run calls this before it starts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ProbesError(f"quality.reference: {folder} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < 2:
+        raise ProbesError(f"quality.reference: {folder} holds fewer than two images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
 def load_image_folder(folder: str | Path, limit: int = 2048) -> torch.Tensor:
     """Images of a folder as NCHW floats in ``[-1, 1]`` (RGB, resized to the first image's size)."""
     from PIL import Image
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ProbesError(f"quality.reference: {folder} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
-    if len(files) < 2:
-        raise ProbesError(f"quality.reference: {folder} holds fewer than two images ({', '.join(IMAGE_EXTENSIONS)})")
+    files = reference_files(folder)[:limit]
     size = Image.open(files[0]).convert("RGB").size
     arrays = [np.asarray(Image.open(p).convert("RGB").resize(size), dtype=np.float32) for p in files]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1

@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from probes.entropy.decisions import MAX_BOOT
 from probes.errors import ProbesError
-from probes.schema import Strict
+from probes.schema import MAX_SEED, NUMBER_EXPECTED, Strict
 from probes.yamlio import load_yaml_file, parse_value
 
 SAMPLERS = ("euler", "heun", "ddim", "ancestral", "euler_maruyama")
@@ -24,7 +25,8 @@ SAMPLERS = ("euler", "heun", "ddim", "ancestral", "euler_maruyama")
 MAX_SAMPLES = 10_000_000
 MAX_STEPS = 100_000
 MAX_BATCH = 1 << 16
-MAX_SEED = (1 << 63) - 1
+# Noise levels outside this range are typos (``1e-320`` underflows to zero in float32 and in logs).
+SIGMA_RANGE = (1e-6, 1e6)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
@@ -99,7 +101,7 @@ class Guidance(Strict):
 class GridFromRun(Strict):
     """Steps placed where a finished run's leaf entropy changes fast (``probes.noise.entropic_grid``)."""
 
-    from_run: str
+    from_run: str = Field(min_length=1)
     uniform_share: float = Field(0.5, ge=0, le=1, description="share of steps spread log-uniformly")
 
 
@@ -116,8 +118,8 @@ class Sampling(Strict):
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     steps: int = Field(64, ge=2, le=MAX_STEPS)
     grid: Union[Literal["geometric", "karras", "log_snr"], GridFromRun] = "geometric"
-    sigma_max: float | None = Field(None, gt=0)
-    sigma_min: float | None = Field(None, gt=0)
+    sigma_max: float | None = Field(None, ge=SIGMA_RANGE[0], le=SIGMA_RANGE[1])
+    sigma_min: float | None = Field(None, ge=SIGMA_RANGE[0], le=SIGMA_RANGE[1])
     method: Literal[SAMPLERS] = "ancestral"  # type: ignore[valid-type]
     source: Literal["model", "data"] = "model"
     condition: Union[Literal["none", "leaf"], list[str]] = "none"
@@ -142,7 +144,7 @@ class EstimatorSpec(BaseModel):
 
 
 class Analysis(Strict):
-    n_boot: int = Field(200, ge=0)
+    n_boot: int = Field(200, ge=0, le=MAX_BOOT)
     primary: str | None = Field(None, description="estimator whose decisions label tree.json")
 
 
@@ -173,6 +175,8 @@ class Recipe(Strict):
     def _names_to_specs(cls, v):
         if isinstance(v, (str, dict)):
             v = [v]
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list of estimator names or {{name: ..., options}}, got {v!r}")
         return [{"name": e} if isinstance(e, str) else e for e in v]
 
     @model_validator(mode="after")
@@ -297,8 +301,14 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
 
 def describe_validation_error(err: ValidationError) -> str:
     """The first problem as ``field.path: message``, with a did-you-mean for misspelt fields."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    errors = err.errors()
+    first = errors[0]
+    if first["type"] == "literal_error" and isinstance(first["input"], dict):
+        # A mapping where a union takes a word or a section: the section's own problem is the one meant.
+        first = next((e for e in errors if e["type"] != "literal_error"), first)
+    loc = [str(p) for p in first["loc"] if str(p) not in _section_names()]
+    if first["type"] == NUMBER_EXPECTED:  # raised for the section, about one of its fields
+        loc.append(first["ctx"]["field"])
     # Discriminated unions put the chosen kind into the location: drop it for readability.
     loc = [p for p in loc if p not in {*recipe_kinds(), "exact", "clip", "imagenet"}]
     field = ".".join(loc) or "(top level)"
@@ -334,12 +344,21 @@ def _kinds(loc) -> str:
     return ", ".join(map(repr, kinds)) or "a kind"
 
 
+def _sections() -> tuple:
+    return (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
+            ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig)
+
+
+def _section_names() -> set[str]:
+    """Class names pydantic puts into the location of an error inside a union member."""
+    return {model.__name__ for model in _sections()}
+
+
 def _closest_field(_title: str, loc: list[str]) -> str | None:
     """Best guess for a misspelt key, searching every field name in the schema."""
     bad = loc[-1]
     names = set()
-    for model in (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
-                  ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig):
+    for model in _sections():
         names.update(model.model_fields)
     match = difflib.get_close_matches(bad, sorted(names), n=1, cutoff=0.6)
     return match[0] if match else None

@@ -54,8 +54,19 @@ class ProbeResult:
     _curves: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if not self.estimates:
-            raise ProbesError("a probe result needs at least one estimator's output")
+        from probes.taxonomy import Taxonomy
+
+        if not isinstance(self.taxonomy, Taxonomy):
+            raise ProbesError(f"ProbeResult: taxonomy must be a Taxonomy, got {type(self.taxonomy).__name__}")
+        if not isinstance(self.estimates, dict) or not self.estimates:
+            raise ProbesError("a probe result needs at least one estimator's output (a dict name -> EstimatorOutput)")
+        for name, out in self.estimates.items():
+            problem = output_problem(out, self.taxonomy)
+            if problem:
+                raise ProbesError(f"ProbeResult: estimator {name!r}: {problem}")
+        L = len(self.taxonomy.leaves)
+        if self.prior is not None and (not isinstance(self.prior, torch.Tensor) or tuple(self.prior.shape) != (L,)):
+            raise ProbesError(f"ProbeResult: the prior must be a tensor [{L}] over the taxonomy's leaves")
         if self.primary is None:
             self.primary = next(iter(self.estimates))
         self._pick(self.primary)
@@ -191,6 +202,7 @@ class ProbeResult:
         from probes.report.rundir import atomic_write_text, write_run_json
 
         out = Path(directory)
+        _check_save_dir(out)
         _, decisions = self.write(out, n_boot=n_boot, seed=seed)
         primary = self.primary
         write_run_json(out / "run.json", {
@@ -202,11 +214,25 @@ class ProbeResult:
         return out
 
 
+def _check_save_dir(out: Path) -> None:
+    """A result is saved into a new or empty folder or over an earlier saved result, never over a
+    ``probes run`` directory (its run.json and files would be replaced) or onto a file."""
+    from probes.store import MARKER
+
+    if out.exists() and not out.is_dir():
+        raise ProbesError(f"save: {out} exists and is not a directory")
+    if (out / MARKER).exists():
+        raise ProbesError(f"save: {out} holds a probes run; saving a result there would replace its files; "
+                          "choose another folder")
+
+
 def load(directory) -> ProbeResult:
     """A :class:`ProbeResult` from a finished run directory (``probes run``) or a directory written
     by :meth:`ProbeResult.save`. Anything missing, unfinished or damaged is one line naming the file."""
     from probes.taxonomy.export import from_node_link
 
+    if not isinstance(directory, (str, Path)) or not str(directory).strip():
+        raise ProbesError(f"load: expected a run or result directory (a path), got {directory!r}")
     path = Path(directory)
     state = read_run_state(path)
     run = "status" in state  # written by ``probes run`` (a saved probe has no status)
@@ -292,6 +318,30 @@ def _run_meta(state: dict, estimators: list[str]) -> dict:
     return meta
 
 
+def output_problem(out, taxonomy) -> str | None:
+    """What makes an estimator's output unfit for ``taxonomy`` (shapes, a grid that does not fall),
+    or ``None``."""
+    if not isinstance(out, EstimatorOutput):
+        return f"expected an EstimatorOutput, got {type(out).__name__}"
+    sig = out.sigmas
+    if not isinstance(sig, torch.Tensor) or sig.ndim != 1 or len(sig) < 1:
+        return "has no sigma grid"
+    if not (torch.isfinite(sig).all() and (sig > 0).all() and (sig[1:] < sig[:-1]).all()):
+        return "its sigma grid is not positive, finite and descending"
+    S, L, D, K = len(sig), len(taxonomy.leaves), taxonomy.max_depth, len(taxonomy.internal_nodes)
+    if out.log_probs is None and out.levels is None:
+        return "has neither posteriors nor entropies"
+    shapes = [(out.log_probs, (S, L), "log_probs"), (out.levels, (S, D), "levels"), (out.nodes, (S, K), "nodes")]
+    for value, tail, what in shapes:
+        if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3
+                                  or tuple(value.shape[1:]) != tail):
+            return f"{what} is not [samples, {tail[0]}, {tail[1]}] for this taxonomy"
+    counts = {int(v.shape[0]) for v, _, _ in shapes if v is not None}
+    if len(counts) > 1:
+        return f"its tensors hold different numbers of samples ({sorted(counts)})"
+    return None
+
+
 def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | None, str | None]:
     """The estimator outputs of a posteriors file, each checked against the taxonomy."""
     def bad(why: str) -> ProbesError:
@@ -299,7 +349,7 @@ def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | No
 
     if not isinstance(data, dict) or not isinstance(data.get("estimates"), dict) or not data["estimates"]:
         raise bad("no estimates")
-    L, D, K = len(taxonomy.leaves), taxonomy.max_depth, len(taxonomy.internal_nodes)
+    L = len(taxonomy.leaves)
     known = {f.name for f in fields(EstimatorOutput)}
     estimates = {}
     for name, values in data["estimates"].items():
@@ -309,17 +359,9 @@ def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | No
             out = EstimatorOutput(**values)
         except TypeError as why:
             raise bad(f"estimator {name!r}: {why}") from None
-        sig = out.sigmas
-        if not isinstance(sig, torch.Tensor) or sig.ndim != 1 or len(sig) < 1:
-            raise bad(f"estimator {name!r} has no sigma grid")
-        S = len(sig)
-        shapes = [(out.log_probs, (S, L), "log_probs"), (out.levels, (S, D), "levels"), (out.nodes, (S, K), "nodes")]
-        if out.log_probs is None and out.levels is None:
-            raise bad(f"estimator {name!r} has neither posteriors nor entropies")
-        for value, tail, what in shapes:
-            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3
-                                      or tuple(value.shape[1:]) != tail):
-                raise bad(f"estimator {name!r}: {what} is not [samples, {tail[0]}, {tail[1]}] for this taxonomy")
+        problem = output_problem(out, taxonomy)
+        if problem:
+            raise bad(f"estimator {name!r}: {problem}")
         estimates[str(name)] = out
     prior, primary = data.get("prior"), data.get("primary")
     if prior is not None and (not isinstance(prior, torch.Tensor) or tuple(prior.shape) != (L,)):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from probes.analysis import analyse_run
 from probes.components import Components, build_components, leaf_of_sample, samples_from_taxonomy
 from probes.denoisers.base import FiniteCheck
+from probes.distributed import env_int
 from probes.errors import ProbesError
 from probes.noise import make_grid
 from probes.outcomes import outcomes_of_run
@@ -116,6 +117,8 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
 
 def _check_writable(out: Path) -> None:
     """``--out`` must be (or be creatable as) a directory we can write in."""
+    if out.is_symlink() and not out.exists():
+        raise ProbesError(f"--out {out}: a symbolic link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise ProbesError(f"--out {out}: exists and is not a directory")
     probe = out
@@ -127,6 +130,18 @@ def _check_writable(out: Path) -> None:
         raise ProbesError(f"--out {out}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ProbesError(f"--out {out}: cannot create files in {probe} (read-only or no permission)")
+
+
+def _check_grid_source(recipe: Recipe, out: Path) -> None:
+    """A grid read from the run directory this run writes would vanish with it (and a resume could
+    not read it back)."""
+    grid = recipe.sampling.grid
+    if isinstance(grid, str):
+        return
+    source = Path(recipe.resolve_path(grid.from_run))
+    if source.resolve() == out.resolve():
+        raise ProbesError(f"sampling.grid.from_run: {grid.from_run} is --out itself; take the grid from another run "
+                          "(copy this one elsewhere first)")
 
 
 def _read_state(out: Path) -> dict:
@@ -148,7 +163,7 @@ def _check_resumable(out: Path, marker: dict, parts: dict[str, str]) -> None:
             "batch_size": "sampling.batch_size", "taxonomy": "the taxonomy's content",
             "model_files": "the model or classifier files", "device": "the device type"}
     old = marker.get("fingerprint_parts") or {}
-    changed = [what[k] for k in what if old.get(k) != parts.get(k)] or ["the run's inputs"]
+    changed = [what[k] for k in what if old and old.get(k) != parts.get(k)] or ["the run's inputs"]
     raise ProbesError(f"{out}: {' and '.join(changed)} changed since this run started; --resume needs the same "
                       "inputs (or pass --overwrite)")
 
@@ -240,6 +255,11 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     from probes.estimators import ProbeContext, build_estimator
     from probes.report.rundir import write_run_json
 
+    _check_grid_source(recipe, out)
+    if recipe.quality.reference is not None:  # read at the end of the run: checked before it starts
+        from probes.quality import reference_files
+
+        reference_files(recipe.resolve_path(recipe.quality.reference))
     marker = group.on_main(lambda: check_out_dir(out, resume, overwrite))
     t_start = time.perf_counter()
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
@@ -253,6 +273,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps,
                        resolve=recipe.resolve_path)
+    for est in estimators:
+        est.check_grid(len(sigmas))
     n_batches = math.ceil(s.samples / s.batch_size)
     sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
     headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]
@@ -432,7 +454,7 @@ def _set_threads(recipe: Recipe, parts: Components, group) -> None:
     elif parts.exact_model is not None:
         torch.set_num_threads(1)
     elif group.world > 1 and parts.device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", group.world))
+        local = env_int("LOCAL_WORLD_SIZE", group.world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 

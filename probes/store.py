@@ -115,7 +115,16 @@ def read_marker(out: Path) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("fingerprint"), str):
+        return {}
+    # Fields of the wrong type (an edited marker) are dropped: the fingerprint alone decides.
+    if not isinstance(data.get("fingerprint_parts"), dict):
+        data.pop("fingerprint_parts", None)
+    if isinstance(data.get("processes"), bool) or not isinstance(data.get("processes"), int) or data["processes"] < 1:
+        data.pop("processes", None)
+    if not isinstance(data.get("created"), str):
+        data.pop("created", None)
+    return data
 
 
 def write_marker(out: Path, parts: dict[str, str], extra: dict | None = None) -> None:

@@ -1,6 +1,7 @@
 """A table of hostile inputs for the ``probes`` command, and the runner that classifies outcomes.
 
-Each case builds its files in a fresh folder, runs one CLI command in-process and is classified:
+Each case builds its files in a fresh folder, runs one CLI command in-process (or, family ``api``, one
+call of the Python API, whose ProbesError counts as the one line) and is classified:
 
 * ``clear``: exit status 2 and exactly one ``probes: error: ...`` line (what the docs promise);
 * ``ok``: exit status 0 (for valid inputs, e.g. names YAML 1.1 would have mangled);
@@ -49,7 +50,8 @@ RECIPE = textwrap.dedent("""\
 class Case:
     name: str
     family: str
-    argv: Callable[[Path], list[str]]  # builds files under the folder, returns the CLI arguments
+    # builds files under the folder, returns the CLI arguments (or, for the Python API, a function to call)
+    argv: Callable[[Path], list[str] | Callable[[], object]]
     expect: str = "clear"  # or "ok"
     check: Callable[[Path], bool] | None = None  # True when nothing was lost and no code ran
     timeout: int = 60
@@ -289,6 +291,216 @@ def _dollar_run(f: Path) -> list[str]:
             str(f / "out"), "--quiet"]
 
 
+# --- helpers of the cases added by the second sweep ------------------------------------------
+
+MEANS = "  means: {a: [0, 0, 0], b: [1, 0, 0], c: [0, 1, 0], d: [1, 1, 0]}\n"
+HIERARCHY = "  hierarchy: {separations: [3.0, 1.0], axis_aligned: true}\n"
+
+
+def _set(*pairs: str, text: str = RECIPE, taxonomy: str = TAXONOMY):
+    flags = [flag for pair in pairs for flag in ("--set", pair)]
+    return _run_with(text, *flags, taxonomy=taxonomy)
+
+
+def _run_in(f: Path, name: str, text: str = RECIPE, taxonomy: str = TAXONOMY) -> Path:
+    """A finished run of ``text`` over ``taxonomy`` in ``f/name`` (its inputs in ``f/name-inputs``)."""
+    from probes.cli import main
+
+    inputs = f / f"{name}-inputs"
+    inputs.mkdir()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", recipe(inputs, text, taxonomy), "--out", str(f / name), "--quiet"]) == 0
+    return f / name
+
+
+def _compare_other_grouping(f: Path) -> list[str]:
+    a = _run_in(f, "a", edit(RECIPE, HIERARCHY, MEANS))
+    b = _run_in(f, "b", edit(RECIPE, HIERARCHY, MEANS), taxonomy="tree:\n  left: [a, c]\n  right: [b, d]\n")
+    return ["compare", str(a), str(b)]
+
+
+def _compare_into_run(f: Path) -> list[str]:
+    out = finished_run(f)
+    write(f, "report-before.html", (out / "report.html").read_text())
+    return ["compare", str(out), str(out), "--out", str(out)]
+
+
+def _report_kept(f: Path) -> bool:
+    return (f / "run" / "report.html").read_text() == (f / "report-before.html").read_text()
+
+
+def _compare_into_user_folder(f: Path) -> list[str]:
+    out = finished_run(f)
+    write(f, "site/report.html", "precious")
+    return ["compare", str(out), str(out), "--out", str(f / "site")]
+
+
+def _grid_from_its_own_out(f: Path) -> list[str]:
+    out = finished_run(f)
+    text = edit(RECIPE, "source: data}", "source: data, grid: {from_run: run}}")
+    return ["run", recipe(f, text, name="grid.yaml"), "--out", str(out), "--overwrite", "--quiet"]
+
+
+def _marker_parts_a_list(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    marker = json.loads((out / ".probes-run").read_text())
+    marker["fingerprint"], marker["fingerprint_parts"] = "0" * 64, [1, 2]  # edited by hand
+    (out / ".probes-run").write_text(json.dumps(marker))
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _broken_link_out(f: Path) -> list[str]:
+    os.symlink(f / "gone" / "deeper", f / "link")
+    return ["run", recipe(f), "--out", str(f / "link"), "--quiet"]
+
+
+def _export_over_source(f: Path) -> list[str]:
+    source = write(f, "t.yaml", TAXONOMY)
+    return ["taxonomy", "export", str(source), "-o", str(source), "--format", "json"]
+
+
+# Python API cases: ``argv`` returns a function; a ProbesError it raises is the one clear line.
+
+
+def _result(leaves: int = 4, sigmas=None, samples: int = 4, seed: int = 0, taxonomy=None):
+    import torch
+
+    from probes.estimators.base import EstimatorOutput
+    from probes.result import ProbeResult
+    from probes.taxonomy import from_nested
+
+    tax = taxonomy or from_nested({"left": ["a", "b"], "right": ["c", "d"]}, name="t")
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.logspace(1, -1, 6, dtype=torch.float64) if sigmas is None else sigmas
+    log_probs = torch.log_softmax(torch.randn(samples, len(grid), leaves, generator=g), -1)
+    return ProbeResult(taxonomy=tax, estimates={"plugin": EstimatorOutput("plugin", grid, log_probs=log_probs)})
+
+
+def _api_taxonomy_of_a_dict(f: Path):
+    from probes.taxonomy import Taxonomy
+
+    return lambda: Taxonomy({"root": ["a", "b"]})
+
+
+def _api_label_not_text(f: Path):
+    import networkx as nx
+
+    from probes.taxonomy import Taxonomy
+
+    graph = nx.DiGraph([("r", "a"), ("r", "b")])
+    graph.nodes["a"]["label"] = 5
+    return lambda: Taxonomy(graph).render()
+
+
+def _api_prompt_control(f: Path):
+    from probes.taxonomy import from_nested
+
+    return lambda: from_nested(["a", "b"], leaves={"a": {"prompt": "a \x1b[31mred dog"}})
+
+
+def _api_load_none(f: Path):
+    from probes.result import load
+
+    return lambda: load(None)
+
+
+def _api_merge_none(f: Path):
+    from probes.merge import merge_results
+
+    return lambda: merge_results(None)
+
+
+def _api_merge_twice(f: Path):
+    from probes.merge import merge_results
+
+    r = _result()
+    return lambda: merge_results([r, r])
+
+
+def _api_result_wrong_leaves(f: Path):
+    return lambda: _result(leaves=3).decisions()
+
+
+def _api_result_ascending(f: Path):
+    import torch
+
+    return lambda: _result(sigmas=torch.logspace(-1, 1, 6, dtype=torch.float64)).decisions()
+
+
+def _api_decisions_n_boot(f: Path):
+    r = _result()
+    return lambda: r.decisions(n_boot=10**12)
+
+
+def _api_compare_other_grouping(f: Path):
+    from probes.taxonomy import from_nested
+
+    other = from_nested({"left": ["a", "c"], "right": ["b", "d"]}, name="t")
+    a, b = _result(), _result(seed=1, taxonomy=other)
+    return lambda: a.compare(b)
+
+
+def _api_compare_not_a_result(f: Path):
+    r = _result()
+    return lambda: r.compare(5)
+
+
+def _api_save_onto_run(f: Path):
+    out = finished_run(f)
+    r = _result()
+    return lambda: r.save(out)
+
+
+def _api_save_onto_file(f: Path):
+    path = write(f, "notes.txt", "precious")
+    r = _result()
+    return lambda: r.save(path)
+
+
+def _api_result_of_a_text_taxonomy(f: Path):
+    import torch
+
+    from probes.estimators.base import EstimatorOutput
+    from probes.result import ProbeResult
+
+    out = EstimatorOutput("plugin", torch.logspace(1, -1, 6, dtype=torch.float64), log_probs=torch.zeros(2, 6, 4))
+    return lambda: ProbeResult(taxonomy="gmm-two-by-two", estimates={"plugin": out}).decisions()
+
+
+def _torchrun_env(env: dict[str, str], join_seconds: float | None = None):
+    """``probes run`` with torchrun's variables set by hand (and, for a case that waits for peers
+    that never come, a join timeout of a few seconds); the environment is restored afterwards."""
+    def build(f: Path):
+        argv = ["run", recipe(f), "--out", str(f / "out"), "--quiet"]
+
+        def call() -> int:
+            from datetime import timedelta
+
+            import probes.distributed as distributed
+            from probes.cli import main
+
+            saved, timeout = {k: os.environ.get(k) for k in env}, getattr(distributed, "JOIN_TIMEOUT", None)
+            os.environ.update(env)
+            if join_seconds is not None and timeout is not None:
+                distributed.JOIN_TIMEOUT = timedelta(seconds=join_seconds)
+            try:
+                return main(argv)
+            finally:
+                if timeout is not None:
+                    distributed.JOIN_TIMEOUT = timeout
+                for k, v in saved.items():
+                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        return call
+    return build
+
+
+def _api_probe_single_leaf(f: Path):
+    from probes.probing import probe
+    from probes.taxonomy import from_nested
+
+    return lambda: probe(object(), from_nested(["only"]))
+
+
 CASES: list[Case] = [
     # taxonomy files
     Case("taxonomy missing", "taxonomy", lambda f: ["taxonomy", "show", str(f / "nope.yaml")], needle="nope.yaml"),
@@ -319,6 +531,14 @@ CASES: list[Case] = [
     Case("taxonomy leaf named as root", "taxonomy", _taxonomy_show("tree:\n  root: [a, b]\n")),
     Case("taxonomy unknown metadata", "taxonomy", _taxonomy_show("tree: [a, b]\nleaves:\n  a: {colour: red}\n")),
     Case("taxonomy name too long", "taxonomy", _taxonomy_show(f"tree: [{'a' * 600}, b]\n")),
+    Case("taxonomy names that differ in Unicode composition", "taxonomy",
+         _taxonomy_show('tree: ["\\u00e9", "e\\u0301"]\n'), needle="look the same"),
+    Case("taxonomy names that differ by a zero-width space", "taxonomy",
+         _taxonomy_show('tree: ["a\\u200b", a]\n'), needle="look the same"),
+    Case("taxonomy prompt with a control character", "taxonomy",
+         _taxonomy_show('tree: [a, b]\nleaves: {a: {prompt: "a \\e[31mred dog"}}\n'), needle="control"),
+    Case("taxonomy prompt of 100,000 characters", "taxonomy",
+         _taxonomy_show(f"tree: [a, b]\nleaves: {{a: {{prompt: {'x' * 100_000}}}}}\n"), needle="prompt"),
     # WordNet specs
     Case("wordnet sense 00", "wordnet", lambda f: ["taxonomy", "show", "wordnet:dog.n.00,cat.n.01"],
          needle="dog.n.00"),
@@ -394,6 +614,43 @@ CASES: list[Case] = [
     Case("recipe leaf 010 keeps its name", "recipe",
          _run_with(RECIPE, taxonomy="tree:\n  left: ['010', b]\n  right: [c, d]\n"), expect="ok"),
     Case("run with $ in node names", "recipe", _dollar_run, expect="ok", timeout=90),
+    Case("recipe over a single-leaf taxonomy", "recipe",
+         _run_with(edit(RECIPE, HIERARCHY, "  means: {a: [0, 0, 0]}\n"), taxonomy="tree: [a]\n"),
+         needle="single leaf"),
+    Case("recipe samples: true", "recipe", _run_with(edit(RECIPE, "samples: 16", "samples: true")),
+         needle="samples"),
+    Case("recipe seed quoted", "recipe", _run_with(edit(RECIPE, "seed: 0", "seed: '7'")), needle="seed"),
+    Case("recipe std 1e308", "recipe", _run_with(edit(RECIPE, "std: 0.5", "std: 1e308")), needle="std"),
+    Case("recipe dim 1e8", "recipe", _run_with(edit(RECIPE, "dim: 3", "dim: 100000000")), timeout=20,
+         needle="dim"),
+    Case("recipe negative separation", "recipe", _run_with(edit(RECIPE, "[3.0, 1.0]", "[-3.0, 1.0]")),
+         needle="separations"),
+    Case("recipe separations 1e308", "recipe", _run_with(edit(RECIPE, "[3.0, 1.0]", "[1e308, 1e308]")),
+         needle="separations"),
+    Case("recipe hierarchy seed 1e23", "recipe",
+         _run_with(edit(RECIPE, "axis_aligned: true}", "seed: 99999999999999999999999}")), needle="seed"),
+    Case("recipe hierarchy over a single-child node", "recipe",
+         _run_with(RECIPE, taxonomy="tree:\n  left: [a]\n  right: [c, d]\n"), needle="model.hierarchy"),
+    Case("recipe empty means", "recipe",
+         _run_with(edit(edit(RECIPE, HIERARCHY, "  means: {a: [], b: [], c: [], d: []}\n"), "  dim: 3\n", "")),
+         needle="means"),
+    Case("recipe sigma_min 1e-320", "recipe", _run_with(edit(RECIPE, "sigma_min: 0.05", "sigma_min: 1e-320")),
+         needle="sigma_min"),
+    Case("recipe grid from an empty path", "recipe",
+         _run_with(edit(RECIPE, "source: data}", "source: data, grid: {from_run: ''}}")), needle="from_run"),
+    Case("recipe n_boot 1e11", "recipe", _run_with(edit(RECIPE, "n_boot: 10", "n_boot: 100000000000")),
+         needle="n_boot"),
+    Case("recipe rollout k 1e9", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+         "estimators: [exact, {name: rollout, k: 1000000000}]")), timeout=20, needle="k"),
+    Case("recipe immse n_pairs 1e11", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+         "estimators: [{name: immse, n_pairs: 100000000000}]").replace("classifier: {kind: exact}\n", "")),
+         timeout=20, needle="n_pairs"),
+    Case("recipe sigma_stride past the grid", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+         "estimators: [{name: exact, sigma_stride: 8}]")), needle="sigma_stride"),
+    Case("recipe quality.reference that does not exist", "recipe",
+         _run_with(RECIPE + "quality: {reference: no-such-folder}\n"), needle="quality.reference"),
+    Case("recipe estimators: 5", "recipe", _run_with(edit(RECIPE, "estimators: [exact]", "estimators: 5")),
+         needle="estimators"),
     # --set
     Case("--set without =", "override", _run_with(RECIPE, "--set", "sampling.steps"), needle="--set"),
     Case("--set empty key", "override", _run_with(RECIPE, "--set", "=3"), needle="--set"),
@@ -401,6 +658,9 @@ CASES: list[Case] = [
     Case("--set bad YAML", "override", _run_with(RECIPE, "--set", "sampling.steps=[1,"), needle="--set"),
     Case("--set empty part", "override", _run_with(RECIPE, "--set", "sampling..steps=3")),
     Case("--set unknown field", "override", _run_with(RECIPE, "--set", "sampling.stepz=3"), needle="stepz"),
+    Case("--set a boolean as a count", "override", _set("sampling.samples=true"), needle="sampling.samples"),
+    Case("--set a quoted number", "override", _set("sampling.steps='8'"), needle="sampling.steps"),
+    Case("--set an estimator list to a number", "override", _set("estimators=5"), needle="estimators"),
     # run directories
     Case("--overwrite a run holding a user's file", "rundir", _overwrite_foreign,
          check=kept((Path("run/thesis.tex"), "precious")), needle="thesis.tex"),
@@ -417,6 +677,12 @@ CASES: list[Case] = [
     Case("--out on a read-only place", "rundir", _readonly_out),
     Case("--out under a file", "rundir", _out_under_file, needle="afile"),
     Case("grid from a run whose run.json is damaged", "rundir", _grid_from_damaged_run, needle="run.json"),
+    Case("--resume with a marker whose fingerprint parts are a list", "rundir", _marker_parts_a_list,
+         needle="changed"),
+    Case("--out empty", "rundir", lambda f: ["run", recipe(f), "--out", "", "--quiet"], needle="--out"),
+    Case("--out a broken symbolic link", "rundir", _broken_link_out, needle="symbolic link"),
+    Case("grid from the run --overwrite replaces", "rundir", _grid_from_its_own_out, check=run_kept,
+         needle="from_run"),
     # compare
     Case("compare without posteriors.safetensors", "compare", _compare_missing_posteriors,
          needle="posteriors.safetensors"),
@@ -427,10 +693,43 @@ CASES: list[Case] = [
     Case("compare with a damaged taxonomy.json", "compare", _compare_garbage_taxonomy, needle="taxonomy.json"),
     Case("compare with a run.json that is not an object", "compare", _compare_garbage_run_json, needle="run.json"),
     Case("compare a folder that is not a run", "compare", lambda f: ["compare", str(f), str(f)]),
+    Case("compare runs over the same leaves grouped differently", "compare", _compare_other_grouping,
+         needle="taxonom"),
+    Case("compare --n-boot 1e11", "compare", lambda f: ["compare", str(finished_run(f)), str(f / "run"), "--n-boot",
+                                                         "100000000000"], needle="--n-boot"),
+    Case("compare --out into a run directory", "compare", _compare_into_run, check=_report_kept, needle="--out"),
+    Case("compare --out over a user's report.html", "compare", _compare_into_user_folder,
+         check=kept((Path("site/report.html"), "precious")), needle="--out"),
+    Case("compare --out empty", "compare", lambda f: ["compare", str(finished_run(f)), str(f / "run"), "--out", ""],
+         needle="--out"),
     # the command line
     Case("unknown command", "cli", lambda f: ["fly"]),
     Case("export to an unknown format", "cli", lambda f: ["taxonomy", "export", str(write(f, "t.yaml", TAXONOMY)),
                                                           "--format", "svg", "-o", str(f / "t.svg")]),
+    Case("export over the file it reads", "export", _export_over_source, check=kept((Path("t.yaml"), TAXONOMY)),
+         needle="-o"),
+    # torchrun's environment, by hand
+    Case("WORLD_SIZE not a number", "torchrun", _torchrun_env({"WORLD_SIZE": "two"}), needle="WORLD_SIZE"),
+    Case("WORLD_SIZE 0", "torchrun", _torchrun_env({"WORLD_SIZE": "0"}), needle="WORLD_SIZE"),
+    Case("WORLD_SIZE 2 with no second process", "torchrun",
+         _torchrun_env({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29517"}, join_seconds=3), timeout=60, needle="join"),
+    # the Python API
+    Case("Taxonomy of a dict", "api", _api_taxonomy_of_a_dict, needle="DiGraph"),
+    Case("Taxonomy with a numeric label", "api", _api_label_not_text, needle="label"),
+    Case("from_nested prompt with a control character", "api", _api_prompt_control, needle="control"),
+    Case("load(None)", "api", _api_load_none, needle="load"),
+    Case("merge_results(None)", "api", _api_merge_none, needle="merge_results"),
+    Case("merge_results of one result twice", "api", _api_merge_twice, needle="twice"),
+    Case("ProbeResult over the wrong number of leaves", "api", _api_result_wrong_leaves, needle="log_probs"),
+    Case("ProbeResult over a taxonomy given as text", "api", _api_result_of_a_text_taxonomy, needle="Taxonomy"),
+    Case("ProbeResult on an ascending grid", "api", _api_result_ascending, needle="descending"),
+    Case("decisions(n_boot=10**12)", "api", _api_decisions_n_boot, needle="n_boot"),
+    Case("compare over the same leaves grouped differently", "api", _api_compare_other_grouping, needle="taxonom"),
+    Case("compare with a number", "api", _api_compare_not_a_result, needle="ProbeResult"),
+    Case("save onto a run directory", "api", _api_save_onto_run, check=run_kept, needle="run"),
+    Case("save onto a file", "api", _api_save_onto_file, check=kept((Path("notes.txt"), "precious"))),
+    Case("probe over a single-leaf taxonomy", "api", _api_probe_single_leaf, needle="single leaf"),
 ]
 
 
@@ -459,7 +758,7 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
                 try:
-                    code = main(argv)
+                    code = _call(argv) if callable(argv) else main(argv)
                 except SystemExit as exc:  # argparse's own usage errors
                     code = exc.code if isinstance(exc.code, int) else 2
         finally:
@@ -485,6 +784,20 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
             return "vague", text
         return "clear", text
     return "traceback", text
+
+
+def _call(fn: Callable[[], object]) -> int:
+    """A Python API case: a ProbesError is the API's one clear line (printed as the CLI would)."""
+    import sys
+
+    from probes.errors import ProbesError
+
+    try:
+        code = fn()
+    except ProbesError as err:
+        print(f"probes: error: {err}", file=sys.stderr)
+        return 2
+    return code if isinstance(code, int) else 0  # a CLI run inside a prepared environment returns its status
 
 
 def _argparse_error(lines: list[str]) -> bool:

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from probes.adapters.base import Family
-from probes.schema import Strict
+from probes.schema import MAX_SCALE, MAX_SEED, Strict
+
+MAX_DIM = 1 << 16  # every node's mean is a vector of this length; SD latents have 16,384 values
+Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
+Coordinate = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE)]
 
 
 class GMMHierarchy(Strict):
     """Means built down the taxonomy: children sit ``separations[depth-1]`` from their parent."""
 
-    separations: list[float]
+    separations: list[Scale] = Field(min_length=1)
     axis_aligned: bool = False
     share_level_axes: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class GMMModel(Strict):
     """A Gaussian mixture over the taxonomy's leaves (exact posteriors and denoisers)."""
 
     kind: Literal["gmm"]
-    dim: int | None = Field(None, gt=0)
-    std: float = Field(1.0, gt=0)
+    dim: int | None = Field(None, gt=0, le=MAX_DIM)
+    std: float = Field(1.0, gt=0, le=MAX_SCALE)
     weights: dict[str, float] | None = None
-    means: dict[str, list[float]] | None = None
+    means: dict[str, Annotated[list[Coordinate], Field(min_length=1)]] | None = None
     hierarchy: GMMHierarchy | None = None
 
     @model_validator(mode="after")

@@ -40,6 +40,16 @@ from probes.errors import ProbesError
 
 from .engine import EntropyCurves
 
+MAX_BOOT = 100_000  # bootstrap replicates: each holds a resampling of every sample
+
+
+def check_n_boot(n_boot, what: str = "n_boot") -> int:
+    """``n_boot`` as an int in ``0..MAX_BOOT``, or one line naming ``what``."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 0 <= n_boot <= MAX_BOOT:
+        raise ProbesError(f"{what}: expected a whole number of bootstrap replicates from 0 to {MAX_BOOT:,}, "
+                          f"got {n_boot!r}")
+    return int(n_boot)
+
 FLAT_TOL = 1e-9
 AXES = ("log_sigma", "vp_time", "log_snr")
 MIN_POINTS_PER_HALF_WIDTH = 3.0
@@ -339,11 +349,12 @@ def decide(
     """
     if not 0 < ci < 1:
         raise ProbesError(f"decide: ci must be in (0, 1); got {ci}")
+    n_boot = check_n_boot(n_boot)
     order = _ascending(curves.sigmas)
     x = axis_coordinate(axis, curves.sigmas[order])
     N = curves.n_samples
     weights = None
-    if n_boot and n_boot > 0 and N > 0:
+    if n_boot and N > 0:
         rng = np.random.default_rng(seed)
         weights = rng.multinomial(N, np.full(N, 1.0 / N), size=int(n_boot)).astype(np.float64)
     sample_weight = curves.sample_weight()

@@ -150,6 +150,14 @@ class Estimator:
     def grid_index(self, n_sigmas: int) -> list[int]:
         return list(range(0, n_sigmas, self.sigma_stride))
 
+    def check_grid(self, n_sigmas: int) -> None:
+        """An entropy curve needs two sigmas at least: refuse a stride that leaves fewer (a grid of
+        one sigma, a one-step pipeline, stays what it is)."""
+        kept = len(self.grid_index(n_sigmas))
+        if kept < min(2, n_sigmas):
+            raise ProbesError(f"estimator {self.name!r}: sigma_stride {self.sigma_stride} keeps {kept} of the "
+                              f"{n_sigmas} sigmas; at most {max(1, (n_sigmas - 1))} keeps two")
+
     def estimate(self, traj, ctx: ProbeContext, generator: torch.Generator | None = None) -> EstimatorOutput:
         raise NotImplementedError
 

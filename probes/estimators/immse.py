@@ -28,6 +28,8 @@ from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeCon
 from probes.sampling import forward_path
 from probes.taxonomy.index import TreeIndex
 
+MAX_PAIRS = 1 << 16  # pairs are drawn and integrated at once, like one batch (sampling.batch_size's limit)
+
 
 class IMMSEEstimator(Estimator):
     """Level entropies and node contributions from class-conditional denoisers; no classifier.
@@ -58,8 +60,9 @@ class IMMSEEstimator(Estimator):
 
     def __init__(self, n_pairs: int | None = None, sigma_stride: int = 1):
         super().__init__(sigma_stride)
-        if n_pairs is not None and (int(n_pairs) != n_pairs or n_pairs < 1):
-            raise ProbesError(f"estimator 'immse': n_pairs must be a positive integer, got {n_pairs}")
+        if n_pairs is not None and (int(n_pairs) != n_pairs or not 1 <= n_pairs <= MAX_PAIRS):
+            raise ProbesError(f"estimator 'immse': n_pairs must be a whole number from 1 to {MAX_PAIRS:,}, "
+                              f"got {n_pairs}")
         self.n_pairs = n_pairs
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:

@@ -14,6 +14,10 @@ from probes.sampling import STOCHASTIC_METHODS, check_method, sample_from
 BIAS_CORRECTIONS = ("jackknife", "none")
 
 
+# Upper bounds of the integer options: beyond them a run cannot fit in memory or finish.
+MAX_OPTION = {"k": 4096, "substeps": 1000, "steps": 100_000}
+
+
 class RolloutEstimator(Estimator):
     """``p(y | x_sigma) ~ (1/K) sum_k p(y | x0^(k))`` with ``x0^(k)`` completions of the trajectory.
 
@@ -58,6 +62,8 @@ class RolloutEstimator(Estimator):
         for key, value in (("k", k), ("substeps", substeps)) + ((("steps", steps),) if steps is not None else ()):
             if int(value) != value or value < 1:
                 raise ProbesError(f"estimator 'rollout': {key} must be a positive integer, got {value}")
+            if value > MAX_OPTION[key]:  # a typo that would allocate k completions of every sample at once
+                raise ProbesError(f"estimator 'rollout': {key} must be at most {MAX_OPTION[key]:,}, got {value}")
         if steps is not None and steps < 2:
             raise ProbesError(f"estimator 'rollout': steps must be at least 2 (or null for the run's grid), "
                               f"got {steps}")

@@ -414,7 +414,7 @@ def _simplex(k: int) -> torch.Tensor:
 def _directions(dim: int, n: int, seed: int, axis_aligned: bool) -> torch.Tensor:
     """``[n, dim]`` unit directions, mutually orthogonal as far as ``dim`` allows."""
     if axis_aligned:
-        return torch.eye(dim, dtype=torch.float64)[:n]
+        return torch.eye(n, dim, dtype=torch.float64)  # not eye(dim)[:n]: dim may be large
     gen = torch.Generator().manual_seed(seed)
     k = min(n, dim)
     q, _ = torch.linalg.qr(torch.randn(dim, k, generator=gen, dtype=torch.float64))

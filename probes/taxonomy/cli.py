@@ -8,7 +8,9 @@ the main CLI reports as ``probes: error: ...``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from probes.errors import ProbesError
 from probes.taxonomy.export import FORMATS, format_for, write_taxonomy
 
 SOURCE_HELP = ("a YAML file, a shipped name (digits-shape), an exported .json/.graphml/.nwk, "
@@ -59,6 +61,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from probes.taxonomy import load_taxonomy
 
     fmt = format_for(args.output, args.format)
+    if Path(args.source).is_file() and Path(args.output).resolve() == Path(args.source).resolve():
+        raise ProbesError(f"-o {args.output}: is the taxonomy being exported; write to another file")
     tax = load_taxonomy(args.source)
     path = write_taxonomy(tax, args.output, fmt)
     print(f"wrote {fmt} taxonomy '{tax.name}' ({len(tax.leaves)} leaves) to {path}")

@@ -23,7 +23,7 @@ import networkx as nx
 from probes.errors import ProbesError
 
 LIST_ATTRS = ("prompts", "aliases")
-TEXT_ATTRS = ("label", "description", "prompts", "aliases")
+TEXT_ATTRS = ("label", "description", "prompt", "prompts", "aliases")
 # WordNet is ~20 levels deep; anything past this is a generated file gone wrong, and deep
 # recursion in the readers (Newick, JSON) would fail without a useful message.
 MAX_DEPTH = 100
@@ -52,17 +52,35 @@ def _normalise_attrs(attrs: dict) -> None:
             attrs[key] = [attrs[key]]
 
 
+def look_alike_key(text: str) -> str:
+    """What a name looks like on screen: compatibility-normalised (``é`` composed or not, ``ﬁ``
+    and ``fi``), invisible format characters (zero-width spaces) dropped."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+
+
 def _check_names(name: str, graph: nx.DiGraph) -> None:
     problem = name_problem(name)
     if problem:
         raise ProbesError(f"taxonomy name {name!r} {problem}")
+    looks: dict[str, str] = {}
     for node, attrs in graph.nodes(data=True):
         problem = name_problem(node) or ("is empty" if not node.strip() else None)
         if problem:
             raise ProbesError(f"taxonomy '{name}': node name {node!r} {problem}")
+        twin = looks.setdefault(look_alike_key(node), node)
+        if twin != node:  # two classes a reader (and a prompt) cannot tell apart
+            raise ProbesError(f"taxonomy '{name}': node names {twin!a} and {node!a} look the same (they "
+                              "differ only in Unicode normalisation or invisible characters)")
         for key in TEXT_ATTRS:
             values = attrs.get(key)
-            for value in [values] if isinstance(values, str) else (values or []):
+            if values is None:
+                continue
+            many = key in LIST_ATTRS or key == "prompt"
+            if not (isinstance(values, str) or (many and isinstance(values, (list, tuple))
+                                                and all(isinstance(v, str) for v in values))):
+                kind = "a string or a list of strings" if many else "a string"
+                raise ProbesError(f"taxonomy '{name}': {key} of {node!r} must be {kind}, got {values!r}")
+            for value in [values] if isinstance(values, str) else values:
                 problem = name_problem(str(value))
                 if problem:
                     raise ProbesError(f"taxonomy '{name}': {key} of {node!r} {problem}")
@@ -76,9 +94,10 @@ class Taxonomy:
     """
 
     def __init__(self, graph: nx.DiGraph, name: str | None = None):
-        self.name = str(name if name is not None else graph.graph.get("name", "taxonomy"))
         if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
-            raise ProbesError(f"taxonomy '{self.name}': expected a networkx DiGraph")
+            raise ProbesError(f"taxonomy '{name or 'taxonomy'}': expected a networkx DiGraph, got "
+                              f"{type(graph).__name__}")
+        self.name = str(name if name is not None else graph.graph.get("name", "taxonomy"))
         if graph.number_of_nodes() == 0:
             raise ProbesError(f"taxonomy '{self.name}': the tree is empty")
         bad = next((n for n in graph if not isinstance(n, str)), None)
@@ -224,6 +243,18 @@ class Taxonomy:
         if self.is_leaf(n):
             raise ProbesError(f"taxonomy '{self.name}': '{n}' is a leaf and has no partition")
         return {c: self.leaves_under(c) for c in self._children[n]}
+
+    def same_tree(self, other) -> bool:
+        """Whether ``other`` is a taxonomy with the same nodes, edges and leaf order (names and
+        metadata aside): results over the two index their leaves and levels alike."""
+        return isinstance(other, Taxonomy) and (self._leaves, self._nodes, self._children) == (
+            other._leaves, other._nodes, other._children)
+
+    def require_a_choice(self) -> None:
+        """Probing measures how a sample chooses between leaves: one leaf leaves nothing to measure."""
+        if len(self._leaves) < 2:
+            raise ProbesError(f"taxonomy '{self.name}': a single leaf ({self._leaves[0]!r}); probing needs at least "
+                              "two leaves to tell apart")
 
     # -- derived trees ----------------------------------------------------------------------
     def restrict(self, leaves) -> Taxonomy:

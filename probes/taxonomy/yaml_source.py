@@ -134,8 +134,8 @@ def taxonomy_from_dict(data, source: str = "<dict>", default_name: str = "taxono
     except _Problem as exc:
         where = f"{source}:{exc.line}" if exc.line else source
         raise ProbesError(f"{where}: {exc.message}") from None
-    except ProbesError as exc:  # from the WordNet layer or the tree check: add the file
-        raise ProbesError(f"{source}: {exc}") from None
+    except ProbesError as exc:  # from the WordNet layer or the tree check: add the file (once)
+        raise ProbesError(str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: {exc}") from None
 
 
 def from_nested(tree, name: str = "taxonomy", root: str = DEFAULT_ROOT, leaves=None, nodes=None) -> Taxonomy:
