@@ -330,6 +330,19 @@ def guided_run(tmp_path_factory):
                    "sampling.steps=64", "sampling.source=model")
 
 
+def test_guidance_without_a_sampler_is_refused(tmp_path):
+    """With `source: data` no sampler runs, so guidance was silently ignored: the samples were the
+    unguided forward paths while `guided` filtered them with guided kernels, a 'band' 0.13 nats
+    above (lower bound) and 0.47 above (upper) the guided truth. Now one line, before any work."""
+    cmd = [sys.executable, "-m", "probes.cli", "run", "gmm-two-class", "--out", str(tmp_path / "x"),
+           "--set", "sampling.guidance.scale=3", "--set", "sampling.condition=leaf"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "guidance needs source: model" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_guided_band_brackets_the_guided_chain(guided_run):
     """Classes at +-1.5, std 0.5, guidance 3, 64 ancestral steps, leaves cycled (uniform).
     Oracle: H_w(Y | x_i) of the guided chain by density propagation on an x-grid (derivation in
