@@ -318,6 +318,24 @@ def test_partial_taxonomy_inside_mass_and_inside_weighted_entropy(partial_run):
     assert_within(curve_errors(rows, "plugin", plug, floor=0.005), "plugin, partial taxonomy")
 
 
+def test_partial_taxonomy_forward_noised_data(tmp_path):
+    """The same model with `source: data`: x0 drawn from the taxonomy's leaves only, noised forward
+    (exact marginals, no sampler error). Entropies: plain means under the inside law, which equal
+    the inside-weighted means over the whole law (same oracle, 5 stderr + 5e-4). The `inside`
+    rows are the plain mean of p(T|x) over these samples, E[p(T|x) | Y in T]: 0.601 at sigma 20,
+    0.919 at 0.02 (docs/outputs.md states this), 5 stderr + 5e-4."""
+    out = run_cli(tmp_path / "partial-data", "gmm-two-class", *PARTIAL_SETS, "sampling.source=data",
+                  "estimators=[exact]", "sampling.samples=4096", "sampling.batch_size=4096", "analysis.n_boot=0",
+                  "sampling.steps=24")
+    rows = read_rows(out / "curves.csv")
+    sigmas = series(rows, "exact", "level", "1")[0]
+    mix, tree = Mixture(PARTIAL_MEANS, PARTIAL_WEIGHTS, 0.5), Tree(["minus", "plus"])
+    inside_law = mix.tree_curves(sigmas, tree, [0, 1], law=[0.3, 0.3, 0, 0])
+    weighted = mix.tree_curves(sigmas, tree, [0, 1], inside_weighted=True)
+    assert np.abs(inside_law["level_1"] - weighted["level_1"]).max() < 1e-9
+    assert_within(curve_errors(rows, "exact", inside_law), "exact, partial taxonomy, source: data")
+
+
 # -- classifier-free guidance, leaf-conditional --------------------------------------------------
 
 @pytest.fixture(scope="module")
