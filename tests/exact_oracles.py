@@ -23,6 +23,8 @@ the transition carries Gaussian weight; the truncation at 10 costs < 1e-22.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.special import logsumexp
 
@@ -41,7 +43,10 @@ class Tree:
 
     def _add(self, node, spec):
         kids = []
-        items = spec.items() if isinstance(spec, dict) else [(x, None) if isinstance(x, str) else next(iter(x.items())) for x in spec]
+        if isinstance(spec, dict):
+            items = spec.items()
+        else:
+            items = [(x, None) if isinstance(x, str) else next(iter(x.items())) for x in spec]
         for name, sub in items:
             kids.append(name)
             self.depth[name] = self.depth[node] + 1
@@ -104,7 +109,7 @@ class Mixture:
         means = np.asarray(means, dtype=np.float64)
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.std = float(std)
-        u, sv, vt = np.linalg.svd(means, full_matrices=False)
+        _, sv, vt = np.linalg.svd(means, full_matrices=False)
         rank = int((sv > 1e-12 * max(sv.max(), 1.0)).sum())
         self.basis = vt[:rank]                      # [r, d], orthonormal rows
         self.means = means @ self.basis.T           # [K, r]
@@ -160,7 +165,7 @@ class Mixture:
         """
         rows = []
         for sigma in sigmas:
-            def func(x):
+            def func(x, sigma=sigma):
                 read = self.log_posterior if reading == "exact" else self.plugin_log_posterior
                 qd = quantities(read(x, sigma), tree, leaf_components)
                 if inside_weighted:
@@ -240,7 +245,7 @@ def guided_chain_entropy(mu, std, prior, scale, sigmas, n_grid=3001, uncond_read
             h_u.append(float((px * _entropy(pu)).sum() * dx))
 
     record(x, dens, sigmas[0])
-    for s, t in zip(sigmas[:-1], sigmas[1:]):
+    for s, t in itertools.pairwise(sigmas):
         a = t ** 2 / s ** 2
         c = std ** 2 / (std ** 2 + s ** 2)
         post = np.exp(model_log_post(x, s))                           # [G, Y]

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from exact_oracles import Mixture, Tree, binary_entropy_two_class, guided_chain_entropy, peak_on_dense_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +62,7 @@ def series(rows, estimator, kind, name, column="entropy"):
     """(sigmas descending, values, stderr) of one curve of curves.csv."""
     sel = sorted((r for r in rows if r["estimator"] == estimator and r["kind"] == kind and r["name"] == name),
                  key=lambda r: -float(r["sigma"]))
-    num = lambda v: float(v) if v != "" else np.nan  # noqa: E731
+    num = lambda v: float(v) if v != "" else np.nan
     return (np.array([num(r["sigma"]) for r in sel]), np.array([num(r[column]) for r in sel]),
             np.array([num(r["stderr"]) for r in sel]))
 
@@ -131,8 +130,8 @@ def entropy(p):
 def test_oracle_agrees_with_the_two_class_theory():
     """Two derivations that must agree: the 2-D grid oracle of the factorised hierarchy and
     DESIGN's one-line formula H = E_xi[h(sigmoid(2 r^2 + 2 r xi))] per level, to 1e-8 nats
-    (the 2-D trapezoid rule at h = 0.2: error ~exp(-pi^2/(r h)), 2e-9 at r = 4; see exact_oracles). The rate in log s peaks at
-    r^2 = 1.508 (DESIGN section 2), to 1e-3 on a 2001-point grid."""
+    (the 2-D trapezoid rule at h = 0.2: error ~exp(-pi^2/(r h)), 2e-9 at r = 4; see exact_oracles).
+    The rate in log s peaks at r^2 = 1.508 (DESIGN section 2), to 1e-3 on a 2001-point grid."""
     mix = Mixture(HIERARCHY_MEANS, [1, 1, 1, 1], 0.5)
     sigmas = [0.05, 0.8, 1.7, 3.0, 5.0, 12.0, 40.0]
     got = mix.tree_curves(sigmas, HIERARCHY, [0, 1, 2, 3])
