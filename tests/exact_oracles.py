@@ -201,22 +201,26 @@ def peak_on_dense_grid(x, y):
     return float(x[i])
 
 
-def guided_chain_entropy(mu, std, prior, scale, sigmas, n_grid=3001, uncond_reading=False):
-    """H_w(Y | x_i) of a 1-D leaf-conditional ancestral chain under classifier-free guidance.
+def guided_chain_curves(mu, std, prior, scale, sigmas, tree: Tree | None = None, n_grid=801, interval=None):
+    """Level and node curves of a 1-D leaf-conditional ancestral chain under classifier-free guidance.
 
-    Model: classes y at mu_y (1-D), std s0, prior pi. Guided prediction for leaf y:
-    `D_w(x; y) = D(x) + w (D(x; y) - D(x))` with `D(x; y) = m_y + c (x - m_y)`, `c = s0^2/s^2`,
-    and `D(x) = sum_y' p(y'|x) D(x; y')` (the unconditional Tweedie mean).
-    Chain (docs/estimators.md, `ancestral`): x_0 = sigma_0 n; from s to t, a = t^2/s^2,
-    `x' = a x + (1 - a) D_w(x; y) + sqrt(1 - a) t z`. Per-leaf densities are propagated on an
-    x-grid (Riemann sum of the Gaussian kernel, renormalised each step); then
-    `H_w(Y | x_i) = int sum_y pi_y p_i(x|y) H(pi_y p_i(x|y) / sum) dx`.
-    With uncond_reading, also the mean entropy of the *unguided model's* posterior at the guided
-    states (what the plain estimators read in a guided run).
-    Returns arrays over the grid sigmas (len(sigmas)).
+    Model: leaves y at mu_y (1-D, in the tree's leaf order), std s0, prior pi (leaves are drawn
+    from it). Guided prediction for leaf y: `D_w(x; y) = D(x) + w (D(x; y) - D(x))`, with
+    `D(x; y) = m_y + c (x - m_y)`, `c = s0^2 / s^2`, and the unconditional Tweedie mean
+    `D(x) = sum_y' p(y'|x) D(x; y')`; with an interval (lo, hi], w applies for steps whose
+    starting sigma s has lo < s <= hi, and w = 1 (the plain conditional) elsewhere.
+    Chain (docs/estimators.md, `ancestral`): x_0 = sigma_0 n for every leaf; from s to t,
+    a = t^2/s^2, `x' = a x + (1 - a) D_w(x; y) + sqrt(1 - a) t z`. The per-leaf densities
+    p_i(x | y) are propagated on an x-grid (Riemann sum of the Gaussian kernel, renormalised per
+    step); the guided law's posterior is `pi_y p_i(x|y) / sum`, and each curve is
+    `int p_i(x) f(posterior(x)) dx` with f the per-point quantities of `quantities`.
+    Keys: `level_l`, `node_n` (the guided law's own entropies) and `unguided_level_l`,
+    `unguided_node_n` (the unguided model's posterior read at the guided states).
     """
     mu = np.asarray(mu, dtype=np.float64)
     prior = np.asarray(prior, dtype=np.float64) / np.sum(prior)
+    tree = tree or Tree([f"y{k}" for k in range(len(mu))])
+    leaves = list(range(len(mu)))
     span = np.abs(mu).max()
 
     def grid(sig):
@@ -229,23 +233,26 @@ def guided_chain_entropy(mu, std, prior, scale, sigmas, n_grid=3001, uncond_read
         return lp - logsumexp(lp, axis=1, keepdims=True)
 
     x = grid(sigmas[0])
-    dens = np.exp(-x ** 2 / (2 * sigmas[0] ** 2))[None].repeat(len(mu), 0)   # [Y, G], x_0 ~ N(0, s0^2)
+    dens = np.exp(-x ** 2 / (2 * sigmas[0] ** 2))[None].repeat(len(mu), 0)   # [Y, G], x_0 ~ N(0, sigma_0^2)
     dens /= dens.sum(1, keepdims=True) * (x[1] - x[0])
-    h_w, h_u = [], []
+    rows = []
 
     def record(x, dens, sig):
         joint = prior[:, None] * dens                                 # [Y, G]
         px = joint.sum(0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            post = np.where(px > 0, joint / np.where(px > 0, px, 1), 0)
-        dx = x[1] - x[0]
-        h_w.append(float((px * _entropy(post.T)).sum() * dx))
-        if uncond_reading:
-            pu = np.exp(model_log_post(x, sig))
-            h_u.append(float((px * _entropy(pu)).sum() * dx))
+        with np.errstate(divide="ignore"):
+            log_post = np.log(joint.T) - np.log(np.where(px > 0, px, 1.0))[:, None]
+        keep = px > 0
+        wx = px[keep] * (x[1] - x[0])
+        own = quantities(log_post[keep], tree, leaves)
+        plain = quantities(model_log_post(x[keep], sig), tree, leaves)
+        row = {k: float(wx @ v) for k, v in own.items() if k != "inside"}
+        row.update({f"unguided_{k}": float(wx @ v) for k, v in plain.items() if k != "inside"})
+        rows.append(row)
 
     record(x, dens, sigmas[0])
     for s, t in itertools.pairwise(sigmas):
+        w = scale if interval is None or interval[0] < s <= interval[1] else 1.0
         a = t ** 2 / s ** 2
         c = std ** 2 / (std ** 2 + s ** 2)
         post = np.exp(model_log_post(x, s))                           # [G, Y]
@@ -255,11 +262,18 @@ def guided_chain_entropy(mu, std, prior, scale, sigmas, n_grid=3001, uncond_read
         xn = grid(t)
         new = np.empty((len(mu), len(xn)))
         for y in range(len(mu)):
-            d_w = d_u + scale * (d_y[:, y] - d_u)
-            mean = a * x + (1 - a) * d_w                              # [G]
+            mean = a * x + (1 - a) * (d_u + w * (d_y[:, y] - d_u))   # [G]
             kern = np.exp(-(xn[:, None] - mean[None]) ** 2 / (2 * var))  # [G', G]
             new[y] = kern @ (dens[y] * (x[1] - x[0])) / np.sqrt(2 * np.pi * var)
         new /= new.sum(1, keepdims=True) * (xn[1] - xn[0])
         x, dens = xn, new
         record(x, dens, t)
-    return (np.array(h_w), np.array(h_u)) if uncond_reading else np.array(h_w)
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+def guided_chain_entropy(mu, std, prior, scale, sigmas, n_grid=801, uncond_reading=False):
+    """H_w(Y | x_i) of the leaves (and, with uncond_reading, the unguided reading) along sigmas."""
+    curves = guided_chain_curves(mu, std, prior, scale, sigmas, n_grid=n_grid)
+    depth = max(int(k.split("_")[1]) for k in curves if k.startswith("level_"))
+    h = curves[f"level_{depth}"]
+    return (h, curves[f"unguided_level_{depth}"]) if uncond_reading else h
