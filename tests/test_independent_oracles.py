@@ -108,16 +108,35 @@ def documented_peak(sigmas, curve, axis):
     """Rate against the axis (log_snr: -dC/dlambda) by central differences on the grid (numpy's
     second-order non-uniform formula), one-sided at the ends; the maximum refined by a parabola
     through it and its neighbours on the axis. Returns (sigma at peak, rate at the vertex)."""
+    return documented_decision(sigmas, curve, axis)[:2]
+
+
+def documented_decision(sigmas, curve, axis):
+    """documented_peak plus the half-peak window: the contiguous range around the peak where the
+    rate exceeds half the vertex value, edges interpolated linearly on the axis (the grid's end
+    where it stays above), as sigmas (lo, hi); and points per half-width: half the window's width
+    over the grid spacing at the peak (the mean of its two neighbouring steps), on the axis."""
     order = np.argsort(sigmas)
     s, c = sigmas[order], curve[order]
     u = axis_value(s, axis)
     rate = np.gradient(c, u) * (-1.0 if axis == "log_snr" else 1.0)
     i = int(np.argmax(rate))
     if not 0 < i < len(u) - 1:
-        return float(s[i]), float(rate[i])
+        return float(s[i]), float(rate[i]), None, None
     u_peak = peak_on_dense_grid(u[i - 1:i + 2], rate[i - 1:i + 2])
-    coef = np.polyfit(u[i - 1:i + 2], rate[i - 1:i + 2], 2)
-    return float(axis_to_sigma(u_peak, axis)), float(np.polyval(coef, u_peak))
+    peak = float(np.polyval(np.polyfit(u[i - 1:i + 2], rate[i - 1:i + 2], 2), u_peak))
+    half = peak / 2
+    j = i
+    while j > 0 and rate[j - 1] > half:
+        j -= 1
+    lo = u[0] if j == 0 else u[j - 1] + (half - rate[j - 1]) * (u[j] - u[j - 1]) / (rate[j] - rate[j - 1])
+    k = i
+    while k < len(u) - 1 and rate[k + 1] > half:
+        k += 1
+    hi = u[-1] if k == len(u) - 1 else u[k] + (half - rate[k]) * (u[k + 1] - u[k]) / (rate[k + 1] - rate[k])
+    window = tuple(sorted((float(axis_to_sigma(lo, axis)), float(axis_to_sigma(hi, axis)))))
+    per_half_width = abs(hi - lo) / 2 / abs((u[i + 1] - u[i - 1]) / 2)
+    return float(axis_to_sigma(u_peak, axis)), peak, window, per_half_width
 
 
 def entropy(p):
@@ -207,7 +226,8 @@ def test_hierarchy_mutual_information_is_prior_entropy_minus_curve(hierarchy_run
 
 def test_hierarchy_decisions_follow_the_documented_rule(hierarchy_run):
     """decisions.csv re-derived from curves.csv by the rule docs/outputs.md states (rate by central
-    differences on the axis, parabola through the top three points), on all three axes, to 1e-9;
+    differences on the axis, parabola through the top three points, half-peak window, points per
+    half-width), on all three axes, to 1e-9;
     the vp_time and log_snr columns are the conversions of decision_sigma; probes.load gives the
     same decisions as the file."""
     import probes
@@ -218,10 +238,15 @@ def test_hierarchy_decisions_follow_the_documented_rule(hierarchy_run):
     result = probes.load(hierarchy_run)
     for d in decisions:
         sigmas, curve, _ = series(rows, "exact", d["kind"], d["name"])
-        sigma, rate = documented_peak(sigmas, curve, d["axis"])
+        sigma, rate, window, per_half_width = documented_decision(sigmas, curve, d["axis"])
         got = float(d["decision_sigma"])
         assert abs(got / sigma - 1) < 1e-9, d
         assert abs(float(d["peak_rate"]) / rate - 1) < 1e-9, d
+        assert abs(float(d["window_lo"]) / window[0] - 1) < 1e-9, d
+        assert abs(float(d["window_hi"]) / window[1] - 1) < 1e-9, d
+        assert abs(float(d["points_per_half_width"]) / per_half_width - 1) < 1e-9, d
+        assert d["under_resolved"] == ("true" if per_half_width < 3 else "false")
+        assert d["at_edge"] == "false"
         assert abs(float(d["vp_time"]) - 0.5 * np.log1p(got ** 2)) < 1e-9
         assert abs(float(d["log_snr"]) + 2 * np.log(got)) < 1e-9
         if d["kind"] == "node":
