@@ -30,8 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from exact_oracles import (Mixture, Tree, binary_entropy_two_class, guided_chain_curves, guided_chain_entropy,
-                           peak_on_dense_grid)
+from exact_oracles import (
+    Mixture,
+    Tree,
+    binary_entropy_two_class,
+    guided_chain_curves,
+    guided_chain_entropy,
+    peak_on_dense_grid,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 Z = 5.0
@@ -473,6 +479,7 @@ def test_guided_hierarchy_with_prior_and_interval(tmp_path, scale, interval):
         slack = Z * se + 0.005
         assert np.all(lo - slack <= truth), (kind, name, np.max(lo - truth))
         assert np.all(truth <= hi + slack), (kind, name, np.max(truth - hi))
+        assert np.all((lo <= mid + 1e-12) & (mid <= hi + 1e-12))     # the point estimate is the band's middle
     _, value, _ = series(rows, "guided", "level", "2")
     _, mi, _ = series(rows, "guided", "level", "2", "mutual_info")
     assert np.abs(mi + value - entropy(WEIGHTS)).max() < 1e-9
