@@ -550,3 +550,26 @@ def test_partial_taxonomy_rollout_and_immse(tmp_path):
     _, m_exact, _ = series(rows, "exact", "inside", "root", "inside_mass")
     m_paired = m_exact[[int(np.argmin(np.abs(s_exact - v))) for v in s_roll]]
     assert np.all(np.abs(m_roll - m_paired) <= Z * se_roll + 0.01)
+
+
+def test_shipped_two_class_recipe_matches_the_theory(tmp_path):
+    """The shipped gmm-two-class recipe as shipped (d = 256, |m| = 16, s0 = 1, `source: data`),
+    exact estimator only, 1024 samples: the curve against H(r) = E[h(sigmoid(2 r^2 + 2 r xi))],
+    r = 16 / sqrt(1 + sigma^2) (5 stderr + 5e-4), and the decisions: on the VP-time axis the
+    rate peaks where r^2 = 1.50833 (with s0 = 1, t = log s: sigma = sqrt(256 / 1.50833 - 1) =
+    12.99, DESIGN section 2); on log sigma at the oracle's dense-grid peak; each inside its
+    bootstrap interval widened by one grid step."""
+    out = run_cli(tmp_path / "two-class", "gmm-two-class", "estimators=[exact]", "analysis.n_boot=100")
+    rows = read_rows(out / "curves.csv")
+    sigmas = series(rows, "exact", "level", "1")[0]
+    theory = np.array([binary_entropy_two_class(16 / np.hypot(1, v)) for v in sigmas])
+    assert_within(curve_errors(rows, "exact", {"level_1": theory, "node_root": theory}), "two-class theory")
+    step = np.log(sigmas[0] / sigmas[1])
+    dense = np.geomspace(2, 80, 800)
+    curve = np.array([binary_entropy_two_class(16 / np.hypot(1, v)) for v in dense])
+    truth = {"vp_time": np.sqrt(256 / 1.50833 - 1), "log_sigma": documented_peak(dense, curve, "log_sigma")[0]}
+    assert abs(documented_peak(dense, curve, "vp_time")[0] / truth["vp_time"] - 1) < 2e-3
+    for d in read_rows(out / "decisions.csv"):
+        if d["axis"] in truth:
+            lo, hi = float(d["interval_lo"]) * np.exp(-step), float(d["interval_hi"]) * np.exp(step)
+            assert lo <= truth[d["axis"]] <= hi, (d["axis"], truth[d["axis"]], lo, hi)
