@@ -573,3 +573,40 @@ def test_shipped_two_class_recipe_matches_the_theory(tmp_path):
         if d["axis"] in truth:
             lo, hi = float(d["interval_lo"]) * np.exp(-step), float(d["interval_hi"]) * np.exp(step)
             assert lo <= truth[d["axis"]] <= hi, (d["axis"], truth[d["axis"]], lo, hi)
+
+
+def test_compare_guidance_gain_against_density_propagation(tmp_path):
+    """`probes compare` of a leaf-conditional run at guidance 1 (A) and 3 (B), same seeds (paired),
+    1-D classes at +-1.5, std 0.5, 64 ancestral steps, 4096 samples, `--estimator exact` (in B's
+    files `exact:unguided_posterior`). Oracle: dI = I_B - I_A = H_A - H_B of the unguided
+    posterior read at each run's states, both by density propagation (guided_chain_curves).
+    * delta_mutual_info within 5 stderr + 1e-3 at every sigma (measured max 0.004, |z| < 3; below
+      sigma 0.7 the estimate sits 1e-3 under the truth at z ~ 2-3 in every point: tail samples
+      that carry the small-sigma entropy are rare, and both runs share them);
+    * the peak of dI (oracle: +0.175 nats at sigma 1.43) inside compare.json's peak_interval
+      widened by one grid step, and its height inside peak_delta_interval widened by 5e-3."""
+    sets = ["sampling.condition=leaf", "sampling.samples=4096", "sampling.batch_size=4096", "analysis.n_boot=0",
+            "model.dim=1", "model.std=0.5", "model.hierarchy=null", "model.means={minus: [-1.5], plus: [1.5]}",
+            "sampling.sigma_max=30", "sampling.sigma_min=0.05", "sampling.steps=64", "sampling.source=model",
+            "estimators=[exact, guided]"]
+    for w in (1, 3):
+        run_cli(tmp_path / f"w{w}", "gmm-two-class", *sets, f"sampling.guidance.scale={w}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "probes.cli", "compare", str(tmp_path / "w1"), str(tmp_path / "w3"),
+                           "--estimator", "exact", "--n-boot", "100", "--out", str(tmp_path / "cmp")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(tmp_path / "cmp" / "compare.csv")
+    sigmas = np.array([float(r["sigma"]) for r in rows])
+    delta = np.array([float(r["delta_mutual_info"]) for r in rows])
+    se = np.array([float(r["stderr"]) for r in rows])
+    read = {w: guided_chain_curves([-1.5, 1.5], 0.5, [0.5, 0.5], w, sigmas)["unguided_level_1"] for w in (1.0, 3.0)}
+    truth = read[1.0] - read[3.0]
+    assert np.all(np.abs(delta - truth) <= Z * se + 1e-3), np.max(np.abs(delta - truth))
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert summary["pairing"] == "paired"
+    level = summary["levels"]["1"]
+    i = int(np.argmax(truth))
+    step = np.log(sigmas[0] / sigmas[1])
+    assert level["peak_interval"][0] * np.exp(-step) <= sigmas[i] <= level["peak_interval"][1] * np.exp(step)
+    assert level["peak_delta_interval"][0] - 5e-3 <= truth[i] <= level["peak_delta_interval"][1] + 5e-3
