@@ -37,6 +37,7 @@ from exact_oracles import (
     guided_chain_curves,
     guided_chain_entropy,
     peak_on_dense_grid,
+    quantities,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,6 +348,31 @@ def test_partial_taxonomy_inside_mass_and_inside_weighted_entropy(partial_run):
     assert_within(curve_errors(rows, "bayes", oracle, floor=0.015), "bayes, partial taxonomy")
     plug = mix.tree_curves(sigmas, tree, [0, 1], inside_weighted=True, reading="plugin")
     assert_within(curve_errors(rows, "plugin", plug, floor=0.005), "plugin, partial taxonomy")
+
+
+def test_partial_taxonomy_means_recomputed_from_the_posteriors(partial_run):
+    """The engine, checked on its own inputs: the per-sample posteriors probes.load returns,
+    turned into inside masses and renormalised entropies by exact_oracles.quantities, then the
+    inside-weighted mean and its linearised standard error as docs/outputs.md states them, equal
+    curves.csv to 1e-12 (same float32 inputs, float64 arithmetic on both sides)."""
+    import probes
+
+    result = probes.load(partial_run)
+    rows = read_rows(partial_run / "curves.csv")
+    tree = Tree(["minus", "plus"])
+    for estimator in ("exact", "plugin", "bayes"):
+        lp = result.log_posteriors(estimator).double().numpy()
+        n, s, n_leaves = lp.shape
+        q = quantities(lp.reshape(n * s, n_leaves), tree, [0, 1])
+        w, h = q["inside"].reshape(n, s), q["level_1"].reshape(n, s)
+        mean = (w * h).sum(0) / w.sum(0)
+        stderr = np.sqrt(n / (n - 1) * ((w * (h - mean)) ** 2).sum(0)) / w.sum(0)
+        _, value, se = series(rows, estimator, "level", "1")
+        _, inside, inside_se = series(rows, estimator, "inside", "root", "inside_mass")
+        assert np.abs(mean - value).max() < 1e-12, estimator
+        assert np.abs(stderr / se - 1).max() < 1e-9, estimator
+        assert np.abs(w.mean(0) - inside).max() < 1e-12, estimator
+        assert np.abs(w.std(0, ddof=1) / np.sqrt(n) / inside_se - 1).max() < 1e-9, estimator
 
 
 def test_partial_taxonomy_forward_noised_data(tmp_path):
