@@ -154,11 +154,12 @@ class Mixture:
         return self.log_posterior(denoised, 0.0)
 
     def tree_curves(self, sigmas, tree: Tree, leaf_components, law=None, inside_weighted=False,
-                    reading="exact"):
+                    reading="exact", h=None):
         """Level entropies, node contributions and inside mass along sigmas.
 
         reading: "exact" (the posterior p(k | x_sigma)) or "plugin" (the clean posterior of the
-        denoised state).
+        denoised state). The plug-in integrand is much sharper than the posterior's (the clean
+        posterior's logit changes by |dm|/s0^2 per unit of D): pass a smaller h for it.
 
         inside_weighted: report E[p(T|x) f] / E[p(T|x)] (samples of the model's whole world);
         otherwise the plain expectation under `law`.
@@ -171,7 +172,7 @@ class Mixture:
                 if inside_weighted:
                     qd.update({f"w_{k}": qd["inside"] * v for k, v in qd.items() if k != "inside"})
                 return qd
-            e = self.expect(sigma, func, law)
+            e = self.expect(sigma, func, law, h=h)
             if inside_weighted:
                 e = {**{k[2:]: v / e["inside"] for k, v in e.items() if k.startswith("w_")},
                      "inside": e["inside"]}

@@ -449,12 +449,17 @@ def test_guided_band_brackets_the_guided_chain(guided_run):
 @pytest.mark.slow
 def test_hierarchy_monte_carlo_estimators(tmp_path, hierarchy_oracle):
     """gmm-hierarchy, source data, 1024 paths, 48 steps. Tolerances (5 stderr plus each
-    estimator's documented bias, docs/estimators.md): bayes + 0.03 (first order in a 48-point
+    estimator's documented bias, docs/estimators.md): plugin against its own expectation + 2e-3
+    (no bias against that; but below sigma ~1 its entropy lives on a thin set of x, where D sits
+    between the clean classes: at sigma 0.85 the fine node's 0.0016 nats come from ~0.5% of the
+    samples, which 1024 paths see a handful of times, and the reported stderr misses them;
+    measured |z| < 2.5 elsewhere, 0.02 nats at most); bayes + 0.03 (first order in a 48-point
     step, measured 0.014); immse (4096 pairs) + 0.03 (trapezoid and H(sigma_max) ~ H(prior),
     measured 0.025); rollout k = 8, stride 4 + 0.045 (jackknifed completions on their own 32-point
     grid: 0.043 worst on 256 paths in the docs, measured 0.031)."""
     out = run_cli(tmp_path / "all", "gmm-hierarchy", "sampling.source=data",
-                  "estimators=[exact, {name: rollout, k: 8, sigma_stride: 4}, bayes, {name: immse, n_pairs: 4096}]",
+                  "estimators=[exact, plugin, {name: rollout, k: 8, sigma_stride: 4}, bayes, "
+                  "{name: immse, n_pairs: 4096}]",
                   "sampling.samples=1024", "sampling.batch_size=1024", "analysis.n_boot=0")
     rows = read_rows(out / "curves.csv")
     sigmas, oracle = hierarchy_oracle
@@ -464,6 +469,15 @@ def test_hierarchy_monte_carlo_estimators(tmp_path, hierarchy_oracle):
     keep = [int(np.argmin(np.abs(sigmas - v))) for v in s_roll]
     sub = {k: v[keep] for k, v in oracle.items()}
     assert_within(curve_errors(rows, "rollout", sub, floor=0.045), "rollout")
+    # plugin has its own expectation (the clean posterior of Tweedie's mean), not H: the hierarchy
+    # factorises for it too (D's coarse coordinate depends on x1 alone, its fine one on x2), so
+    # it is two 1-D quadratures on a 0.002 grid (converged to 1e-9 against 0.001)
+    pair = Tree(["a", "b"])
+    plug = {a: Mixture(np.array([[-a], [a]]), [1, 1], 0.5).tree_curves(sigmas, pair, [0, 1], reading="plugin",
+                                                                        h=0.002)["level_1"] for a in (6.0, 2.0)}
+    plug_oracle = {"level_1": plug[6.0], "level_2": plug[6.0] + plug[2.0], "node_root": plug[6.0],
+                   "node_left": plug[2.0] / 2, "node_right": plug[2.0] / 2}
+    assert_within(curve_errors(rows, "plugin", plug_oracle, floor=2e-3), "plugin")
 
 
 LINE_MEANS = "model.means={left-a: [-4.5], left-b: [-1.5], right-a: [1.5], right-b: [4.5]}"
