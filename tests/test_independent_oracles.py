@@ -483,6 +483,7 @@ def test_hierarchy_monte_carlo_estimators(tmp_path, hierarchy_oracle):
 LINE_MEANS = "model.means={left-a: [-4.5], left-b: [-1.5], right-a: [1.5], right-b: [4.5]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale, interval", [(2.0, None), (3.0, (1.0, 5.0))])
 def test_guided_hierarchy_with_prior_and_interval(tmp_path, scale, interval):
     """Four leaves on a line (-4.5, -1.5 | 1.5, 4.5; std 0.5) under gmm-two-by-two, prior
@@ -615,6 +616,7 @@ def test_shipped_two_class_recipe_matches_the_theory(tmp_path):
             assert lo <= truth[d["axis"]] <= hi, (d["axis"], truth[d["axis"]], lo, hi)
 
 
+@pytest.mark.slow
 def test_compare_guidance_gain_against_density_propagation(tmp_path):
     """`probes compare` of a leaf-conditional run at guidance 1 (A) and 3 (B), same seeds (paired),
     1-D classes at +-1.5, std 0.5, 64 ancestral steps, 4096 samples, `--estimator exact` (in B's
