@@ -131,6 +131,15 @@ class Sampling(Strict):
             raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         return self
 
+    @model_validator(mode="after")
+    def _guidance_needs_a_sampler(self):
+        # source: data noises clean data forward: no sampler runs, so guidance would be silently
+        # ignored (and the guided estimator would bound the entropy of a process never sampled).
+        if self.source == "data" and (self.guidance.scale != 1.0 or self.guidance.interval is not None):
+            raise ValueError("guidance needs source: model (with source: data no sampler runs, "
+                             "so the samples would not be guided)")
+        return self
+
 
 class EstimatorSpec(BaseModel):
     """An estimator by name plus its options (checked by the estimator itself)."""

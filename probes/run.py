@@ -320,7 +320,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         sample_pairs=_pair_sampler(recipe, parts, sigmas), exact_model=parts.exact_model,
         batch_size=s.batch_size, guided_denoiser=FiniteCheck(parts.generator),
         outside_mass=0.0 if samples_from_taxonomy(recipe) else parts.outside_mass,
-        partial_taxonomy=parts.partial_taxonomy,
+        partial_taxonomy=parts.partial_taxonomy, inside_weighted=not samples_from_taxonomy(recipe),
     )
     t_built = time.perf_counter() - t_start
 

@@ -585,6 +585,8 @@ CASES: list[Case] = [
          needle="elsewhere"),
     Case("recipe guidance without labels", "recipe", _run_with(edit(RECIPE, "source: data}",
          "source: model, method: ancestral, guidance: {scale: 3.0}}")), needle="guidance"),
+    Case("recipe guidance on forward-noised data", "recipe", _run_with(edit(RECIPE, "source: data}",
+         "source: data, condition: leaf, guidance: {scale: 3.0}}")), needle="source: model"),
     Case("recipe guided estimator without labels", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
          "estimators: [guided]")), needle="guided"),
     Case("recipe seed -1", "recipe", _run_with(edit(RECIPE, "seed: 0", "seed: -1")), needle="seed"),

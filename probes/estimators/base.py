@@ -47,6 +47,10 @@ class ProbeContext:
         partial_taxonomy: the model's world is larger than the taxonomy (mixture components,
             classifier classes or prompts outside it); ``immse`` then measures against the
             taxonomy's own mixture ``D(x; root)`` instead of the unconditional ``D(x)``.
+        inside_weighted: the samples come from the model's whole world, so curves are
+            inside-weighted means (False for leaf-conditional runs and ``source: data``); an
+            estimator that corrects per-sample bias (``rollout``'s jackknife) corrects the quantity
+            that is averaged.
     """
 
     taxonomy: Any
@@ -63,6 +67,7 @@ class ProbeContext:
     guided_denoiser: Callable | None = None
     outside_mass: float = 0.0
     partial_taxonomy: bool = False
+    inside_weighted: bool = True
 
     def __post_init__(self):
         if self.cond_denoiser is None:

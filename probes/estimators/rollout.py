@@ -117,7 +117,7 @@ class RolloutEstimator(Estimator):
                     out = torch.empty(batch, len(idx), lp.shape[-1], dtype=torch.float32)
                 out[rows, j] = mean.float()
                 if jackknife:
-                    lv, nd = _jackknife(lp, mean, ctx.taxonomy, tree_entropy)
+                    lv, nd = _jackknife(lp, mean, ctx.taxonomy, tree_entropy, ctx.inside_weighted)
                     if levels is None:
                         levels = torch.empty(batch, len(idx), lv.shape[-1], dtype=torch.float64)
                         nodes = torch.empty(batch, len(idx), nd.shape[-1], dtype=torch.float64)
@@ -126,9 +126,23 @@ class RolloutEstimator(Estimator):
                                denoiser_calls=denoiser.calls, classifier_calls=classifier.calls)
 
 
-def _jackknife(lp: torch.Tensor, mean: torch.Tensor, taxonomy, tree_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+def _jackknife(lp: torch.Tensor, mean: torch.Tensor, taxonomy, tree_entropy,
+               inside_weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Jackknifed level entropies ``[b, D]`` and node contributions ``[b, K]`` from the K
-    completions' classifier log-probs ``lp [K, b, L]`` and their average ``mean [b, L]``."""
+    completions' classifier log-probs ``lp [K, b, L]`` and their average ``mean [b, L]``.
+
+    Where the classifier's world is larger than the taxonomy, a completion may land outside it, and
+    the renormalised entropy ``H(. | x, T)`` of a K-average rests on the completions that landed
+    inside. Inside-weighted means (``E[p(T|x) H] / E[p(T|x)]``) are then corrected through their
+    numerator: the jackknife acts on ``p_T H``, a smooth function of the K-average that is 0 where
+    no completion landed inside, and the value returned is that over the sample's ``p_T``, so the
+    engine's weighted mean is ``sum (p_T H)_jack / sum p_T``. (Jackknifing ``H`` alone left the
+    covariance of ``p_T`` and ``H`` in the weighted mean and dropped, as NaN, every sample with one
+    inside completion: at K = 8 with 60% of completions inside, +0.033 nats against +0.012 now,
+    ``tests/test_independent_oracles.py``.) For plain means (samples
+    from the taxonomy) ``H`` itself is jackknifed; a sample with a leave-one-out average that has no
+    inside mass keeps its uncorrected value.
+    """
     k = lp.shape[0]
     # leave-one-out averages: log((sum_all - p_k) / (K - 1)), computed stably from log-probs
     loo = torch.stack([torch.logsumexp(torch.cat([lp[:m], lp[m + 1:]]), dim=0) for m in range(k)]) - math.log(k - 1)
@@ -136,7 +150,24 @@ def _jackknife(lp: torch.Tensor, mean: torch.Tensor, taxonomy, tree_entropy) -> 
     # the K + 1 posteriors per sample go where sigmas usually are (labels only)
     c = tree_entropy(stacked.permute(1, 0, 2), taxonomy, torch.arange(k + 1, 0, -1, dtype=torch.float64), prior=None)
     lv, nd = torch.as_tensor(c.levels), torch.as_tensor(c.nodes)  # [b, 1 + K, D], [b, 1 + K, K_nodes]
-    return k * lv[:, 0] - (k - 1) * lv[:, 1:].mean(1), k * nd[:, 0] - (k - 1) * nd[:, 1:].mean(1)
+    inside = torch.logsumexp(stacked, dim=-1).exp().T.clamp(max=1.0)  # [b, 1 + K]: p_T of each average
+    plain_lv = k * lv[:, 0] - (k - 1) * lv[:, 1:].mean(1)
+    plain_nd = k * nd[:, 0] - (k - 1) * nd[:, 1:].mean(1)
+    if inside_weighted:
+        weighted_lv = inside[..., None] * torch.nan_to_num(lv, nan=0.0)
+        weighted_nd = inside[..., None] * torch.nan_to_num(nd, nan=0.0)
+        p_t = inside[:, :1]
+        nan = torch.tensor(float("nan"), dtype=lv.dtype)
+
+        def per_inside(w):  # the jackknifed p_T H over the sample's p_T; NaN with no inside mass
+            return torch.where(p_t > 0, (k * w[:, 0] - (k - 1) * w[:, 1:].mean(1)) / p_t.clamp(min=1e-300), nan)
+
+        jack_lv, jack_nd = per_inside(weighted_lv), per_inside(weighted_nd)
+        # samples whose completions all stayed inside keep the plain jackknife's exact arithmetic
+        closed = (inside >= 1 - 1e-3).all(1, keepdim=True)
+        return torch.where(closed, plain_lv, jack_lv), torch.where(closed, plain_nd, jack_nd)
+    return (torch.where(torch.isfinite(plain_lv), plain_lv, lv[:, 0]),
+            torch.where(torch.isfinite(plain_nd), plain_nd, nd[:, 0]))
 
 
 def refine_grid(sigmas: torch.Tensor, substeps: int) -> torch.Tensor:
