@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probes: interrupted; finished batches are kept (continue with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left early (`probes taxonomy show ... | head`): nothing is wrong. Point stdout at
+        # /dev/null so that the interpreter's final flush does not report the closed pipe either.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141                        # 128 + SIGPIPE, what a shell reports for such a reader
     except OSError as err:
         # The machine, not the toolkit: a full disk, a vanished directory, a permission.
         if args.debug:

@@ -245,3 +245,24 @@ def test_cli_wordnet_setup(cli, capsys, tmp_path, monkeypatch):
     assert checked == [dest / "corpora" / "wordnet"]
     with pytest.raises(ProbesError, match="no such directory"):
         cli("wordnet", "setup", "--source", str(tmp_path / "none"), "--dest", str(dest))
+
+
+@pytest.mark.slow
+def test_cli_output_piped_into_head_is_not_an_error(tmp_path):
+    """`probes taxonomy show BIG | head -1`: the reader leaves early; probes exits without an error line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    big = tmp_path / "big.yaml"      # ~200 KB of rendered tree: more than a pipe buffer holds
+    big.write_text("tree:\n" + "".join(f"  g{i}: [a{i}, b{i}]\n" for i in range(3000)))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen("
+                           "[sys.executable, '-m', 'probes', 'taxonomy', 'show', sys.argv[1]], "
+                           "stdout=subprocess.PIPE, stderr=subprocess.PIPE); p.stdout.readline(); "
+                           "p.stdout.close(); sys.stderr.write(p.stderr.read().decode()); sys.exit(p.wait())",
+                           str(big)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
