@@ -37,7 +37,8 @@ def add_run_commands(sub) -> None:
         description="Probe a model as RECIPE says: sample, estimate leaf posteriors along the noise levels, "
         "and write entropy curves, decision times and plots to --out.",
     )
-    p.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe (digits, gmm-hierarchy, sd15, ...: probes/recipes/)")
+    p.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe "
+                                  "(digits, gmm-hierarchy, sd15, ...: probes/recipes/)")
     p.add_argument("--out", "-o", help="run directory (default: runs/<recipe name>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
