@@ -7,6 +7,7 @@ Each subcommand lives next to the code it drives and registers itself here. User
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -62,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader left early (`probes taxonomy show ... | head`): nothing is wrong. Point stdout at
         # /dev/null so that the interpreter's final flush does not report the closed pipe either.
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
         return 141                        # 128 + SIGPIPE, what a shell reports for such a reader
     except OSError as err:
         # The machine, not the toolkit: a full disk, a vanished directory, a permission.
