@@ -119,3 +119,22 @@ def test_every_top_level_name_is_documented():
     undocumented = [name for name in probes.__all__
                     if not name.startswith("_") and f"probes.{name}" not in docs and name not in docs]
     assert not undocumented
+
+
+def _all_parsers(parser: argparse.ArgumentParser, path: str = "probes"):
+    yield path, parser
+    for name, sub in _subparsers(parser).items():
+        yield from _all_parsers(sub, f"{path} {name}")
+
+
+def test_every_command_and_flag_of_the_cli_is_documented():
+    """The other direction: nothing `probes --help` offers is missing from the docs."""
+    docs = "\n".join(TEXT.values())
+    missing = []
+    for path, parser in _all_parsers(build_parser()):
+        if path != "probes" and path not in docs:
+            missing.append(path)
+        for option in _options(parser) - {"-h", "--help", "--version"}:
+            if option.startswith("--") and not re.search(re.escape(option) + r"(?![\w-])", docs):
+                missing.append(f"{path} {option}")
+    assert not missing
