@@ -138,3 +138,27 @@ def test_every_command_and_flag_of_the_cli_is_documented():
             if option.startswith("--") and not re.search(re.escape(option) + r"(?![\w-])", docs):
                 missing.append(f"{path} {option}")
     assert not missing
+
+
+def test_dotted_names_in_docs_resolve():
+    """`probes.models.stable_diffusion.StableDiffusionDenoiser`, `probes.taxonomy.from_nested`, ...:
+    every dotted `probes.<module>.<name>` a page names can be imported."""
+    import importlib
+
+    refs = {m for text in TEXT.values() for m in re.findall(r"\bprobes(?:\.[A-Za-z_]\w*){2,}", text)}
+    missing = []
+    for ref in sorted(refs):
+        parts = ref.split(".")
+        for i in range(len(parts), 1, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                missing.append(ref)
+            break
+        else:
+            missing.append(ref)
+    assert len(refs) > 15 and not missing
