@@ -162,3 +162,8 @@ def test_dotted_names_in_docs_resolve():
         else:
             missing.append(ref)
     assert len(refs) > 15 and not missing
+
+
+def test_readme_links_every_page_of_docs():
+    readme = TEXT[ROOT / "README.md"]
+    assert [p.name for p in PAGES[1:] if f"(docs/{p.name})" not in readme] == []
