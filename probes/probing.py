@@ -19,6 +19,7 @@ are left out: there the posterior is the prior, whatever the model.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from probes.adapters import FAMILIES, Family, family_of
-from probes.adapters.schedulers import check_estimators, read_step
+from probes.adapters.schedulers import check_estimators, is_trajectory_step, read_step
 from probes.errors import ProbesError
 from probes.estimators import ESTIMATORS, Estimator, ProbeContext, build_estimator
 from probes.sampling import Trajectory
@@ -76,19 +77,25 @@ class StepRecorder:
 
     def __enter__(self):
         original = self.scheduler.step
+        self.shadowed = vars(self.scheduler).get("step")  # the user's own instance-level wrapper, if any
 
+        @functools.wraps(original)  # pipelines read step's signature to pass eta= and generator=
         def step(*args, **kwargs):
             names = ("model_output", "timestep", "sample")
             got = dict(zip(names, args))
             got.update({k: kwargs[k] for k in names if k in kwargs})
-            self.record(got["model_output"], got["timestep"], got["sample"])
+            if is_trajectory_step(self.scheduler):  # not a second-order scheduler's corrector call
+                self.record(got["model_output"], got["timestep"], got["sample"])
             return original(*args, **kwargs)
 
         self.scheduler.step = step  # an instance attribute shadows the method until __exit__
         return self
 
     def __exit__(self, *exc):
-        del self.scheduler.step
+        if self.shadowed is None:
+            del self.scheduler.step
+        else:
+            self.scheduler.step = self.shadowed
         return False
 
     @torch.no_grad()
@@ -183,7 +190,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     if not isinstance(fam, Family):
         raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     ests = _estimators(estimators)
-    kind = check_estimators(pipe.scheduler, [e.name for e in ests])
+    kind = check_estimators(pipe.scheduler, [e.name for e in ests], pipe_kwargs)
     needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
     if needs_classifier and classifier is None:
         raise ProbesError(f"classifier: estimators {', '.join(needs_classifier)} need a classifier "

@@ -7,7 +7,9 @@ Each supported scheduler keeps its state in one layout (``vp``, ``ve`` or ``flow
   DPM-Solver, UniPC, flow-matching Euler): there is no Gaussian kernel for ``bayes`` to invert;
 * ``ancestral``: ``x_{i+1} ~ N(a x_i + (1 - a) D, (1 - a) sigma_{i+1}^2)`` with
   ``a = sigma_{i+1}^2 / sigma_i^2`` on the sigma axis (DDPM's posterior step, Euler ancestral):
-  exactly the kernel ``bayes`` inverts.
+  exactly the kernel ``bayes`` inverts;
+* ``other-noise``: steps that add fresh noise on another kernel (LCM, TCD, SDE DPM-Solver, DDIM
+  with ``eta > 0``, DDPM with a learned variance): no ``bayes`` either.
 
 ``plugin`` (the pipeline's own x0 prediction, classified) and ``rollout`` (stochastic completions
 with the family's denoiser) work on every supported scheduler. ``exact`` needs a Gaussian mixture
@@ -28,39 +30,63 @@ from probes.errors import ProbesError
 @dataclass(frozen=True)
 class SchedulerKind:
     layout: str  # vp | ve | flow
-    kernel: str  # deterministic | ancestral
+    kernel: str  # deterministic | ancestral | other-noise (fresh noise, but not bayes's kernel)
 
 
+#: scheduler class name -> how its steps read. Second-order schedulers (Heun, KDPM2) call the
+#: model twice per step: only the first call of each step sees a state of the trajectory
+#: (:func:`is_trajectory_step`). The docs' table of supported schedulers is checked against this.
 SCHEDULERS: dict[str, SchedulerKind] = {
     "DDIMScheduler": SchedulerKind("vp", "deterministic"),
     "DDPMScheduler": SchedulerKind("vp", "ancestral"),
+    "PNDMScheduler": SchedulerKind("vp", "deterministic"),
     "DPMSolverMultistepScheduler": SchedulerKind("vp", "deterministic"),
+    "DPMSolverSinglestepScheduler": SchedulerKind("vp", "deterministic"),
     "UniPCMultistepScheduler": SchedulerKind("vp", "deterministic"),
+    "DEISMultistepScheduler": SchedulerKind("vp", "deterministic"),
+    "LCMScheduler": SchedulerKind("vp", "other-noise"),
+    "TCDScheduler": SchedulerKind("vp", "other-noise"),
+    "LMSDiscreteScheduler": SchedulerKind("ve", "deterministic"),
     "EulerDiscreteScheduler": SchedulerKind("ve", "deterministic"),
     "EulerAncestralDiscreteScheduler": SchedulerKind("ve", "ancestral"),
+    "HeunDiscreteScheduler": SchedulerKind("ve", "deterministic"),
+    "KDPM2DiscreteScheduler": SchedulerKind("ve", "deterministic"),
     "FlowMatchEulerDiscreteScheduler": SchedulerKind("flow", "deterministic"),
+    "FlowMatchHeunDiscreteScheduler": SchedulerKind("flow", "deterministic"),
 }
 
 PIPELINE_ESTIMATORS = {"deterministic": ("plugin", "rollout"), "ancestral": ("plugin", "rollout", "bayes")}
 
 
-def scheduler_kind(scheduler) -> SchedulerKind:
+def scheduler_kind(scheduler, call_kwargs: dict | None = None) -> SchedulerKind:
+    """How ``scheduler``'s steps read, for a pipeline called with ``call_kwargs``; one line refusing
+    the schedulers and settings whose steps cannot be read on the sigma axis."""
     name = type(scheduler).__name__
     if name not in SCHEDULERS:
         raise ProbesError(f"scheduler {name} is not supported for probing; use one of {', '.join(SCHEDULERS)} "
                           f"(pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config))")
     kind = SCHEDULERS[name]
     config = scheduler.config
+    if name == "PNDMScheduler" and not config.get("skip_prk_steps", False):
+        raise ProbesError("PNDMScheduler with skip_prk_steps=False (Runge-Kutta warm-up steps) is not supported for "
+                          "probing; use PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)")
+    if config.get("thresholding", False):
+        raise ProbesError(f"{name} with thresholding=True (dynamic thresholding of its clean estimate) is not "
+                          f"supported for probing; use {name}.from_config(pipe.scheduler.config, thresholding=False)")
     if name == "DDPMScheduler" and config.get("variance_type", "fixed_small") != "fixed_small":
-        return SchedulerKind(kind.layout, "deterministic-noise")  # a different kernel: not bayes's
+        return SchedulerKind(kind.layout, "other-noise")  # a different kernel: not bayes's
     if name == "DPMSolverMultistepScheduler" and str(config.get("algorithm_type", "")).startswith("sde"):
         return SchedulerKind(kind.layout, "other-noise")
+    if name == "FlowMatchEulerDiscreteScheduler" and config.get("stochastic_sampling", False):
+        return SchedulerKind(kind.layout, "other-noise")
+    if name == "DDIMScheduler" and float((call_kwargs or {}).get("eta") or 0.0) > 0:
+        return SchedulerKind(kind.layout, "other-noise")  # DDIM with eta > 0 adds noise, not on bayes's kernel
     return kind
 
 
-def check_estimators(scheduler, names) -> SchedulerKind:
+def check_estimators(scheduler, names, call_kwargs: dict | None = None) -> SchedulerKind:
     """One line refusing estimators the scheduler's steps cannot serve."""
-    kind = scheduler_kind(scheduler)
+    kind = scheduler_kind(scheduler, call_kwargs)
     allowed = PIPELINE_ESTIMATORS.get(kind.kernel, ("plugin", "rollout"))
     bad = [n for n in names if n not in allowed]
     if bad:
@@ -72,6 +98,19 @@ def check_estimators(scheduler, names) -> SchedulerKind:
         raise ProbesError(f"estimators {', '.join(bad)} cannot probe this pipeline: {reasons} "
                           f"(allowed here: {', '.join(allowed)})")
     return kind
+
+
+def is_trajectory_step(scheduler) -> bool:
+    """Whether the ``step`` call about to run starts from a state of the sampling trajectory.
+
+    Second-order schedulers (Heun, KDPM2, flow-matching Heun) call ``step`` twice per noise level;
+    the second call sees the first-order prediction at the next level, not the trajectory's state.
+    PNDM without Runge-Kutta steps re-takes its first step (its second call) the same way."""
+    if not getattr(scheduler, "state_in_first_order", True):
+        return False
+    if type(scheduler).__name__ == "PNDMScheduler":
+        return scheduler.counter != 1
+    return True
 
 
 def native_sigma(scheduler, timestep) -> float:
@@ -95,6 +134,9 @@ def read_step(scheduler, kind: SchedulerKind, model_output: torch.Tensor, timest
         return sigma, None, None
     x = to_sigma_axis(sample.double(), sigma, kind.layout).float()
     x0 = x0_from_output(model_output.double(), sample.double(), sigma, kind.layout, prediction).float()
+    if hasattr(scheduler, "get_scalings_for_boundary_condition_discrete"):  # LCM's consistency parameterisation
+        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)
+        x0 = (float(c_out) * x0.double() + float(c_skip) * sample.double()).float()  # LCM keeps vp states
     if scheduler.config.get("clip_sample"):  # the scheduler clips its estimate before using it
         bound = float(scheduler.config.get("clip_sample_range", 1.0))
         x0 = x0.clamp(-bound, bound)
