@@ -141,3 +141,32 @@ def read_step(scheduler, kind: SchedulerKind, model_output: torch.Tensor, timest
         bound = float(scheduler.config.get("clip_sample_range", 1.0))
         x0 = x0.clamp(-bound, bound)
     return sigma, x, x0
+
+
+#: what the docs' table says of a scheduler beyond its layout and kernel.
+NOTES: dict[str, str] = {
+    "DDIMScheduler": "`eta > 0` adds fresh noise (other-noise: no bayes); `thresholding=True` refused",
+    "DDPMScheduler": "ancestral with `variance_type=\"fixed_small\"`, other-noise with a learned variance (DiT)",
+    "PNDMScheduler": "`skip_prk_steps=True` only (SD 1.x's config); its re-taken first step is read once",
+    "DPMSolverMultistepScheduler": "`sde-dpmsolver++` is other-noise; Karras sigmas and custom `timesteps` read as given",
+    "LCMScheduler": "the clean estimate includes LCM's `c_skip`/`c_out` boundary condition (its `denoised`)",
+    "TCDScheduler": "fresh noise with `eta` (gamma) > 0",
+    "HeunDiscreteScheduler": "two model calls a step: the corrector call is not a trajectory state",
+    "KDPM2DiscreteScheduler": "two model calls a step: the midpoint call is not a trajectory state",
+    "FlowMatchEulerDiscreteScheduler": "`shift`, `use_dynamic_shifting` (Flux's `mu`) and custom `sigmas`; "
+                                       "`stochastic_sampling` is other-noise",
+    "FlowMatchHeunDiscreteScheduler": "two model calls a step: the corrector call is not a trajectory state",
+}
+
+
+def schedulers_table() -> str:
+    """The Markdown table of supported schedulers in docs/models.md (``python -m probes.adapters.schedulers``)."""
+    rows = ["| scheduler | state layout | step | estimators | notes |", "|---|---|---|---|---|"]
+    for name, kind in SCHEDULERS.items():
+        allowed = PIPELINE_ESTIMATORS.get(kind.kernel, ("plugin", "rollout"))
+        rows.append(f"| {name} | {kind.layout} | {kind.kernel} | {', '.join(allowed)} | {NOTES.get(name, '')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(schedulers_table())
