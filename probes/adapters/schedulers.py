@@ -100,6 +100,28 @@ def check_estimators(scheduler, names, call_kwargs: dict | None = None) -> Sched
     return kind
 
 
+def check_step_targets(scheduler) -> None:
+    """One line refusing a grid whose steps do not land on its next timestep (call after
+    ``set_timesteps``, before the first step).
+
+    DDIM and PNDM step from ``t`` to ``t - num_train_timesteps // num_inference_steps`` whatever
+    their timesteps; with ``timestep_spacing="linspace"`` (or custom timesteps) that is not the next
+    timestep, so each state would be read at a noise level it is not at. Diffusers' own rounding
+    of ``trailing`` grids misses by one training timestep at most; that is tolerated."""
+    name = type(scheduler).__name__
+    if name not in ("DDIMScheduler", "PNDMScheduler") or not getattr(scheduler, "num_inference_steps", None):
+        return
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    ts = [int(t) for t in scheduler.timesteps]
+    ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+    worst = max((abs((a - stride) - b) for a, b in zip(ts, ts[1:])), default=0)
+    if worst > 1:
+        spacing = scheduler.config.get("timestep_spacing", "leading")
+        raise ProbesError(f"{name} with timestep_spacing={spacing!r} and {scheduler.num_inference_steps} steps steps "
+                          f"each state to t - {stride}, not to its next timestep (off by up to {worst}), so its states "
+                          "are not at their timesteps' noise levels; use timestep_spacing='leading' or 'trailing'")
+
+
 def is_trajectory_step(scheduler) -> bool:
     """Whether the ``step`` call about to run starts from a state of the sampling trajectory.
 
