@@ -14,7 +14,10 @@ toolkit's sigma axis (:mod:`probes.adapters.schedulers`):
 Estimators that need more than the pipeline computes (``rollout`` completions, ``bayes``'s
 per-leaf predictions) call the family's plain (unguided) denoiser from :mod:`probes.adapters`.
 Steps at infinite sigma (a flow schedule's ``t = 1``, a zero-terminal-SNR schedule's first step)
-are left out: there the posterior is the prior, whatever the model.
+are left out: there the posterior is the prior, whatever the model. Second-order schedulers call
+``step`` twice per noise level; only the call that starts from the trajectory's state is read.
+The wrapper keeps ``step``'s signature: pipelines read it to decide whether to pass ``eta`` and
+``generator``.
 """
 
 from __future__ import annotations

@@ -167,9 +167,11 @@ def read_step(scheduler, kind: SchedulerKind, model_output: torch.Tensor, timest
 
 #: what the docs' table says of a scheduler beyond its layout and kernel.
 NOTES: dict[str, str] = {
-    "DDIMScheduler": "`eta > 0` adds fresh noise (other-noise: no bayes); `thresholding=True` refused",
+    "DDIMScheduler": "`eta > 0` adds fresh noise (other-noise: no bayes); `thresholding=True` and `linspace` "
+                     "spacing (its steps miss the next timestep) refused",
     "DDPMScheduler": "ancestral with `variance_type=\"fixed_small\"`, other-noise with a learned variance (DiT)",
-    "PNDMScheduler": "`skip_prk_steps=True` only (SD 1.x's config); its re-taken first step is read once",
+    "PNDMScheduler": "`skip_prk_steps=True` only (SD 1.x's config); its re-taken first step is read once; "
+                     "`linspace` spacing refused as for DDIM",
     "DPMSolverMultistepScheduler": "`sde-dpmsolver++` is other-noise; Karras sigmas and custom `timesteps` read as given",
     "LCMScheduler": "the clean estimate includes LCM's `c_skip`/`c_out` boundary condition (its `denoised`)",
     "TCDScheduler": "fresh noise with `eta` (gamma) > 0",
