@@ -17,6 +17,7 @@ The table of supported schedulers in docs/models.md is checked against the same 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -66,14 +67,12 @@ class SchedulerReference:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
                     x0 = getattr(out, "denoised", None)
-                if x0 is None and getattr(scheduler.config, "algorithm_type", "") in (
-                        "dpmsolver++", "sde-dpmsolver++") or (
+                if (x0 is None and getattr(scheduler.config, "algorithm_type", "") in (
+                        "dpmsolver++", "sde-dpmsolver++")) or (
                         type(scheduler).__name__ == "UniPCMultistepScheduler" and scheduler.config.predict_x0):
                     x0 = scheduler.model_outputs[-1]  # the data prediction the solver itself uses
                 self.x0.append(None if x0 is None else x0.clone())
             return out if return_dict else out.to_tuple()
-
-        import functools
 
         scheduler.step = functools.wraps(original)(step)
 
@@ -284,8 +283,8 @@ CALLS = [
     ("output latent, return_dict False", dict(prompt="a cat", output_type="latent", return_dict=False), True),
     ("generator list", dict(prompt=["a cat", "a dog"],
                             generator=[torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)]), True),
-    ("latents passed", dict(prompt="a cat", latents=torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))),
-     True),
+    ("latents passed", dict(prompt="a cat",
+                            latents=torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))), True),
 ]
 
 
@@ -299,7 +298,8 @@ def test_sd_call_options(label, call):
 def test_a_users_step_end_callback_is_still_called_and_its_latents_honoured():
     pipe = tp.family_pipe("stable-diffusion")
     seen_plain, seen_probe = [], []
-    common = dict(prompt="a cat", num_inference_steps=STEPS, output_type="pt", generator=torch.Generator().manual_seed(0))
+    common = dict(prompt="a cat", num_inference_steps=STEPS, output_type="pt",
+                  generator=torch.Generator().manual_seed(0))
     plain = pipe(**common, callback_on_step_end=_step_end_callback(seen_plain)).images
     untouched = pipe(**dict(common, generator=torch.Generator().manual_seed(0))).images
     result = probes.probe(pipe, TAX, classifier=LinearLogits(len(TAX.leaves)),
@@ -380,7 +380,7 @@ def test_family_schedulers(case, scheduler_name, overrides):
     pipe.scheduler = getattr(diffusers, scheduler_name).from_config(saved.config, **overrides)
     try:
         kind = scheduler_kind(pipe.scheduler)
-        bayes = kind.kernel == "ancestral" 
+        bayes = kind.kernel == "ancestral"
         check_case(pipe, _family_call(case), ("plugin", "bayes") if bayes else ("plugin",),
                    family_rows=_dit_rows if case == "dit" else None)
     finally:

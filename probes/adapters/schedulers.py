@@ -18,6 +18,7 @@ and ``immse`` labelled data, neither of which a pipeline has.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -114,7 +115,7 @@ def check_step_targets(scheduler) -> None:
     stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     ts = [int(t) for t in scheduler.timesteps]
     ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
-    worst = max((abs((a - stride) - b) for a, b in zip(ts, ts[1:])), default=0)
+    worst = max((abs((a - stride) - b) for a, b in itertools.pairwise(ts)), default=0)
     if worst > 1:
         spacing = scheduler.config.get("timestep_spacing", "leading")
         raise ProbesError(f"{name} with timestep_spacing={spacing!r} and {scheduler.num_inference_steps} steps steps "
@@ -172,7 +173,8 @@ NOTES: dict[str, str] = {
     "DDPMScheduler": "ancestral with `variance_type=\"fixed_small\"`, other-noise with a learned variance (DiT)",
     "PNDMScheduler": "`skip_prk_steps=True` only (SD 1.x's config); its re-taken first step is read once; "
                      "`linspace` spacing refused as for DDIM",
-    "DPMSolverMultistepScheduler": "`sde-dpmsolver++` is other-noise; Karras sigmas and custom `timesteps` read as given",
+    "DPMSolverMultistepScheduler": "`sde-dpmsolver++` is other-noise; Karras sigmas and custom `timesteps` "
+                                   "read as given",
     "LCMScheduler": "the clean estimate includes LCM's `c_skip`/`c_out` boundary condition (its `denoised`)",
     "TCDScheduler": "fresh noise with `eta` (gamma) > 0",
     "HeunDiscreteScheduler": "two model calls a step: the corrector call is not a trajectory state",
