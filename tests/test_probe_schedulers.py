@@ -235,7 +235,7 @@ def test_sd_schedulers(label, scheduler_name, overrides, prediction_type):
 REFUSED = [
     ("PNDM with Runge-Kutta steps", "PNDMScheduler", dict(skip_prk_steps=False), "skip_prk_steps=False"),
     ("DDIM thresholding", "DDIMScheduler", dict(thresholding=True), "thresholding=True"),
-    ("DDIM linspace", "DDIMScheduler", dict(timestep_spacing="linspace"), "steps each state to t - 250"),
+    ("DDIM linspace", "DDIMScheduler", dict(timestep_spacing="linspace"), "moves each state to t - 250"),
     ("KDPM2 ancestral", "KDPM2AncestralDiscreteScheduler", {}, "KDPM2AncestralDiscreteScheduler is not supported"),
     ("EDM Euler", "EDMEulerScheduler", {}, "EDMEulerScheduler is not supported"),
 ]

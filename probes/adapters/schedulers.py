@@ -118,7 +118,7 @@ def check_step_targets(scheduler) -> None:
     worst = max((abs((a - stride) - b) for a, b in itertools.pairwise(ts)), default=0)
     if worst > 1:
         spacing = scheduler.config.get("timestep_spacing", "leading")
-        raise ProbesError(f"{name} with timestep_spacing={spacing!r} and {scheduler.num_inference_steps} steps steps "
+        raise ProbesError(f"{name} with timestep_spacing={spacing!r} and {scheduler.num_inference_steps} steps moves "
                           f"each state to t - {stride}, not to its next timestep (off by up to {worst}), so its states "
                           "are not at their timesteps' noise levels; use timestep_spacing='leading' or 'trailing'")
 
