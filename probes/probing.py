@@ -14,11 +14,16 @@ toolkit's sigma axis (:mod:`probes.adapters.schedulers`):
 Estimators that need more than the pipeline computes (``rollout`` completions, ``bayes``'s
 per-leaf predictions) call the family's plain (unguided) denoiser from :mod:`probes.adapters`.
 Steps at infinite sigma (a flow schedule's ``t = 1``, a zero-terminal-SNR schedule's first step)
-are left out: there the posterior is the prior, whatever the model.
+are left out: there the posterior is the prior, whatever the model. Second-order schedulers call
+``step`` twice per noise level; only the call that starts from the trajectory's state is read.
+The wrapper keeps ``step``'s signature: pipelines read it to decide whether to pass ``eta`` and
+``generator``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from probes.adapters import FAMILIES, Family, family_of
-from probes.adapters.schedulers import check_estimators, read_step
+from probes.adapters.schedulers import check_estimators, check_step_targets, is_trajectory_step, read_step
 from probes.errors import ProbesError
 from probes.estimators import ESTIMATORS, Estimator, ProbeContext, build_estimator
 from probes.sampling import Trajectory
@@ -73,22 +78,32 @@ class StepRecorder:
         self.states: list[torch.Tensor] = []
         self.denoised: list[torch.Tensor] = []
         self.last: torch.Tensor | None = None
+        self.calls = 0
 
     def __enter__(self):
         original = self.scheduler.step
+        self.shadowed = vars(self.scheduler).get("step")  # the user's own instance-level wrapper, if any
 
+        @functools.wraps(original)  # pipelines read step's signature to pass eta= and generator=
         def step(*args, **kwargs):
             names = ("model_output", "timestep", "sample")
             got = dict(zip(names, args))
             got.update({k: kwargs[k] for k in names if k in kwargs})
-            self.record(got["model_output"], got["timestep"], got["sample"])
+            if self.calls == 0:  # the grid is set, no step taken yet
+                check_step_targets(self.scheduler)
+            self.calls += 1
+            if is_trajectory_step(self.scheduler):  # not a second-order scheduler's corrector call
+                self.record(got["model_output"], got["timestep"], got["sample"])
             return original(*args, **kwargs)
 
         self.scheduler.step = step  # an instance attribute shadows the method until __exit__
         return self
 
     def __exit__(self, *exc):
-        del self.scheduler.step
+        if self.shadowed is None:
+            del self.scheduler.step
+        else:
+            self.scheduler.step = self.shadowed
         return False
 
     @torch.no_grad()
@@ -113,6 +128,25 @@ class StepRecorder:
         denoised = torch.stack(self.denoised)
         return Trajectory(sigmas=sigmas, states=torch.stack(self.states), denoised=denoised, x0=denoised[-1],
                           method=method, cond=None)
+
+
+def _check_grid_before_sampling(pipe, call_kwargs: dict) -> None:
+    """Set the call's grid on a copy of the scheduler and check it, so that a grid the probe cannot
+    read is refused before the model runs (the recorder checks the real one again at its first step)."""
+    import inspect
+
+    steps = call_kwargs.get("num_inference_steps")
+    if steps is None:
+        param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        steps = None if param is None else param.default
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or call_kwargs.get("timesteps") is not None:
+        return
+    trial = copy.deepcopy(pipe.scheduler)
+    try:
+        trial.set_timesteps(steps)
+    except Exception:
+        return
+    check_step_targets(trial)
 
 
 def _estimators(estimators) -> list[Estimator]:
@@ -183,7 +217,8 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     if not isinstance(fam, Family):
         raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     ests = _estimators(estimators)
-    kind = check_estimators(pipe.scheduler, [e.name for e in ests])
+    kind = check_estimators(pipe.scheduler, [e.name for e in ests], pipe_kwargs)
+    _check_grid_before_sampling(pipe, pipe_kwargs)
     needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
     if needs_classifier and classifier is None:
         raise ProbesError(f"classifier: estimators {', '.join(needs_classifier)} need a classifier "

@@ -128,7 +128,7 @@ def test_refusals_are_one_line():
     saved = pipe.scheduler
     try:
         pipe.scheduler = PNDMScheduler.from_config(saved.config)
-        with pytest.raises(ProbesError, match="PNDMScheduler is not supported"):
+        with pytest.raises(ProbesError, match="PNDMScheduler with skip_prk_steps=False .* is not supported"):
             probes.probe(pipe, tax, classifier=clf, prompt="a cat", num_inference_steps=2)
     finally:
         pipe.scheduler = saved

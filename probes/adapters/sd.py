@@ -33,7 +33,7 @@ class TinyStableDiffusionModel(Strict):
 
 class StableDiffusion(Family):
     name = "stable-diffusion"
-    pipelines = ("StableDiffusionPipeline",)
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     parameterisation = "eps / v"
     conditioning = "text"
     description = "SD 1.x / 2.x UNet, discrete DDPM schedule, eps (1.x) or v (2.x) from the scheduler config"
