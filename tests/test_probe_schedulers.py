@@ -332,7 +332,7 @@ def test_img2img_strength_probes_the_partial_schedule(scheduler_name):
     try:
         pipe = diffusers.StableDiffusionImg2ImgPipeline(**base.components)
         pipe.set_progress_bar_config(disable=True)
-        image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+        image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # a picture in [0, 1]
         steps, strength = 8, 0.5
         call = dict(prompt="a cat", image=image, strength=strength, num_inference_steps=steps, output_type="pt")
         taken = int(steps * strength)
