@@ -130,9 +130,12 @@ class StepRecorder:
                           method=method, cond=None)
 
 
-def _check_grid_before_sampling(pipe, call_kwargs: dict) -> None:
+def _check_grid_before_sampling(pipe, call_kwargs: dict, ests: Sequence[Estimator] = ()) -> None:
     """Set the call's grid on a copy of the scheduler and check it, so that a grid the probe cannot
-    read is refused before the model runs (the recorder checks the real one again at its first step)."""
+    read is refused before the model runs (the recorder checks the real one again at its first step).
+    An estimator's ``sigma_stride`` is checked against the step count here too: the trajectory holds
+    at most one sigma per step and loses one at most (an infinite first sigma), so from three steps
+    on a stride the steps cannot hold is refused now rather than after sampling."""
     import inspect
 
     steps = call_kwargs.get("num_inference_steps")
@@ -141,6 +144,9 @@ def _check_grid_before_sampling(pipe, call_kwargs: dict) -> None:
         steps = None if param is None else param.default
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or call_kwargs.get("timesteps") is not None:
         return
+    if steps >= 3:
+        for est in ests:
+            est.check_grid(steps)
     trial = copy.deepcopy(pipe.scheduler)
     try:
         trial.set_timesteps(steps)
@@ -218,7 +224,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
         raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     ests = _estimators(estimators)
     kind = check_estimators(pipe.scheduler, [e.name for e in ests], pipe_kwargs)
-    _check_grid_before_sampling(pipe, pipe_kwargs)
+    _check_grid_before_sampling(pipe, pipe_kwargs, ests)
     needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
     if needs_classifier and classifier is None:
         raise ProbesError(f"classifier: estimators {', '.join(needs_classifier)} need a classifier "

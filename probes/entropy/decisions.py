@@ -31,6 +31,9 @@ two sets of curves can be resampled together (``probes compare``'s decision shif
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,10 +48,18 @@ MAX_BOOT = 100_000  # bootstrap replicates: each holds a resampling of every sam
 
 def check_n_boot(n_boot, what: str = "n_boot") -> int:
     """``n_boot`` as an int in ``0..MAX_BOOT``, or one line naming ``what``."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 0 <= n_boot <= MAX_BOOT:
+    value = None
+    if not isinstance(n_boot, bool):
+        try:
+            value = operator.index(n_boot)  # int, numpy and 0-d torch integers
+        except TypeError:
+            # a whole float (``1e3``, ``200.0``) is a count as well
+            if isinstance(n_boot, numbers.Real) and math.isfinite(n_boot) and float(n_boot).is_integer():
+                value = int(n_boot)
+    if value is None or not 0 <= value <= MAX_BOOT:
         raise ProbesError(f"{what}: expected a whole number of bootstrap replicates from 0 to {MAX_BOOT:,}, "
                           f"got {n_boot!r}")
-    return int(n_boot)
+    return value
 
 FLAT_TOL = 1e-9
 AXES = ("log_sigma", "vp_time", "log_snr")
