@@ -136,3 +136,17 @@ def test_torchrun_numbers_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "-1")
     with pytest.raises(ProbesError, match="LOCAL_RANK='-1'"):
         env_int("LOCAL_RANK", 0)
+
+
+def test_a_tuple_of_estimators_and_a_zero_separation_still_validate():
+    # the Python API's tuples, and a level whose children coincide (a split nothing can decide)
+    r = _recipe(estimators=("exact", {"name": "plugin"}))
+    assert [e.name for e in r.estimators] == ["exact", "plugin"]
+    from probes.recipe import recipe_from_dict
+
+    r = recipe_from_dict({"taxonomy": "t.yaml", "model": dict(GMM, hierarchy={"separations": [3.0, 0.0]})},
+                         source="r.yaml")
+    assert r.model.hierarchy.separations == [3.0, 0.0]
+    with pytest.raises(ProbesError, match="model.hierarchy.separations.0: Input should be greater than or equal to 0"):
+        recipe_from_dict({"taxonomy": "t.yaml", "model": dict(GMM, hierarchy={"separations": [-3.0, 1.0]})},
+                         source="r.yaml")
