@@ -225,6 +225,19 @@ def _check_save_dir(out: Path) -> None:
     if (out / MARKER).exists():
         raise ProbesError(f"save: {out} holds a probes run; saving a result there would replace its files; "
                           "choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_saved_result(out):
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise ProbesError(f"save: {out} holds files that are not a saved result ({shown}); saving there could "
+                          "replace them; choose a new or empty folder")
+
+
+def _is_saved_result(out: Path) -> bool:
+    """Whether ``out`` holds what :meth:`ProbeResult.save` writes (its run.json says ``kind: probe``)."""
+    try:
+        state = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("kind") == "probe"
 
 
 def load(directory) -> ProbeResult:

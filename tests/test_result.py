@@ -132,3 +132,14 @@ def test_a_run_guided_at_scale_zero_is_recorded_as_scale_zero():
     assert meta({"scale": 0.0})["guidance_scale"] == 0.0  # the unconditional denoiser, not "no guidance"
     assert meta({"scale": 0.0})["names_in_files"] == {"exact": "exact:unguided_posterior"}
     assert meta({})["guidance_scale"] == 1.0
+
+
+def test_save_keeps_off_a_folder_of_other_files(tax, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.txt").write_text("my notes")  # a name save writes too
+    with pytest.raises(ProbesError, match=r"save: .*mine holds files that are not a saved result \(summary.txt\)"):
+        _result(tax, "step").save(mine, n_boot=0)
+    assert (mine / "summary.txt").read_text() == "my notes"
+    saved = _result(tax, "step").save(tmp_path / "saved", n_boot=0)
+    _result(tax, "step").save(saved, n_boot=0)  # over an earlier saved result: allowed
