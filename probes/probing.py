@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -256,6 +257,8 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     if seeds is not None:
         meta["generator"] = seeds
     scale = pipe_kwargs.get("guidance_scale")
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = scale.item()
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy scalars too
         meta["guidance_scale"] = float(scale)
     return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)

@@ -222,3 +222,8 @@ def test_a_stride_the_steps_cannot_hold_is_refused_before_the_pipeline_runs():
         probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=[probes.estimators.build_estimator(
                      "plugin", sigma_stride=4)], prompt="a cat", num_inference_steps=4, output_type="latent")
     assert calls == []  # refused before sampling, not after it
+
+
+def test_a_numpy_guidance_scale_is_recorded_as_a_float_one_is():
+    # a sweep's np.float32 scale (np.linspace(..., dtype=np.float32)) is a guidance scale like 3.0
+    assert _seeded_probe(None, guidance=np.float32(3.0)).meta["guidance_scale"] == 3.0
