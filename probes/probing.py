@@ -135,17 +135,21 @@ def _check_grid_before_sampling(pipe, call_kwargs: dict, ests: Sequence[Estimato
     """Set the call's grid on a copy of the scheduler and check it, so that a grid the probe cannot
     read is refused before the model runs (the recorder checks the real one again at its first step).
     An estimator's ``sigma_stride`` is checked against the step count here too: the trajectory holds
-    at most one sigma per step and loses one at most (an infinite first sigma), so from three steps
-    on a stride the steps cannot hold is refused now rather than after sampling."""
+    one sigma per step and loses one at most (an infinite first sigma), so from three steps on a
+    stride the steps cannot hold is refused now rather than after sampling."""
     import inspect
 
+    params = inspect.signature(pipe.__call__).parameters
     steps = call_kwargs.get("num_inference_steps")
     if steps is None:
-        param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        param = params.get("num_inference_steps")
         steps = None if param is None else param.default
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or call_kwargs.get("timesteps") is not None:
         return
-    if steps >= 3:
+    # custom sigmas, SDXL's denoising_start/end and img2img's strength (its default too) change the
+    # number of steps taken
+    sets_steps = ("sigmas", "denoising_start", "denoising_end")
+    if steps >= 3 and "strength" not in params and all(call_kwargs.get(k) is None for k in sets_steps):
         for est in ests:
             est.check_grid(steps)
     trial = copy.deepcopy(pipe.scheduler)
