@@ -136,6 +136,9 @@ def test_torchrun_numbers_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "-1")
     with pytest.raises(ProbesError, match="LOCAL_RANK='-1'"):
         env_int("LOCAL_RANK", 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")  # a count of processes (it divides the CPU threads)
+    with pytest.raises(ProbesError, match="LOCAL_WORLD_SIZE='0': expected a positive whole number"):
+        env_int("LOCAL_WORLD_SIZE", 2)
 
 
 def test_a_tuple_of_estimators_and_a_zero_separation_still_validate():
