@@ -26,6 +26,7 @@ import copy
 import functools
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +145,11 @@ def _check_grid_before_sampling(pipe, call_kwargs: dict, ests: Sequence[Estimato
     if steps is None:
         param = params.get("num_inference_steps")
         steps = None if param is None else param.default
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or call_kwargs.get("timesteps") is not None:
+    try:  # a numpy integer (a sweep over np.arange) is a step count too
+        steps = None if isinstance(steps, bool) else operator.index(steps)
+    except TypeError:
+        return
+    if steps is None or steps < 1 or call_kwargs.get("timesteps") is not None:
         return
     # custom sigmas, SDXL's denoising_start/end and img2img's strength (its default too) change the
     # number of steps taken

@@ -212,7 +212,8 @@ def test_without_known_seeds_nothing_is_recorded_and_compare_stays_independent()
         assert a.compare(b, n_boot=20, pairing="paired").pairing == "paired"  # still available when asked
 
 
-def test_a_stride_the_steps_cannot_hold_is_refused_before_the_pipeline_runs():
+@pytest.mark.parametrize("steps", [4, np.int64(4)])
+def test_a_stride_the_steps_cannot_hold_is_refused_before_the_pipeline_runs(steps):
     pipe = _pipe("stable-diffusion")
     tax = load_taxonomy(TAX)
     calls = []
@@ -220,7 +221,7 @@ def test_a_stride_the_steps_cannot_hold_is_refused_before_the_pipeline_runs():
     pipe.unet.forward = lambda *a, **k: calls.append(1) or unet_forward(*a, **k)
     with pytest.raises(ProbesError, match="sigma_stride 4 keeps 1 of the 4 sigmas"):
         probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=[probes.estimators.build_estimator(
-                     "plugin", sigma_stride=4)], prompt="a cat", num_inference_steps=4, output_type="latent")
+                     "plugin", sigma_stride=4)], prompt="a cat", num_inference_steps=steps, output_type="latent")
     assert calls == []  # refused before sampling, not after it
 
 
