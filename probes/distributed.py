@@ -145,7 +145,8 @@ def env_int(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         value = -1
-    if value < 0 or (name == "WORLD_SIZE" and value < 1):
-        least = "a positive" if name == "WORLD_SIZE" else "a non-negative"
+    counts = name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE")  # how many processes: one at least
+    if value < 0 or (counts and value < 1):
+        least = "a positive" if counts else "a non-negative"
         raise ProbesError(f"environment variable {name}={raw!r}: expected {least} whole number (torchrun sets it)")
     return value

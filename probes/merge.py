@@ -13,6 +13,7 @@ sample i from its own generator i, and dropped otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -116,7 +117,9 @@ def _check_no_repeats(results: list[ProbeResult]) -> None:
         for i, row in enumerate(rows.detach().cpu().contiguous()):
             if torch.isnan(row).all():  # wholly unresolved (immse): says nothing of the sample
                 continue
-            key = row.numpy().tobytes()  # NaNs of one pattern have one byte pattern too
+            # NaNs of one pattern have one byte pattern too; a digest, not the bytes, so that the
+            # check does not hold a second copy of every result's posteriors
+            key = hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
             if key in seen and seen[key][0] != k:
                 j, first = seen[key]
                 raise ProbesError(f"merge_results: sample {i} of result {k} is sample {first} of result {j} "

@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -130,17 +132,31 @@ class StepRecorder:
                           method=method, cond=None)
 
 
-def _check_grid_before_sampling(pipe, call_kwargs: dict) -> None:
+def _check_grid_before_sampling(pipe, call_kwargs: dict, ests: Sequence[Estimator] = ()) -> None:
     """Set the call's grid on a copy of the scheduler and check it, so that a grid the probe cannot
-    read is refused before the model runs (the recorder checks the real one again at its first step)."""
+    read is refused before the model runs (the recorder checks the real one again at its first step).
+    An estimator's ``sigma_stride`` is checked against the step count here too: the trajectory holds
+    one sigma per step and loses one at most (an infinite first sigma), so from three steps on a
+    stride the steps cannot hold is refused now rather than after sampling."""
     import inspect
 
+    params = inspect.signature(pipe.__call__).parameters
     steps = call_kwargs.get("num_inference_steps")
     if steps is None:
-        param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        param = params.get("num_inference_steps")
         steps = None if param is None else param.default
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or call_kwargs.get("timesteps") is not None:
+    try:  # a numpy integer (a sweep over np.arange) is a step count too
+        steps = None if isinstance(steps, bool) else operator.index(steps)
+    except TypeError:
         return
+    if steps is None or steps < 1 or call_kwargs.get("timesteps") is not None:
+        return
+    # custom sigmas, SDXL's denoising_start/end and img2img's strength (its default too) change the
+    # number of steps taken
+    sets_steps = ("sigmas", "denoising_start", "denoising_end")
+    if steps >= 3 and "strength" not in params and all(call_kwargs.get(k) is None for k in sets_steps):
+        for est in ests:
+            est.check_grid(steps)
     trial = copy.deepcopy(pipe.scheduler)
     try:
         trial.set_timesteps(steps)
@@ -218,7 +234,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
         raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     ests = _estimators(estimators)
     kind = check_estimators(pipe.scheduler, [e.name for e in ests], pipe_kwargs)
-    _check_grid_before_sampling(pipe, pipe_kwargs)
+    _check_grid_before_sampling(pipe, pipe_kwargs, ests)
     needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
     if needs_classifier and classifier is None:
         raise ProbesError(f"classifier: estimators {', '.join(needs_classifier)} need a classifier "
@@ -250,6 +266,8 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     if seeds is not None:
         meta["generator"] = seeds
     scale = pipe_kwargs.get("guidance_scale")
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = scale.item()
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy scalars too
         meta["guidance_scale"] = float(scale)
     return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)

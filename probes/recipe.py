@@ -184,6 +184,8 @@ class Recipe(Strict):
     def _names_to_specs(cls, v):
         if isinstance(v, (str, dict)):
             v = [v]
+        if isinstance(v, tuple):  # the Python API's sequences
+            v = list(v)
         if not isinstance(v, list):
             raise ValueError(f"expected a list of estimator names or {{name: ..., options}}, got {v!r}")
         return [{"name": e} if isinstance(e, str) else e for e in v]

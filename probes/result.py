@@ -11,6 +11,7 @@ directory (the same files as ``probes run``: ``curves.csv``, ``decisions.csv``, 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,19 @@ def _check_save_dir(out: Path) -> None:
     if (out / MARKER).exists():
         raise ProbesError(f"save: {out} holds a probes run; saving a result there would replace its files; "
                           "choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_saved_result(out):
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise ProbesError(f"save: {out} holds files that are not a saved result ({shown}); saving there could "
+                          "replace them; choose a new or empty folder")
+
+
+def _is_saved_result(out: Path) -> bool:
+    """Whether ``out`` holds what :meth:`ProbeResult.save` writes (its run.json says ``kind: probe``)."""
+    try:
+        state = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("kind") == "probe"
 
 
 def load(directory) -> ProbeResult:
@@ -231,7 +245,7 @@ def load(directory) -> ProbeResult:
     by :meth:`ProbeResult.save`. Anything missing, unfinished or damaged is one line naming the file."""
     from probes.taxonomy.export import from_node_link
 
-    if not isinstance(directory, (str, Path)) or not str(directory).strip():
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory).strip():
         raise ProbesError(f"load: expected a run or result directory (a path), got {directory!r}")
     path = Path(directory)
     state = read_run_state(path)
@@ -309,13 +323,19 @@ def _run_meta(state: dict, estimators: list[str]) -> dict:
     guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}
     scale = guidance.get("scale", 1.0)
     meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
-            "condition": sampling.get("condition", "none"), "guidance_scale": float(scale or 1.0),
+            "condition": sampling.get("condition", "none"), "guidance_scale": _guidance_scale(scale),
             "guidance_interval": guidance.get("interval"),
             "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
     if state.get("seed") is not None and sampling.get("batch_size") is not None:
         # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.
         meta["sample_seeds"] = f"recipe seed {state['seed']}, batches of {sampling['batch_size']}"
     return meta
+
+
+def _guidance_scale(scale) -> float:
+    """The recorded guidance scale as a float; 0 (the unconditional denoiser) is a scale like any
+    other, only a missing one means 1 (no guidance)."""
+    return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0
 
 
 def output_problem(out, taxonomy) -> str | None:

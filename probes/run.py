@@ -264,6 +264,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     marker = group.on_main(lambda: check_out_dir(out, resume, overwrite))
     t_start = time.perf_counter()
     estimators = [build_estimator(spec.name, **spec.options) for spec in recipe.estimators]
+    for est in estimators:  # every grid has sampling.steps sigmas: checked before the model is loaded
+        est.check_grid(recipe.sampling.steps)
     if group.world > 1 and recipe.device in ("auto", "cuda") and torch.cuda.is_available():
         recipe = recipe.model_copy(update={"device": f"cuda:{group.local_rank % torch.cuda.device_count()}"})
     parts = build_components(recipe)
@@ -274,8 +276,6 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
     s = recipe.sampling
     sigmas = make_grid(s.grid, s.sigma_max or parts.sigma_max, s.sigma_min or parts.sigma_min, s.steps,
                        resolve=recipe.resolve_path)
-    for est in estimators:
-        est.check_grid(len(sigmas))
     n_batches = math.ceil(s.samples / s.batch_size)
     sizes = [min(s.batch_size, s.samples - b * s.batch_size) for b in range(n_batches)]
     headers = [store.BatchHeader(fingerprint, b, sizes[b]) for b in range(n_batches)]

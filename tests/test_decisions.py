@@ -8,6 +8,7 @@ import pytest
 
 from probes import noise
 from probes.entropy import Decision, EntropyCurves, decide, rates
+from probes.errors import ProbesError
 
 HALF = math.log(3 + 2 * math.sqrt(2))  # the logistic derivative is at half max at u = +-HALF
 
@@ -147,3 +148,18 @@ def test_no_grid_point_gaining_information_is_no_decision():
             out = decide(curves_from(nodes, sigmas, levels=nodes), axis=axis, n_boot=10)
             d = out["nodes"]["n0"]
             assert d is None or np.isfinite(d.window).all()
+
+
+def test_seeds_and_counts_from_numpy_torch_or_whole_floats_are_accepted():
+    import torch
+
+    sigmas = noise.geometric_grid(10.0, 0.1, 30).numpy()
+    rng = np.random.default_rng(0)
+    nodes = 1 / (1 + np.exp(-(np.log(sigmas)[None] - rng.normal(0, 0.3, (40, 1))) / 0.5))[..., None]
+    curves = curves_from(nodes, sigmas)
+    want = decide(curves, n_boot=50, seed=3)["nodes"]["n0"].interval
+    for n_boot, seed in ((50.0, 3), (np.int64(50), np.int64(3)), (torch.tensor(50), torch.tensor(3)), (50, 3.0)):
+        assert decide(curves, n_boot=n_boot, seed=seed)["nodes"]["n0"].interval == want
+    for seed in (-1, 2.5, "3", True):
+        with pytest.raises(ProbesError, match="seed: expected a non-negative whole number"):
+            decide(curves, n_boot=5, seed=seed)

@@ -136,3 +136,33 @@ def test_torchrun_numbers_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "-1")
     with pytest.raises(ProbesError, match="LOCAL_RANK='-1'"):
         env_int("LOCAL_RANK", 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")  # a count of processes (it divides the CPU threads)
+    with pytest.raises(ProbesError, match="LOCAL_WORLD_SIZE='0': expected a positive whole number"):
+        env_int("LOCAL_WORLD_SIZE", 2)
+
+
+def test_a_tuple_of_estimators_and_a_zero_separation_still_validate():
+    # the Python API's tuples, and a level whose children coincide (a split nothing can decide)
+    r = _recipe(estimators=("exact", {"name": "plugin"}))
+    assert [e.name for e in r.estimators] == ["exact", "plugin"]
+    from probes.recipe import recipe_from_dict
+
+    r = recipe_from_dict({"taxonomy": "t.yaml", "model": dict(GMM, hierarchy={"separations": [3.0, 0.0]})},
+                         source="r.yaml")
+    assert r.model.hierarchy.separations == [3.0, 0.0]
+    with pytest.raises(ProbesError, match="model.hierarchy.separations.0: Input should be greater than or equal to 0"):
+        recipe_from_dict({"taxonomy": "t.yaml", "model": dict(GMM, hierarchy={"separations": [-3.0, 1.0]})},
+                         source="r.yaml")
+
+
+
+def test_a_stride_past_the_grid_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    import probes.run
+    from probes.cli import main
+
+    built = []
+    monkeypatch.setattr(probes.run, "build_components", lambda r: built.append(r) or 1 / 0)
+    text = RECIPE.replace("estimators: [exact]", "estimators: [{name: exact, sigma_stride: 8}]")  # 8 steps
+    assert main(["run", recipe(tmp_path, text), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "sigma_stride 8 keeps 1 of the 8 sigmas" in capsys.readouterr().err
+    assert built == []  # a real model would have been loaded for nothing

@@ -87,3 +87,29 @@ def test_mismatches_are_one_line(whole_and_halves):
         with pytest.raises(ProbesError, match=message) as err:
             probes.merge_results(items)
         assert "\n" not in str(err.value)
+
+
+def test_the_repeated_sample_check_holds_no_copy_of_the_posteriors():
+    import tracemalloc
+
+    from probes.estimators import EstimatorOutput
+    from probes.merge import _check_no_repeats
+    from probes.result import ProbeResult
+
+    tax = load_taxonomy(TAX)
+    sigmas = torch.logspace(1, -1, 16, dtype=torch.float64)
+
+    def part(seed):
+        g = torch.Generator().manual_seed(seed)
+        lp = torch.log_softmax(torch.randn(200, 16, len(tax.leaves), generator=g), -1)
+        return ProbeResult(taxonomy=tax, estimates={"plugin": EstimatorOutput("plugin", sigmas, log_probs=lp)}, meta={})
+
+    parts = [part(0), part(1)]
+    size = sum(p.estimates["plugin"].log_probs.numel() * 4 for p in parts)
+    tracemalloc.start()
+    try:
+        _check_no_repeats(parts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4, (peak, size)  # a digest per sample, not its rows

@@ -210,3 +210,21 @@ def test_without_known_seeds_nothing_is_recorded_and_compare_stays_independent()
         comparison = a.compare(b, n_boot=20)
         assert comparison.pairing == "independent" and "not recorded" in comparison.pairing_reason, what
         assert a.compare(b, n_boot=20, pairing="paired").pairing == "paired"  # still available when asked
+
+
+@pytest.mark.parametrize("steps", [4, np.int64(4)])
+def test_a_stride_the_steps_cannot_hold_is_refused_before_the_pipeline_runs(steps):
+    pipe = _pipe("stable-diffusion")
+    tax = load_taxonomy(TAX)
+    calls = []
+    unet_forward = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append(1) or unet_forward(*a, **k)
+    with pytest.raises(ProbesError, match="sigma_stride 4 keeps 1 of the 4 sigmas"):
+        probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=[probes.estimators.build_estimator(
+                     "plugin", sigma_stride=4)], prompt="a cat", num_inference_steps=steps, output_type="latent")
+    assert calls == []  # refused before sampling, not after it
+
+
+def test_a_numpy_guidance_scale_is_recorded_as_a_float_one_is():
+    # a sweep's np.float32 scale (np.linspace(..., dtype=np.float32)) is a guidance scale like 3.0
+    assert _seeded_probe(None, guidance=np.float32(3.0)).meta["guidance_scale"] == 3.0

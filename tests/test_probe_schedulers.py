@@ -342,6 +342,21 @@ def test_img2img_strength_probes_the_partial_schedule(scheduler_name):
         base.scheduler = saved
 
 
+
+def test_a_stride_is_checked_against_the_steps_img2img_takes():
+    # strength 0.125 of 8 steps takes one step: a one-sigma trajectory, whatever the stride
+    base, saved = _sd("epsilon", "DDIMScheduler", {})
+    try:
+        pipe = diffusers.StableDiffusionImg2ImgPipeline(**base.components)
+        pipe.set_progress_bar_config(disable=True)
+        image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+        result = probes.probe(pipe, TAX, classifier=LinearLogits(len(TAX.leaves)),
+                              estimators=[probes.estimators.build_estimator("plugin", sigma_stride=8)],
+                              prompt="a cat", image=image, strength=0.125, num_inference_steps=8, output_type="pt")
+        assert len(result.sigmas()) == 1
+    finally:
+        base.scheduler = saved
+
 # -- 4. the other families with their real schedulers swapped in ---------------------------------------
 
 def _family_call(case, **extra):

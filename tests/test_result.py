@@ -102,3 +102,44 @@ def test_plot(tax, tmp_path):
     res = _result(tax, "step")
     assert isinstance(res.plot(), matplotlib.figure.Figure)
     assert res.plot(tmp_path / "c.png").is_file()
+
+
+def test_whole_float_and_tensor_replicate_counts_and_path_like_folders_are_accepted(tax, tmp_path):
+    import os
+
+    res = _result(tax, "step")
+    counted = {k: v.n_boot for k, v in res.decisions(n_boot=20).items() if v is not None}
+    for n_boot in (20.0, np.int64(20), torch.tensor(20)):  # 2e1 is the count 20, as the int is
+        assert {k: v.n_boot for k, v in res.decisions(n_boot=n_boot).items() if v is not None} == counted
+    for bad in (2.5, -1.0, float("nan"), True, "20"):
+        with pytest.raises(ProbesError, match="n_boot: expected a whole number"):
+            res.decisions(n_boot=bad)
+
+    class Folder(os.PathLike):  # what pathlib-alike classes offer: a path through os.fspath
+        def __fspath__(self):
+            return str(tmp_path / "saved")
+
+    res.save(Folder(), n_boot=10.0)
+    assert torch.equal(probes.load(Folder()).log_posteriors(), res.log_posteriors())
+
+
+def test_a_run_guided_at_scale_zero_is_recorded_as_scale_zero():
+    from probes.result import _run_meta
+
+    def meta(guidance):
+        return _run_meta({"recipe": {"sampling": {"condition": "leaf", "guidance": guidance}}}, ["exact"])
+
+    assert meta({"scale": 0.0})["guidance_scale"] == 0.0  # the unconditional denoiser, not "no guidance"
+    assert meta({"scale": 0.0})["names_in_files"] == {"exact": "exact:unguided_posterior"}
+    assert meta({})["guidance_scale"] == 1.0
+
+
+def test_save_keeps_off_a_folder_of_other_files(tax, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.txt").write_text("my notes")  # a name save writes too
+    with pytest.raises(ProbesError, match=r"save: .*mine holds files that are not a saved result \(summary.txt\)"):
+        _result(tax, "step").save(mine, n_boot=0)
+    assert (mine / "summary.txt").read_text() == "my notes"
+    saved = _result(tax, "step").save(tmp_path / "saved", n_boot=0)
+    _result(tax, "step").save(saved, n_boot=0)  # over an earlier saved result: allowed

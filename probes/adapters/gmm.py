@@ -10,14 +10,15 @@ from probes.adapters.base import Family
 from probes.schema import MAX_SCALE, MAX_SEED, Strict
 
 MAX_DIM = 1 << 16  # every node's mean is a vector of this length; SD latents have 16,384 values
-Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
+# A separation of 0 is a level whose children coincide: a split no sample can decide (a control).
+Separation = Annotated[float, Field(ge=0, le=MAX_SCALE)]
 Coordinate = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE)]
 
 
 class GMMHierarchy(Strict):
     """Means built down the taxonomy: children sit ``separations[depth-1]`` from their parent."""
 
-    separations: list[Scale] = Field(min_length=1)
+    separations: list[Separation] = Field(min_length=1)
     axis_aligned: bool = False
     share_level_axes: bool = False
     seed: int = Field(0, ge=0, le=MAX_SEED)

@@ -31,6 +31,9 @@ two sets of curves can be resampled together (``probes compare``'s decision shif
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,12 +46,37 @@ from .engine import EntropyCurves
 MAX_BOOT = 100_000  # bootstrap replicates: each holds a resampling of every sample
 
 
+def _whole(value) -> int | None:
+    """``value`` as an int when it is a whole number (int, numpy or 0-d torch integer, or a whole
+    float such as ``1e3``); None otherwise (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+    return None
+
+
 def check_n_boot(n_boot, what: str = "n_boot") -> int:
     """``n_boot`` as an int in ``0..MAX_BOOT``, or one line naming ``what``."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or not 0 <= n_boot <= MAX_BOOT:
+    value = _whole(n_boot)
+    if value is None or not 0 <= value <= MAX_BOOT:
         raise ProbesError(f"{what}: expected a whole number of bootstrap replicates from 0 to {MAX_BOOT:,}, "
                           f"got {n_boot!r}")
-    return int(n_boot)
+    return value
+
+
+def check_seed(seed, what: str = "seed") -> int | None:
+    """A bootstrap seed as an int (None: fresh entropy), or one line naming ``what``."""
+    if seed is None:
+        return None
+    value = _whole(seed)
+    if value is None or value < 0:
+        raise ProbesError(f"{what}: expected a non-negative whole number, got {seed!r}")
+    return value
+
 
 FLAT_TOL = 1e-9
 AXES = ("log_sigma", "vp_time", "log_snr")
@@ -350,6 +378,7 @@ def decide(
     if not 0 < ci < 1:
         raise ProbesError(f"decide: ci must be in (0, 1); got {ci}")
     n_boot = check_n_boot(n_boot)
+    seed = check_seed(seed)
     order = _ascending(curves.sigmas)
     x = axis_coordinate(axis, curves.sigmas[order])
     N = curves.n_samples

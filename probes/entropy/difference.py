@@ -43,7 +43,7 @@ import numpy as np
 
 from probes.errors import ProbesError
 
-from .decisions import AXES, _refine, axis_value, check_n_boot, decide, decision_replicates
+from .decisions import AXES, _refine, axis_value, check_n_boot, check_seed, decide, decision_replicates
 from .engine import EntropyCurves
 
 PAIRINGS = ("paired", "independent")
@@ -152,7 +152,7 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
     if paired and n_a != n_b:
         raise ProbesError(f"compare: paired resampling needs as many samples in both ({n_a} and {n_b})")
     n_boot = check_n_boot(n_boot, "compare: n_boot")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "compare: seed"))
     w_a = w_b = None
     if n_boot:
         w_a = rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=n_boot).astype(np.float64)
