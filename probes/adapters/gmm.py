@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from probes.adapters.base import Family
 from probes.schema import MAX_SCALE, MAX_SEED, Strict
 
-MAX_DIM = 1 << 16  # every node's mean is a vector of this length; SD latents have 16,384 values
+MAX_DIM = 1 << 20  # every node's mean is a vector of this length; pixel-space 256x256x3 is 196,608
 # A separation of 0 is a level whose children coincide: a split no sample can decide (a control).
 Separation = Annotated[float, Field(ge=0, le=MAX_SCALE)]
 Coordinate = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE)]
