@@ -21,7 +21,7 @@ import torch
 from probes.errors import ProbesError
 from probes.estimators.base import EstimatorOutput
 from probes.fileio import read_text
-from probes.store import BatchInvalid, read_record, write_record
+from probes.store import BatchInvalid, read_record, run_json_if_readable, write_record
 
 POSTERIORS_FILE = "posteriors.safetensors"
 TAXONOMY_FILE = "taxonomy.json"
@@ -225,19 +225,10 @@ def _check_save_dir(out: Path) -> None:
     if (out / MARKER).exists():
         raise ProbesError(f"save: {out} holds a probes run; saving a result there would replace its files; "
                           "choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_saved_result(out):
+    if out.is_dir() and any(out.iterdir()) and run_json_if_readable(out).get("kind") != "probe":
         shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
         raise ProbesError(f"save: {out} holds files that are not a saved result ({shown}); saving there could "
                           "replace them; choose a new or empty folder")
-
-
-def _is_saved_result(out: Path) -> bool:
-    """Whether ``out`` holds what :meth:`ProbeResult.save` writes (its run.json says ``kind: probe``)."""
-    try:
-        state = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and state.get("kind") == "probe"
 
 
 def load(directory) -> ProbeResult:

@@ -10,7 +10,6 @@ decisions, files, plots) is recomputed from all batches at the end.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -99,7 +98,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise ProbesError(f"{out}: holds files probes did not write ({shown}); refusing to delete them")
         return None
-    state = _read_state(out)
+    state = store.run_json_if_readable(out)
     if not resume:
         if state.get("status") == "complete":
             raise ProbesError(f"{out}: already holds a finished run; pass --overwrite to replace it or choose "
@@ -143,15 +142,6 @@ def _check_grid_source(recipe: Recipe, out: Path) -> None:
     if source.resolve() == out.resolve():
         raise ProbesError(f"sampling.grid.from_run: {grid.from_run} is --out itself; take the grid from another run "
                           "(copy this one elsewhere first)")
-
-
-def _read_state(out: Path) -> dict:
-    """run.json as a dict; ``{}`` when it is missing or unreadable (it is rewritten on resume)."""
-    try:
-        state = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
 
 
 def _check_resumable(out: Path, marker: dict, parts: dict[str, str]) -> None:
@@ -289,7 +279,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, overwrite: bool, progress: boo
         "fingerprint": fingerprint,
         "seed": recipe.seed,
         "sigmas": sigmas.tolist(),
-        "started": _read_state(out).get("started") or (marker or {}).get("created")
+        "started": store.run_json_if_readable(out).get("started") or (marker or {}).get("created")
         or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -146,13 +146,19 @@ def foreign_entries(out: Path) -> list[str]:
     return sorted(foreign)
 
 
-def is_legacy_run(out: Path) -> bool:
-    """A run directory written before the marker existed (run.json with a fingerprint)."""
+def run_json_if_readable(out: Path) -> dict:
+    """A directory's run.json as a dict; ``{}`` when it is missing, unreadable or not an object."""
     try:
         state = json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and "fingerprint" in state and "status" in state
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def is_legacy_run(out: Path) -> bool:
+    """A run directory written before the marker existed (run.json with a fingerprint)."""
+    state = run_json_if_readable(out)
+    return "fingerprint" in state and "status" in state
 
 
 def remove_run(out: Path) -> None:
