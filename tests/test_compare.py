@@ -414,8 +414,9 @@ def test_decision_replicates_weight_samples_as_the_decisions_do():
     curves = result(log_probs).entropy()
     assert curves.sample_weight() is not None
     counts = np.random.default_rng(1).multinomial(40, np.full(40, 1 / 40), size=3).astype(np.float64)
+    every_axis = decision_replicates(curves, counts, axes=("log_sigma", "vp_time"))
     for axis in ("log_sigma", "vp_time"):
-        replicates = decision_replicates(curves, counts, axis=axis)
+        replicates = every_axis[axis]
         for b, c in enumerate(counts):
             repeated = result(log_probs[np.repeat(np.arange(40), c.astype(int))])
             point = repeated.decisions(axis=axis, n_boot=0)

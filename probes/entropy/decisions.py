@@ -398,37 +398,42 @@ def decide(
     return {"nodes": nodes, "levels": levels}
 
 
-def decision_replicates(curves: EntropyCurves, weights: np.ndarray, axis: str = "log_sigma",
+def decision_replicates(curves: EntropyCurves, weights: np.ndarray, axes=AXES,
                         flat_tol: float = FLAT_TOL) -> dict:
-    """Each internal node's decision sigma under each bootstrap replicate: ``{node: [B]}`` (NaN
-    where a replicate's rate is flat or the node gets no decision), for sample counts ``weights
-    [B, N]`` supplied by the caller (so two sets of curves can share or pair their replicates).
+    """Each internal node's decision sigma under each bootstrap replicate, on each axis:
+    ``{axis: {node: [B]}}`` (NaN where a replicate's rate is flat or the node gets no decision),
+    for sample counts ``weights [B, N]`` supplied by the caller (so two sets of curves can share or
+    pair their replicates).
 
     Each replicate is decided as :func:`decide` decides the curves: the (inside-weighted) mean
-    under the replicate's counts, its rate against ``axis`` on the sigma points the full-sample
-    mean has, and the refined argmax of that rate."""
+    under the replicate's counts, its rate against the axis on the sigma points the full-sample
+    mean has, and the refined argmax of that rate. The replicate means do not depend on the axis,
+    so they are computed once for all axes."""
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != curves.n_samples:
         raise ProbesError(f"decisions: replicate weights must be [replicates, {curves.n_samples}], "
                           f"not {list(weights.shape)}")
     order = _ascending(curves.sigmas)
-    x_all = axis_coordinate(axis, curves.sigmas[order])
     sample_weight = curves.sample_weight()
     if sample_weight is not None:
         sample_weight = sample_weight[:, order]
     names = list(curves.node_names)
     mean, boot = _means(curves.nodes[:, order], weights, sample_weight)
-    out = {str(n): np.full(weights.shape[0], np.nan) for n in names}
-    for pts, ks in _usable_groups(mean):
-        if len(pts) < 3:
-            continue
-        x = x_all[pts]
-        # a node the full sample does not decide gets no decision, whatever its replicates say
-        _, yp, _ = _peaks(x, np.gradient(mean[pts][:, ks].T, x, axis=-1), flat_tol)
-        bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
-        for g, k in enumerate(ks):
-            if np.isfinite(yp[g]):
-                out[str(names[k])] = sigma_of_coordinate(axis, bxp[:, g])
+    groups = _usable_groups(mean)
+    out: dict = {}
+    for axis in axes:
+        x_all = axis_coordinate(axis, curves.sigmas[order])
+        out[axis] = {str(n): np.full(weights.shape[0], np.nan) for n in names}
+        for pts, ks in groups:
+            if len(pts) < 3:
+                continue
+            x = x_all[pts]
+            # a node the full sample does not decide gets no decision, whatever its replicates say
+            _, yp, _ = _peaks(x, np.gradient(mean[pts][:, ks].T, x, axis=-1), flat_tol)
+            bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
+            for g, k in enumerate(ks):
+                if np.isfinite(yp[g]):
+                    out[axis][str(names[k])] = sigma_of_coordinate(axis, bxp[:, g])
     return out
 
 

@@ -182,12 +182,14 @@ def decision_shifts(a: EntropyCurves, b: EntropyCurves, w_a=None, w_b=None, ci: 
     intervals)."""
     q = 100 * (1 - ci) / 2
     out: dict[str, dict[str, DecisionShift]] = {str(n): {} for n in a.node_names}
+    replicates_a = replicates_b = None
+    if w_a is not None and w_b is not None and len(w_a) >= 2:
+        replicates_a, replicates_b = decision_replicates(a, w_a, axes), decision_replicates(b, w_b, axes)
     for axis in axes:
         point_a = decide(a, n_boot=0, axis=axis)["nodes"]
         point_b = decide(b, n_boot=0, axis=axis)["nodes"]
-        boot_a = boot_b = None
-        if w_a is not None and w_b is not None and len(w_a) >= 2:
-            boot_a, boot_b = decision_replicates(a, w_a, axis), decision_replicates(b, w_b, axis)
+        boot_a = None if replicates_a is None else replicates_a[axis]
+        boot_b = None if replicates_b is None else replicates_b[axis]
         for node, da in point_a.items():
             db = point_b.get(node)
             sa = np.nan if da is None else float(da.decision_sigma)
