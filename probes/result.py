@@ -65,9 +65,9 @@ class ProbeResult:
             problem = output_problem(out, self.taxonomy)
             if problem:
                 raise ProbesError(f"ProbeResult: estimator {name!r}: {problem}")
-        L = len(self.taxonomy.leaves)
-        if self.prior is not None and (not isinstance(self.prior, torch.Tensor) or tuple(self.prior.shape) != (L,)):
-            raise ProbesError(f"ProbeResult: the prior must be a tensor [{L}] over the taxonomy's leaves")
+        if not prior_fits(self.prior, self.taxonomy):
+            raise ProbesError(f"ProbeResult: the prior must be a tensor [{len(self.taxonomy.leaves)}] over the "
+                              "taxonomy's leaves")
         if self.primary is None:
             self.primary = next(iter(self.estimates))
         self._pick(self.primary)
@@ -329,6 +329,11 @@ def _guidance_scale(scale) -> float:
     return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0
 
 
+def prior_fits(prior, taxonomy) -> bool:
+    """Whether ``prior`` is absent or a tensor over the taxonomy's leaves."""
+    return prior is None or (isinstance(prior, torch.Tensor) and tuple(prior.shape) == (len(taxonomy.leaves),))
+
+
 def output_problem(out, taxonomy) -> str | None:
     """What makes an estimator's output unfit for ``taxonomy`` (shapes, a grid that does not fall),
     or ``None``."""
@@ -360,7 +365,6 @@ def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | No
 
     if not isinstance(data, dict) or not isinstance(data.get("estimates"), dict) or not data["estimates"]:
         raise bad("no estimates")
-    L = len(taxonomy.leaves)
     known = {f.name for f in fields(EstimatorOutput)}
     estimates = {}
     for name, values in data["estimates"].items():
@@ -375,8 +379,8 @@ def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | No
             raise bad(f"estimator {name!r}: {problem}")
         estimates[str(name)] = out
     prior, primary = data.get("prior"), data.get("primary")
-    if prior is not None and (not isinstance(prior, torch.Tensor) or tuple(prior.shape) != (L,)):
-        raise bad(f"the prior is not [{L}] for this taxonomy")
+    if not prior_fits(prior, taxonomy):
+        raise bad(f"the prior is not [{len(taxonomy.leaves)}] for this taxonomy")
     if primary is not None and primary not in estimates:
         raise bad(f"the primary estimator {primary!r} has no estimates")
     return estimates, prior, primary
