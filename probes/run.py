@@ -103,7 +103,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
         if state.get("status") == "complete":
             raise ProbesError(f"{out}: already holds a finished run; pass --overwrite to replace it or choose "
                               "another --out")
-        done = len(list((out / store.BATCH_DIR).glob("batch_*" + store.BATCH_SUFFIX)))
+        done = store.finished_batch_count(out)
         raise ProbesError(f"{out}: holds an unfinished run ({done} batches done); pass --resume to continue it or "
                           "--overwrite to start again")
     if legacy:
@@ -236,7 +236,7 @@ def _kept(out: Path, n_batches: int) -> str:
     """What a stopped sharded run leaves, and how to continue it (one line)."""
     from probes import store
 
-    done = len(list((out / store.BATCH_DIR).glob("batch_*" + store.BATCH_SUFFIX)))
+    done = store.finished_batch_count(out)
     return (f"{done} of {n_batches} batches are finished and kept in {out}; run the same command with --resume to "
             f"compute the other {n_batches - done}")
 

@@ -51,6 +51,11 @@ def batch_path(out: Path, b: int) -> Path:
     return Path(out) / BATCH_DIR / f"batch_{b:05d}{BATCH_SUFFIX}"
 
 
+def finished_batch_count(out: Path) -> int:
+    """How many batch files a run directory holds (finished batches, not yet checked)."""
+    return len(list((Path(out) / BATCH_DIR).glob("batch_*" + BATCH_SUFFIX)))
+
+
 # --- fingerprints -----------------------------------------------------------------------------
 
 
