@@ -35,6 +35,9 @@ from probes.taxonomy import load_taxonomy
 
 TAX = load_taxonomy("animals-vehicles")
 STEPS = 4
+# The scheduler computes x0 in float32 through intermediates up to 1 / sqrt(abar) (~150) times
+# larger than x0, the probe in float64: they agree to ~1e-4 of the compared magnitude (~840 float32
+# ulps), not to an absolute 1e-4, which is one rounding step for latents near 2000 (DiT).
 X0_TOL = 1e-4
 #: first-order deterministic schedulers: each step is DDIM's on the sigma axis
 FIRST_ORDER_ODE = ("DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")
@@ -150,7 +153,8 @@ def check_case(pipe, call, estimators=("plugin",), n_steps=STEPS, begin=0, famil
             continue
         x0 = family_rows(x0) if family_rows else x0
         err = float((x0 - result.trajectory.denoised[i]).abs().max())
-        assert err < X0_TOL, f"step {i}: x0 differs from the scheduler's own by {err}"
+        scale = max(1.0, float(x0.abs().max()))
+        assert err < X0_TOL * scale, f"step {i}: x0 differs from the scheduler's own by {err} (magnitude {scale:.3g})"
     if type(pipe.scheduler).__name__ in FIRST_ORDER_ODE and not call.get("eta") and "callback_on_step_end" not in call:
         # the scheduler's own transition, on the sigma axis, is x' = D + (sigma' / sigma)(x - D) with the
         # D it used: the recorded x0 must reproduce the next recorded state (flow Euler exposes no x0)
@@ -159,7 +163,8 @@ def check_case(pipe, call, estimators=("plugin",), n_steps=STEPS, begin=0, famil
             d, x = traj.denoised[i].double(), traj.states[i].double()
             step = d + float(sig[i + 1] / sig[i]) * (x - d)
             err = float((step - traj.states[i + 1]).abs().max())
-            assert err < X0_TOL * (1 + float(sig[i])), f"step {i}: the recorded x0 does not give the next state ({err})"
+            scale = max(1.0, float(x.abs().max()), float(d.abs().max()))
+            assert err < X0_TOL * scale, f"step {i}: the recorded x0 does not give the next state ({err})"
     for name in estimators:
         lp = result.log_posteriors(name)
         assert lp.shape[:2] == (result.trajectory.states.shape[1], len(got)) and torch.isfinite(lp).all(), name
