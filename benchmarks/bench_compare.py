@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+import probes.runner as runner
 from probes.result import load
-from probes.run import run_recipe
 
 STD, SIGMA_MAX, SIGMA_MIN, STEPS = 0.5, 30.0, 0.05, 32
 SEPARATIONS = {"A": (3.0, 1.0), "B": (2.0, 1.5)}
@@ -152,14 +152,14 @@ def main() -> None:
                 seeds = (10 + trial, 10 + trial if pairing == "paired" else 100 + trial)
                 for (which, seps), seed in zip(SEPARATIONS.items(), seeds):
                     with contextlib.redirect_stderr(io.StringIO()):
-                        run_recipe(recipe(tmp, which, seps, seed, n), tmp / which, progress=False, overwrite=True)
+                        runner.run(recipe(tmp, which, seps, seed, n), tmp / which, progress=False, overwrite=True)
                 comparison = load(tmp / "A").compare(load(tmp / "B"), n_boot=args.n_boot)
                 assert comparison.pairing == pairing
                 for node, axis, covered, width in shift_rows(comparison, shifts_truth):
                     shift_stats.setdefault((pairing, node, axis), []).append((covered, width))
                 if pairing == "independent":  # A again from other seeds: no shift
                     with contextlib.redirect_stderr(io.StringIO()):
-                        run_recipe(recipe(tmp, "A2", SEPARATIONS["A"], 200 + trial, n), tmp / "A2", progress=False,
+                        runner.run(recipe(tmp, "A2", SEPARATIONS["A"], 200 + trial, n), tmp / "A2", progress=False,
                                    overwrite=True)
                     again = load(tmp / "A").compare(load(tmp / "A2"), n_boot=args.n_boot)
                     for node, axis, covered, width in shift_rows(again, None):

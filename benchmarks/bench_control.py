@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import probes  # noqa: E402,F401  (the torchvision fix before anything imports it)
+import probes.runner as runner  # noqa: E402
 from probes.components import build_components  # noqa: E402
 from probes.denoisers import GuidedDenoiser  # noqa: E402
 from probes.errors import ProbesError  # noqa: E402
@@ -39,7 +40,6 @@ from probes.interval import derive_interval  # noqa: E402
 from probes.noise import grid_from_run, karras_grid, make_grid  # noqa: E402
 from probes.quality import measure_quality, reference_features  # noqa: E402
 from probes.recipe import load_recipe  # noqa: E402
-from probes.run import run_recipe  # noqa: E402
 from probes.sampling import sample  # noqa: E402
 
 GRID_LO = [None, 0.5, 1.5]  # None: down to sigma = 0
@@ -50,9 +50,9 @@ def ensure_run(recipe, out: Path) -> None:
     """Run ``recipe`` into ``out``, reusing the batches ``out`` already holds of this very recipe
     (``--resume`` refuses a run of another recipe; that one is replaced)."""
     try:
-        run_recipe(recipe, out, resume=out.exists(), progress=False)
+        runner.run(recipe, out, resume=out.exists(), progress=False)
     except ProbesError:
-        run_recipe(recipe, out, overwrite=True, progress=False)
+        runner.run(recipe, out, overwrite=True, progress=False)
 
 
 def draw(parts, sigmas, scale, interval, n, seed, batch=250):

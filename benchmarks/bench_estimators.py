@@ -109,14 +109,13 @@ def bench(label, tax, gmm, paths, steps, seed):
 
 
 def digits_rollout(paths: int, seed: int) -> None:
-
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
     from probes.recipe import load_recipe
     from probes.sampling import sample
 
-    recipe = load_recipe("digits")
-    recipe.device = "cpu"
-    parts = build_components(recipe)
+    recipe = load_recipe("digits", overrides=["device=cpu"])
+    parts = build(resolve(recipe))
     s = recipe.sampling
     grid = geometric_grid(s.sigma_max, s.sigma_min, s.steps)
     gen = torch.Generator().manual_seed(seed)
@@ -145,7 +144,7 @@ def guided_and_prior(paths: int, seed: int) -> None:
     0.8 / 0.2 prior without guidance (``exact``/``bayes`` against quadrature of the weighted mixture)."""
     from scipy.special import logsumexp
 
-    from probes.components import leaves_from_prior
+    from probes.build import leaves_from_prior
     from probes.denoisers.base import GuidedDenoiser
     from probes.sampling import sample
 
@@ -251,12 +250,12 @@ def partial_taxonomy(paths: int, seed: int) -> None:
 
 
 def digits_partial(paths: int, seed: int) -> None:
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
     from probes.recipe import load_recipe
     from probes.sampling import sample
 
-    recipe = load_recipe("digits")
-    parts = build_components(recipe.model_copy(update={"device": "cpu"}))
+    parts = build(resolve(load_recipe("digits", overrides=["device=cpu"])))
     tax = taxonomy([("root", "round"), ("round", "0"), ("round", "8"), ("root", "straight"), ("straight", "1")])
     from probes.models import digits
 

@@ -17,10 +17,10 @@ from probes._compat import patch_torchvision
 
 patch_torchvision()
 
-from probes.adapters import family_of  # noqa: E402
-from probes.adapters.schedulers import scheduler_kind  # noqa: E402
+from probes.families import family_of  # noqa: E402
 from probes.models.tiny_sd import build_tiny_pipeline  # noqa: E402
 from probes.probing import StepRecorder  # noqa: E402
+from probes.schedulers import scheduler_kind  # noqa: E402
 from probes.taxonomy import load_taxonomy  # noqa: E402
 
 

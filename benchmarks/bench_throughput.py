@@ -116,9 +116,10 @@ def available_bytes(device: str) -> int:
 def pipeline_built_in_code(family: str, latent: int, args):
     """``load_pipeline`` (what every diffusers family's build calls) returns the full-size
     random-weight pipeline instead of reading a hub id or folder."""
+    import probes.families.base as base
     from probes.models import stable_diffusion as sd
 
-    original = sd.load_pipeline
+    original = base.load_pipeline
 
     def load(model, dtype="float32", device="cpu", **_):
         pipe = full_size.build(family, latent, str(device), sd.DTYPES[dtype])
@@ -131,7 +132,7 @@ def pipeline_built_in_code(family: str, latent: int, args):
             net.compile()
         return pipe
 
-    sd.load_pipeline = load
+    base.load_pipeline = load
     try:
         if family == "edm2":
             with edm2_built_in_code(latent, args):
@@ -139,7 +140,7 @@ def pipeline_built_in_code(family: str, latent: int, args):
         else:
             yield
     finally:
-        sd.load_pipeline = original
+        base.load_pipeline = original
 
 
 @contextlib.contextmanager
@@ -213,8 +214,9 @@ class Bench:
     """One family's recipe, built once, timed plain and probed."""
 
     def __init__(self, family: str, args):
-        from probes.components import build_components
-        from probes.noise import make_grid
+        from probes.build import build, with_grid
+        from probes.plan import resolve
+        from probes.runner import sampling_grid
 
         self.family, self.args = family, args
         self.recipe = recipe_for(family, args, f"[{{name: plugin, sigma_stride: {args.stride}}}]", "plugin",
@@ -222,67 +224,67 @@ class Bench:
         size = cpu_defaults(family, args)[0]
         native = {**{f: b[1] for f, b in full_size.BUILDERS.items()}, "edm2": 64}
         self.latent = size or native.get(family)
+        self.plan = resolve(self.recipe)
         with pipeline_built_in_code(family, self.latent, args):
-            self.parts = build_components(self.recipe)
+            ctx = build(self.plan)
+        plain = unchecked(ctx.denoiser)
         if family not in full_size.BUILDERS and family != "edm2":
-            for net in networks_inside(self.parts.denoiser):  # the digits UNet: no pipeline to hook
+            for net in networks_inside(plain):  # the digits UNet: no pipeline to hook
                 if args.channels_last:
                     net.to(memory_format=torch.channels_last)
                 if args.compile:
                     net.compile()
         shapes = full_size.BUILDERS.get(family, (None, None, None))[2]
         if shapes is not None:  # text families built without their text encoders
-            from probes.adapters.text import TextDenoiser
+            from probes.families.text import TextDenoiser
             from probes.models.stable_diffusion import DTYPES
 
             dtype = DTYPES[self.recipe.model.dtype]
-            for d in (self.parts.denoiser, self.parts.guidance_base):
+            for d in (plain, ctx.guidance_base):
                 if isinstance(d, TextDenoiser):
                     d.encode_fn = full_size.RandomTextEncoder(shapes, dtype, args.device)
-        s = self.recipe.sampling
-        self.sigmas = make_grid(s.grid, s.sigma_max or self.parts.sigma_max, s.sigma_min or self.parts.sigma_min,
-                                s.steps, resolve=self.recipe.resolve_path)
+        self.sigmas = sampling_grid(self.plan, ctx)
+        self.ctx = with_grid(self.plan, ctx, self.sigmas)
 
     def run(self) -> dict:
-        from probes.estimators import build_estimator
+        from probes.denoisers.base import FiniteCheck
+        from probes.plan import resolve
 
-        args, parts, device = self.args, self.parts, self.args.device
-        n_leaves, steps = len(parts.taxonomy.leaves), len(self.sigmas)
+        args, ctx, device = self.args, self.ctx, self.args.device
+        n_leaves, steps = len(ctx.taxonomy.leaves), len(self.sigmas)
         out = {"family": self.family, "batch": self.recipe.sampling.batch_size, "steps": steps,
-               "latent": tuple(parts.shape), "leaves": n_leaves,
+               "latent": tuple(ctx.shape), "leaves": n_leaves,
                "guidance": self.recipe.sampling.guidance.scale}
         if "bayes" in args.estimators:
-            guided_gen = parts.generator
-            # bayes: the same parts sampling unguided (one call per step), so a step is 1 + L calls.
-            unguided = recipe_for(self.family, args, "[bayes]", "bayes", guided=False)
-            parts.generator = parts.guidance_base or parts.denoiser
-            plain_u = self._plain(unguided)
-            bayes_t, _ = self._probed(unguided, [build_estimator("bayes")], plain_u)
+            # bayes: the same model sampling unguided (one call per step), so a step is 1 + L calls.
+            unguided = resolve(recipe_for(self.family, args, "[bayes]", "bayes", guided=False))
+            ctx_u = ctx.replace(guided_denoiser=FiniteCheck(ctx.guidance_base or unchecked(ctx.denoiser)))
+            plain_u = self._plain(unguided, ctx_u)
+            bayes_t, _ = self._probed(unguided, ctx_u, plain_u)
             idx = torch.arange(unguided.sampling.batch_size)
-            x = torch.randn((len(idx), *parts.shape), generator=torch.Generator().manual_seed(1)).to(device) * 2.0
-            cond = parts.generation_cond(idx)
+            x = torch.randn((len(idx), *ctx.shape), generator=torch.Generator().manual_seed(1)).to(device) * 2.0
+            cond = ctx_u.generation_cond(idx)
             with torch.no_grad():
-                call_t, _ = timed(lambda: parts.generator(x, float(self.sigmas[1]), cond), device,
+                call_t, _ = timed(lambda: ctx_u.guided_denoiser(x, float(self.sigmas[1]), cond), device,
                                   max(3, args.repeats))
-            parts.generator = guided_gen
             bayes_est = max(bayes_t - plain_u, 0.0)  # the filter's share, on the benchmark's clock
             out.update(plain_u=plain_u, bayes=bayes_t, call=call_t,
                        bayes_step_calls=(bayes_est / (steps - 1) + call_t) / ((n_leaves + 1) * call_t))
         if "plugin" in args.estimators:
-            plain_g = self._plain(self.recipe)
-            spec = self.recipe.estimators[0]
-            plugin_t, plugin_out = self._probed(self.recipe, [build_estimator(spec.name, **spec.options)], plain_g)
-            out.update(plain_g=plain_g, plugin=plugin_t,
-                       plugin_probes=plugin_out["estimators"][spec.name]["classifier_calls"])
+            plain_g = self._plain(self.plan, ctx)
+            plugin_t, plugin_out = self._probed(self.plan, ctx, plain_g)
+            name = self.plan.estimators[0].name
+            probes_made = plugin_out["estimators"][name]["classifier_calls"]
+            out.update(plain_g=plain_g, plugin=plugin_t, plugin_probes=probes_made)
         return out
 
-    def _noise(self, recipe, b=0):
-        s = recipe.sampling
+    def _noise(self, plan, b=0):
+        s = plan.sampling
         g = torch.Generator().manual_seed(b)
-        return torch.randn((s.batch_size, *self.parts.shape), generator=g) * self.sigmas[0]
+        return torch.randn((s.batch_size, *self.ctx.shape), generator=g) * self.sigmas[0]
 
     def _decode(self, x0):
-        decoder = getattr(self.parts.classifier, "decoder", None)
+        decoder = getattr(self.ctx.classifier, "decoder", None)
         if decoder is not None:  # image families: the final images, as a user gets them
             full = getattr(decoder, "decode_size", None)
             try:
@@ -293,45 +295,40 @@ class Bench:
                 decoder.decode_size = full
         return x0
 
-    def _plain(self, recipe) -> float:
-        from probes.denoisers.base import FiniteCheck
+    def _plain(self, plan, ctx) -> float:
         from probes.sampling import sample
 
-        parts, device = self.parts, self.args.device
-        idx = torch.arange(recipe.sampling.batch_size)
+        device = self.args.device
+        idx = torch.arange(plan.sampling.batch_size)
 
         def run():
             g = torch.Generator().manual_seed(0)
-            traj = sample(FiniteCheck(parts.generator), self._noise(recipe).to(device), self.sigmas,
-                          method=recipe.sampling.method, cond=parts.generation_cond(idx), generator=g, record=False)
+            traj = sample(ctx.guided_denoiser, self._noise(plan).to(device), self.sigmas, method=plan.sampling.method,
+                          cond=ctx.generation_cond(idx), generator=g, record=False)
             return self._decode(traj.x0)
 
         run()  # warm-up: kernels, compilation, prompt-embedding caches
         return timed(run, device, self.args.repeats)[0]
 
-    def _probed(self, recipe, estimators, plain_t) -> tuple[float, dict]:
-        from tqdm.auto import tqdm
+    def _probed(self, plan, ctx, plain_t) -> tuple[float, dict]:
+        from probes.progress import Progress
+        from probes.runner import _probe_batch  # the per-batch work of `probes run`, measured as it runs
 
-        from probes.denoisers.base import FiniteCheck
-        from probes.estimators import ProbeContext
-        from probes.run import _probe_batch  # the per-batch work of `probes run`, measured as it runs
-
-        parts, device = self.parts, self.args.device
-        checked = FiniteCheck(parts.denoiser)  # the context `probes run` builds
-        ctx = ProbeContext(taxonomy=parts.taxonomy, sigmas=self.sigmas, denoiser=checked, cond_denoiser=checked,
-                           conditioner=parts.conditioner, classifier=parts.classifier, prior=parts.prior,
-                           sampler=recipe.sampling.method, batch_size=recipe.sampling.batch_size,
-                           guided_denoiser=FiniteCheck(parts.generator))
-        idx = torch.arange(recipe.sampling.batch_size)
+        device = self.args.device
+        idx = torch.arange(plan.sampling.batch_size)
 
         def run():
-            with tqdm(disable=True) as bar:
-                record = _probe_batch(recipe, parts, ctx, estimators, self.sigmas, 0, idx, bar)
+            record = _probe_batch(plan, ctx, 0, idx, Progress("", 1, enabled=False))
             self._decode(record["x0"].to(device))
             return record
 
         run()
         return timed(run, device, self.args.repeats)
+
+
+def unchecked(denoiser):
+    """The denoiser inside a run's finiteness check."""
+    return getattr(denoiser, "denoiser", denoiser)
 
 
 def trajectory_bytes(family: str, steps: int) -> tuple[tuple, int, int]:
@@ -430,7 +427,7 @@ def main(argv=None) -> int:
     print(f"| family | latents | batch | steps | dtype | plain samples/s | plugin/{args.stride} samples/s "
           "| plugin probed/plain | bayes samples/s (L leaves) | bayes probed/plain | bayes step / (L+1) calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    from probes.adapters import FAMILIES
+    from probes.families import FAMILIES
 
     notes = [f"{name}: not benchmarked; add its shipped recipe to RECIPES in benchmarks/bench_throughput.py"
              for name in FAMILIES if name not in RECIPES]
@@ -452,7 +449,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         bench = Bench(family, args)
         r = bench.run()
-        dtype = getattr(bench.recipe.model, "dtype", "float64" if bench.parts.exact_model is not None else "float32")
+        dtype = getattr(bench.recipe.model, "dtype", "float64" if bench.ctx.exact_model is not None else "float32")
         if family == "edm2" and device.startswith("cuda"):
             dtype = "float16 layers"  # EDM2's Precond (use_fp16)
         b = r["batch"]

@@ -1,57 +1,47 @@
 """probes: when, during sampling, does a diffusion model decide what it is drawing?
 
-The Python API mirrors the CLI: load a taxonomy, wrap a model as a denoiser and a classifier,
-estimate leaf posteriors along sampling, and turn them into entropy curves and decision times.
-See ``docs/architecture.md`` for the map of modules.
+The Python API mirrors the CLI: a recipe in, a result out; or a user's own diffusers pipeline
+probed as it samples. Every entry point returns a :class:`ProbeResult` (``.save(dir)`` writes the
+files of a run directory, ``print(result)`` shows its decision-time tree)::
 
-Top level (imported on first use, so ``import probes`` stays fast)::
+    result = probes.run("digits", "runs/digits")          # a recipe (file or shipped name) in
+    result = probes.probe(pipe, "animals-vehicles", classifier=clf, prompt=[...])
+    result = probes.load("runs/digits")                   # a run directory or a saved result
+    comparison = probes.compare("runs/w1", "runs/w3")      # two results or directories
+    probes.load_taxonomy("digits-shape"); probes.load_recipe("digits")
 
-    probes.load_taxonomy("digits-shape")        # a shipped name, a YAML path or a wordnet: spec
-    probes.load_recipe("digits")                # a shipped recipe by name, or a path
-    probes.run("digits", "runs/digits")         # a recipe in, a run directory out
+The names are imported on first use (PEP 562), so ``import probes`` stays fast. See
+``docs/architecture.md`` for the map of modules.
 """
 
-from __future__ import annotations
+from probes.version import __version__ as __version__
 
-import importlib
-from typing import TYPE_CHECKING
-
-__version__ = "0.1.0"
-
-# name -> (module, attribute): resolved lazily by __getattr__ (PEP 562).
-_LAZY = {
-    "load_taxonomy": ("probes.taxonomy", "load_taxonomy"),
-    "load_recipe": ("probes.recipe", "load_recipe"),
-    "run": ("probes.run", None),  # the module, callable as run_recipe (see probes/run.py)
-    "ProbesError": ("probes.errors", "ProbesError"),
-    "probe": ("probes.probing", "probe"),
-    "load": ("probes.result", "load"),
-    "ProbeResult": ("probes.result", "ProbeResult"),
-    "merge_results": ("probes.merge", "merge_results"),
+# name -> module that defines it; resolved by __getattr__ on first use.
+_API = {
+    "run": "probes.api",
+    "probe": "probes.api",
+    "load": "probes.api",
+    "compare": "probes.api",
+    "merge_results": "probes.api",
+    "load_taxonomy": "probes.api",
+    "load_recipe": "probes.api",
+    "ProbeResult": "probes.api",
+    "Comparison": "probes.api",
+    "ProbesError": "probes.api",
 }
 
-__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "merge_results",
-           "probe", "run"]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from probes import run
-    from probes.errors import ProbesError
-    from probes.merge import merge_results
-    from probes.probing import probe
-    from probes.recipe import load_recipe
-    from probes.result import ProbeResult, load
-    from probes.taxonomy import load_taxonomy
+__all__ = sorted([*_API, "__version__"])
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = importlib.import_module(module)
-        value = getattr(value, attr) if attr else value
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module 'probes' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return list(__all__)

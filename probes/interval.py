@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.comparison import estimator_name
 from probes.errors import ProbesError
+from probes.result import load
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
 
@@ -65,8 +67,6 @@ def _guidance(result) -> tuple[float | None, str | None]:
 def derive_interval(run, against=None, level: int | None = None, node: str | None = None,
                     estimator: str | None = None) -> dict:
     """``{"interval": (lo, hi), "rule": ..., "text": ...}``; every bad input is one ProbesError line."""
-    from probes.result import load
-
     run = Path(run)
     result = load(run)
     estimator = estimator or result.primary
@@ -112,8 +112,6 @@ def _from_windows(run: Path, result, level, node, estimator) -> dict:
 
 
 def _from_pair(run: Path, result, against: Path, level, estimator, scale: float | None) -> dict:
-    from probes.result import load
-
     plain_result = load(against)
     scale_u, _ = _guidance(plain_result)
     if scale == 1.0:
@@ -190,8 +188,6 @@ def _result(interval: tuple[float, float], rule: str, text: list[str]) -> dict:
 def _estimator(result, estimator: str, source: Path) -> str:
     """The estimator's name in ``result`` (guided runs' files call posterior estimators
     ``<name>:unguided_posterior``; either name is accepted)."""
-    from probes.compare import estimator_name
-
     name = estimator_name(result, estimator)
     if name not in result.estimates:
         raise ProbesError(f"{source}: no curves for estimator {estimator!r}")

@@ -109,43 +109,14 @@ def entropic_grid(sigmas: torch.Tensor, entropy: torch.Tensor, sigma_max: float,
     return grid
 
 
-def grid_from_run(run_dir, sigma_max: float, sigma_min: float, steps: int, uniform_share: float = 0.5,
-                  field: str = "sampling.grid.from_run") -> torch.Tensor:
-    """:func:`entropic_grid` from a finished run's leaf-level entropy (its primary estimator)."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from probes.errors import ProbesError
-    from probes.result import load
-
-    run_dir = Path(run_dir)
-    try:
-        result = load(run_dir)  # the checked loader compare uses
-        curves = result.entropy()
-    except ProbesError as err:
-        raise ProbesError(f"{field}: {err}") from None
-    leaf = curves.level_mean()[:, -1]
-    keep = np.isfinite(leaf)
-    if keep.sum() < 2:
-        raise ProbesError(f"{field}: {run_dir} has no leaf-level entropy curve to place steps by")
-    sig = torch.tensor(curves.sigmas[keep], dtype=torch.float64)
-    ent = torch.tensor(leaf[keep], dtype=torch.float64)
-    return entropic_grid(sig, ent, sigma_max, sigma_min, steps, uniform_share)
-
-
-def make_grid(kind, sigma_max: float, sigma_min: float, steps: int, resolve=None) -> torch.Tensor:
-    """Grid by name: ``geometric`` (log-uniform), ``karras`` or ``log_snr`` (log-SNR-uniform); or a
-    recipe's ``{from_run: DIR}`` (``resolve`` turns its path into one relative to the recipe file)."""
+def make_grid(kind: str, sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
+    """Grid by name: ``geometric`` (log-uniform), ``karras`` or ``log_snr`` (log-SNR-uniform). A
+    recipe's ``{from_run: DIR}`` is placed by :func:`entropic_grid` from that run's curves
+    (:func:`probes.runner.sampling_grid`)."""
     if kind == "geometric":
         return geometric_grid(sigma_max, sigma_min, steps)
     if kind == "karras":
         return karras_grid(sigma_max, sigma_min, steps)
     if kind == "log_snr":
         return log_snr_grid(sigma_max, sigma_min, steps)
-    from_run = getattr(kind, "from_run", None) or (kind.get("from_run") if isinstance(kind, dict) else None)
-    if from_run is not None:
-        share = getattr(kind, "uniform_share", None) if not isinstance(kind, dict) else kind.get("uniform_share")
-        path = resolve(from_run) if resolve is not None else from_run
-        return grid_from_run(path, sigma_max, sigma_min, steps, 0.5 if share is None else share)
-    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {', '.join(GRIDS)} or {{from_run: DIR}}")
+    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {', '.join(GRIDS)}")

@@ -4,7 +4,7 @@ The pipeline runs exactly as the user calls it (their scheduler, prompts, guidan
 generator). Its scheduler's ``step`` is wrapped for the duration of the call: the wrapper reads
 ``(model_output, timestep, sample)``, calls the original ``step`` and returns its result
 untouched, so not a pixel of the output changes. From what it reads, each step gives, on the
-toolkit's sigma axis (:mod:`probes.adapters.schedulers`):
+toolkit's sigma axis (:mod:`probes.schedulers`):
 
 * the state ``x_sigma`` (the scheduler's latents converted from their layout);
 * the pipeline's own clean estimate ``x0_hat`` (from the guided model output and sigma, with the
@@ -12,7 +12,7 @@ toolkit's sigma axis (:mod:`probes.adapters.schedulers`):
 * the scheduler's own sigma grid.
 
 Estimators that need more than the pipeline computes (``rollout`` completions, ``bayes``'s
-per-leaf predictions) call the family's plain (unguided) denoiser from :mod:`probes.adapters`.
+per-leaf predictions) call the family's plain (unguided) denoiser from :mod:`probes.families`.
 Steps at infinite sigma (a flow schedule's ``t = 1``, a zero-terminal-SNR schedule's first step)
 are left out: there the posterior is the prior, whatever the model. Second-order schedulers call
 ``step`` twice per noise level; only the call that starts from the trajectory's state is read.
@@ -28,18 +28,20 @@ import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from probes.adapters import FAMILIES, Family, family_of
-from probes.adapters.schedulers import check_estimators, check_step_targets, is_trajectory_step, read_step
+from probes.classifiers.base import Classifier
 from probes.errors import ProbesError
 from probes.estimators import ESTIMATORS, Estimator, ProbeContext, build_estimator
+from probes.estimators.base import check_posteriors
+from probes.families import FAMILIES, Family, family_of
+from probes.kept_samples import kept_from_trajectory
+from probes.result import ProbeResult
 from probes.sampling import Trajectory
-
-if TYPE_CHECKING:  # pragma: no cover
-    from probes.result import ProbeResult
+from probes.schedulers import SchedulerKind, check_estimators, check_step_targets, is_trajectory_step, read_step
+from probes.taxonomy import Taxonomy, load_taxonomy
 
 
 class LatentClassifier(torch.nn.Module):
@@ -52,8 +54,6 @@ class LatentClassifier(torch.nn.Module):
 
     def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], classifier: Callable, leaves: Sequence[str]):
         super().__init__()
-        from probes.classifiers.base import Classifier
-
         self.decode, self.classifier, self.leaves = decode, classifier, list(leaves)
         self.returns_log_probs = isinstance(classifier, Classifier)
         if self.returns_log_probs and list(classifier.leaves) != self.leaves:
@@ -132,6 +132,17 @@ class StepRecorder:
                           method=method, cond=None)
 
 
+def _check_noise_law(pipe, family: Family, kind: SchedulerKind) -> None:
+    """A rectified-flow model stepped by a variance-preserving scheduler, or the reverse, samples
+    from neither law and its states sit at no sigma this probe could name: refused."""
+    if family.flow != (kind.layout == "flow"):
+        model = "a rectified-flow model" if family.flow else f"a {kind.layout.upper()}-type diffusion model"
+        needs = "FlowMatchEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler" if family.flow else \
+            "a DDPM-family scheduler (DDIM, DDPM, Euler, DPM-Solver, ...)"
+        raise ProbesError(f"{type(pipe).__name__} is {model} but {type(pipe.scheduler).__name__} steps a "
+                          f"{kind.layout} noise law: the pair does not sample the model; use {needs}")
+
+
 def _check_grid_before_sampling(pipe, call_kwargs: dict, ests: Sequence[Estimator] = ()) -> None:
     """Set the call's grid on a copy of the scheduler and check it, so that a grid the probe cannot
     read is refused before the model runs (the recorder checks the real one again at its first step).
@@ -205,7 +216,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     """Run ``pipe(**pipe_kwargs)`` and estimate ``p(leaf | x_sigma)`` along its own trajectory.
 
     Args:
-        pipe: a diffusers pipeline of a registered family (:data:`probes.adapters.FAMILIES`).
+        pipe: a diffusers pipeline of a registered family (:data:`probes.families.FAMILIES`).
         taxonomy: a :class:`~probes.taxonomy.Taxonomy` or a source for :func:`probes.load_taxonomy`.
         classifier: a toolkit classifier over the taxonomy's leaves, or any callable
             ``images [B, 3, H, W] in [-1, 1] -> logits [B, L]`` (``plugin``, ``rollout``).
@@ -223,9 +234,6 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
         :func:`generator_provenance`), so ``compare`` pairs two probes drawn from the same seeds,
         and ``guidance_scale`` when given.
     """
-    from probes.result import ProbeResult
-    from probes.taxonomy import Taxonomy, load_taxonomy
-
     tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(str(taxonomy))
     tax.require_a_choice()
     fam = family_of(pipe) if family is None else (FAMILIES[family] if isinstance(family, str) and family in FAMILIES
@@ -234,6 +242,7 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
         raise ProbesError(f"family: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     ests = _estimators(estimators)
     kind = check_estimators(pipe.scheduler, [e.name for e in ests], pipe_kwargs)
+    _check_noise_law(pipe, fam, kind)
     _check_grid_before_sampling(pipe, pipe_kwargs, ests)
     needs_classifier = [e.name for e in ests if e.name in ("plugin", "rollout")]
     if needs_classifier and classifier is None:
@@ -260,14 +269,36 @@ def probe(pipe, taxonomy, classifier: Callable | None = None, estimators=("plugi
     for est in ests:
         g = torch.Generator(device=traj.states.device).manual_seed(estimator_seed)
         estimates[est.name] = est.estimate(traj, ctx, generator=g)
-    meta: dict[str, Any] = {"family": fam.name, "pipeline": type(pipe).__name__,
+        check_posteriors(estimates[est.name], tax.leaves, f"estimator {est.name!r}")
+    meta: dict[str, Any] = {"kind": "probe", "family": fam.name, "pipeline": type(pipe).__name__,
                             "scheduler": type(pipe.scheduler).__name__, "scheduler_kernel": kind.kernel,
                             "state_layout": kind.layout, "estimators": {e.name: repr(e) for e in ests}}
     if seeds is not None:
         meta["generator"] = seeds
+    if not fam.shares_step_noise(pipe, pipe_kwargs):
+        meta["unpaired"] = (f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} draws its step noise "
+                            "without the call's generator, so equal seeds do not pair samples")
     scale = pipe_kwargs.get("guidance_scale")
     if isinstance(scale, torch.Tensor) and scale.numel() == 1:
         scale = scale.item()
     if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy scalars too
         meta["guidance_scale"] = float(scale)
-    return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta)
+    kept = kept_samples(traj, tax, scorer, fam.decoder(pipe, pipe_kwargs), pipe_kwargs, seeds)
+    return ProbeResult(taxonomy=tax, estimates=estimates, output=output, trajectory=traj, meta=meta, samples=kept)
+
+
+def kept_samples(traj: Trajectory, taxonomy: Taxonomy, classifier, decode, call_kwargs: dict, seeds: dict | None):
+    """What a probe keeps of its samples: previews of the final images, the classifier's reading of
+    them and x0 strips of a few samples (decoded with the family's decoder; cheap next to sampling)."""
+    prompts = call_kwargs.get("prompt")
+    n = traj.denoised.shape[1]
+    if isinstance(prompts, str):
+        prompts = [prompts] * n
+    conditions = list(prompts) if isinstance(prompts, (list, tuple)) and len(prompts) == n else None
+    if conditions is None and call_kwargs.get("class_labels") is not None:
+        labels = call_kwargs["class_labels"]
+        labels = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        conditions = [f"class {c}" for c in labels] if len(labels) == n else None
+    per_sample = seeds is not None and seeds.get("per_sample") and len(seeds["seeds"]) == n
+    return kept_from_trajectory(traj, taxonomy.leaves, classifier, decode, traj.denoised.device,
+                                conditions=conditions, seeds=seeds["seeds"] if per_sample else None)

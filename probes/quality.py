@@ -21,7 +21,6 @@ import torch
 
 from probes.errors import ProbesError
 
-GMM_REFERENCE_SAMPLES = 4096  # exact mixture samples the Frechet distance is measured against
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -117,31 +116,13 @@ def load_image_folder(folder: str | Path, limit: int = 2048) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def reference_features(recipe, parts) -> torch.Tensor | None:
-    """Features of the reference data for this run's model, or ``None`` when it has none."""
-    reference = getattr(getattr(recipe, "quality", None), "reference", None)
-    if reference is not None:
-        images = load_image_folder(recipe.resolve_path(reference))
-        classifier = parts.classifier
-        image_classifier = getattr(classifier, "classifier", classifier)  # folders hold images, not latents
-        if image_classifier is None:
-            raise ProbesError("quality.reference: a reference folder needs a classifier (its feature space)")
-        return classifier_features(image_classifier, images.to(parts.device))
-    if parts.exact_model is not None:
-        g = torch.Generator().manual_seed(recipe.seed + 7919)
-        return parts.exact_model.sample(GMM_REFERENCE_SAMPLES, generator=g)[0].double()
-    if recipe.model.kind == "digits" and parts.classifier is not None:
-        from probes.models.digits import load_digits_split
-
-        return classifier_features(parts.classifier, load_digits_split("test")[0].to(parts.device))
-    return None
-
-
 # --- a run's quality ----------------------------------------------------------------------------
 
 
 def measure_quality(x0: torch.Tensor, leaf: torch.Tensor | None, parts, reference: torch.Tensor | None) -> dict:
-    """The ``quality`` block of run.json for final samples ``x0`` (``leaf``: conditioning leaves)."""
+    """The ``quality`` block of run.json for final samples ``x0`` (``leaf``: conditioning leaves;
+    ``parts``: anything with the run's ``classifier``, ``taxonomy`` and ``device``, e.g. its
+    :class:`~probes.estimators.base.ProbeContext`)."""
     out: dict = {"n_samples": int(x0.shape[0])}
     classifier = parts.classifier
     if classifier is not None and leaf is not None:
@@ -155,13 +136,3 @@ def measure_quality(x0: torch.Tensor, leaf: torch.Tensor | None, parts, referenc
         out["frechet_distance"] = frechet_distance_of_features(feats, reference)
         out["frechet_reference_n"] = int(reference.shape[0])
     return out
-
-
-def run_quality(batches: list[dict], recipe, parts) -> dict | None:
-    """Quality of a finished run from its batches (``None`` when they hold no final samples)."""
-    if not batches or any(b.get("x0") is None for b in batches):
-        return None
-    x0 = torch.cat([b["x0"] for b in batches])
-    leaves = [b.get("leaf") for b in batches]
-    leaf = torch.cat(leaves) if all(v is not None for v in leaves) and recipe.sampling.condition == "leaf" else None
-    return measure_quality(x0, leaf, parts, reference_features(recipe, parts))

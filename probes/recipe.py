@@ -14,8 +14,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from probes.classifiers.sections import IMAGE_CLASSIFIERS
 from probes.entropy.decisions import MAX_BOOT
 from probes.errors import ProbesError
+from probes.families import classifier_models, family_of_kind, recipe_kinds, recipe_models
+from probes.resources import RECIPES, find_shipped, is_bare_name, shipped_names
 from probes.schema import MAX_SEED, NUMBER_EXPECTED, Strict
 from probes.yamlio import load_yaml_file, parse_value
 
@@ -31,55 +34,13 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
-# Model sections are declared by the families (one file each) and collected from the registry.
-from probes.adapters import recipe_kinds, recipe_models  # noqa: E402
-from probes.adapters.gmm import GMMHierarchy, GMMModel  # noqa: E402,F401  (re-exported)
-
+# Model sections, and the classifier sections only one family serves, are declared by the families
+# (one file each) and collected from the registry; the image classifiers any image family reads
+# its samples with are declared beside their code.
 ModelConfig = Annotated[Union[tuple(recipe_models())], Field(discriminator="kind")]
+CLASSIFIER_SECTIONS = (*classifier_models(), *IMAGE_CLASSIFIERS)
+ClassifierConfig = Annotated[Union[CLASSIFIER_SECTIONS], Field(discriminator="kind")]
 
-# --- classifiers ------------------------------------------------------------------------------
-
-
-class ExactClassifierConfig(Strict):
-    """The mixture's exact clean posterior (Gaussian-mixture models only)."""
-
-    kind: Literal["exact"]
-
-
-class DigitsClassifierConfig(Strict):
-    """The shipped digit classifier; ``temperature: calibrate`` fits it on the held-out digits."""
-
-    kind: Literal["digits"]
-    path: str | None = None
-    temperature: Union[Literal["calibrate"], Annotated[float, Field(gt=0)]] = 1.0
-
-
-class ClipClassifierConfig(Strict):
-    """Zero-shot open_clip: ``model`` is an architecture name, ``pretrained`` a tag or a file."""
-
-    kind: Literal["clip"]
-    model: str = "ViT-B-32"
-    pretrained: str | None = None
-    templates: Union[Literal["imagenet", "simple"], list[str]] = "simple"
-    temperature: float | None = Field(None, gt=0)
-    universe: Union[Literal["imagenet"], list[str], None] = Field(
-        None, description="classes outside the taxonomy: imagenet (all 1000) or a list of names")
-
-
-class ImageNetClassifierConfig(Strict):
-    """An ImageNet-1k classifier whose 1000 classes are gathered onto WordNet leaves."""
-
-    kind: Literal["imagenet"]
-    name: str = "efficientnet_lite0"
-    source: Literal["timm", "torchvision", "efficientnet_lite0"] = "efficientnet_lite0"
-    pretrained: Union[bool, str] = True
-    temperature: float = Field(1.0, gt=0)
-
-
-ClassifierConfig = Annotated[
-    Union[ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig],
-    Field(discriminator="kind"),
-]
 
 # --- sampling, estimators, analysis ------------------------------------------------------------
 
@@ -204,12 +165,22 @@ class Recipe(Strict):
         return self
 
     @property
+    def family(self):
+        """The model family serving ``model.kind``."""
+        return family_of_kind(self.model.kind)
+
+    @property
     def primary_estimator(self) -> str:
         return self.analysis.primary or self.estimators[0].name
 
     # Set by load_recipe: the recipe file, and the folder relative paths are resolved against.
     _source: Path | None = None
     _base_dir: Path = Path(".")
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file this recipe was read from (None for one built in code)."""
+        return self._source
 
     def resolve_path(self, value: str) -> str:
         """Every path in a recipe is relative to the recipe file (never the working directory).
@@ -245,9 +216,15 @@ PATH_FIELDS = ("taxonomy", "model.path", "model.model", "model.uncond_path", "mo
                "classifier.pretrained")
 
 
+# Suffixes that make a bare value a file name rather than a hub id (``owner/model-1.0`` is a hub id).
+FILE_SUFFIXES = (".yaml", ".yml", ".json", ".graphml", ".nwk", ".newick", ".pt", ".pth", ".pkl", ".ckpt", ".bin",
+                 ".safetensors", ".npz", ".txt")
+
+
 def _reads_as_path(value: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; ``./x``, ``a/b/c``, ``x.yaml``, ``x.pt`` are paths."""
-    return value.startswith((".", "~")) or value.count("/") > 1 or value.endswith("/") or bool(Path(value).suffix)
+    return (value.startswith((".", "~")) or value.count("/") > 1 or value.endswith("/")
+            or Path(value).suffix.lower() in FILE_SUFFIXES)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -268,8 +245,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def find_recipe(path: str | Path) -> Path:
     """A recipe file by path, or a shipped recipe by name (``digits``, ``sd15``)."""
-    from probes.resources import RECIPES, find_shipped, is_bare_name, shipped_names
-
     path = Path(path)
     if path.is_file():
         return path
@@ -321,7 +296,7 @@ def describe_validation_error(err: ValidationError) -> str:
     if first["type"] == NUMBER_EXPECTED:  # raised for the section, about one of its fields
         loc.append(first["ctx"]["field"])
     # Discriminated unions put the chosen kind into the location: drop it for readability.
-    loc = [p for p in loc if p not in {*recipe_kinds(), "exact", "clip", "imagenet"}]
+    loc = [p for p in loc if p not in {*recipe_kinds(), *_classifier_kinds()}]
     field = ".".join(loc) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -345,6 +320,10 @@ _PATTERN_HINTS = {
 }
 
 
+def _classifier_kinds() -> list[str]:
+    return [c.model_fields["kind"].annotation.__args__[0] for c in CLASSIFIER_SECTIONS]
+
+
 def _kinds(loc) -> str:
     """The kinds a discriminated union at ``loc`` accepts (model or classifier)."""
     union = {"model": ModelConfig, "classifier": ClassifierConfig}.get(str(loc[0]) if loc else "")
@@ -356,8 +335,10 @@ def _kinds(loc) -> str:
 
 
 def _sections() -> tuple:
-    return (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, GMMHierarchy, *recipe_models(),
-            ExactClassifierConfig, DigitsClassifierConfig, ClipClassifierConfig, ImageNetClassifierConfig)
+    annotations = [f.annotation for m in recipe_models() for f in m.model_fields.values()]
+    nested = {a for ann in annotations for a in (ann, *getattr(ann, "__args__", ()))
+              if isinstance(a, type) and issubclass(a, Strict)}
+    return (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, *nested, *recipe_models(), *CLASSIFIER_SECTIONS)
 
 
 def _section_names() -> set[str]:

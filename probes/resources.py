@@ -1,36 +1,44 @@
-"""Data that ships inside the package, found with :mod:`importlib.resources`.
+"""Data that ships with probes: ``taxonomies/``, ``recipes/`` (YAML files addressable by their stem,
+``digits-shape``, ``digits``) and ``data/`` (the embedded default model's weights and checksums).
 
-Three kinds: ``taxonomies/`` and ``recipes/`` (YAML files addressable by their stem, e.g.
-``digits-shape``, ``digits``) and ``data/digits/`` (the embedded default model's weights and
-checksums). They live in the package so that an installed wheel finds them from any directory.
+In the repository they sit at the top, next to the package; a wheel maps them into the package
+(``probes/taxonomies``, ...). Both are found from here, so shipped names resolve from any directory,
+from a checkout (also an editable install) and from an installed wheel.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 from probes.errors import ProbesError
 
 TAXONOMIES = "taxonomies"
 RECIPES = "recipes"
+DATA = "data"
+KINDS = (TAXONOMIES, RECIPES, DATA)
+
+_PACKAGE = Path(__file__).resolve().parent
 
 
-def shipped_path(*parts: str) -> Path:
-    """A file or folder shipped in the package, as a filesystem path (diffusers and safetensors
-    read files, not streams, so a zipped install is refused in one line)."""
-    root = files("probes")
-    target = root.joinpath(*parts)
-    if not isinstance(target, Path):
-        raise ProbesError(f"probes is installed in a form whose data files are not on disk ({root}); "
-                          "install it as a regular package (pip install probes)")
-    return target
+def shipped_root(kind: str) -> Path:
+    """The folder of one kind of shipped data: inside the installed package, else beside it."""
+    if kind not in KINDS:
+        raise ValueError(f"no shipped data of kind {kind!r}; expected one of {', '.join(KINDS)}")
+    for folder in (_PACKAGE / kind, _PACKAGE.parent / kind):
+        if folder.is_dir():
+            return folder
+    raise ProbesError(f"probes' shipped {kind} are missing (looked in {_PACKAGE / kind} and {_PACKAGE.parent / kind}); "
+                      "reinstall probes")
+
+
+def shipped_path(kind: str, *parts: str) -> Path:
+    """A shipped file or folder, as a filesystem path (diffusers and safetensors read files)."""
+    return shipped_root(kind).joinpath(*parts)
 
 
 def shipped_names(kind: str) -> list[str]:
     """Stems of the YAML files shipped under ``kind`` (``taxonomies`` or ``recipes``), sorted."""
-    folder = shipped_path(kind)
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(p.stem for p in shipped_root(kind).glob("*.yaml"))
 
 
 def is_bare_name(text: str) -> bool:

@@ -1,11 +1,12 @@
 """One probe's result in memory: posteriors along the sigma grid, and everything derived from them.
 
 :class:`ProbeResult` holds, per estimator, ``log p(leaf | x_sigma)`` as ``[samples, sigmas, leaves]``
-(or per-sample entropies for ``immse``) with the taxonomy and the grid. Entropy curves, decisions,
-comparisons and plots are computed from it on demand; :meth:`ProbeResult.save` writes the run
-directory (the same files as ``probes run``: ``curves.csv``, ``decisions.csv``, ``tree.*``,
-``run.json``, PNG plots) plus ``posteriors.safetensors`` and ``taxonomy.json``, from which
-:func:`load` rebuilds the object.
+(or per-sample entropies for ``immse``) with the taxonomy and the grid, what was kept of the samples
+(:class:`~probes.kept_samples.KeptSamples`) and the provenance. Entropy curves, decisions,
+comparisons and plots are computed from it on demand. ``probes.run``, ``probes.probe``,
+``probes.load`` and ``probes.merge_results`` all return one; :meth:`ProbeResult.save` writes the
+files of a run directory from memory (``docs/outputs.md``), and :func:`load` reads any directory
+such a save or a ``probes run`` wrote (also those of earlier versions) back into one.
 """
 
 from __future__ import annotations
@@ -18,30 +19,44 @@ from typing import Any
 
 import torch
 
+from probes.comparison import Comparison, compare_results
+from probes.entropy import EntropyCurves, decide, decide_axes
+from probes.entropy.decisions import AXES
 from probes.errors import ProbesError
 from probes.estimators.base import EstimatorOutput
 from probes.fileio import read_text
-from probes.store import BatchInvalid, read_record, run_json_if_readable, write_record
+from probes.kept_samples import KeptSamples
+from probes.report import plots
+from probes.report.files import POSTERIORS_FILE, RESULT_FILES, TAXONOMY_FILE, write_result_files
+from probes.report.rundir import format_decision_tree, name_in_files
+from probes.report.samples import read_samples
+from probes.store import MARKER, BatchInvalid, read_record, run_json_if_readable
+from probes.taxonomy import Taxonomy
+from probes.taxonomy.export import from_node_link
 
-POSTERIORS_FILE = "posteriors.safetensors"
-TAXONOMY_FILE = "taxonomy.json"
+__all__ = ["POSTERIORS_FILE", "RESULT_FILES", "TAXONOMY_FILE", "ProbeResult", "load"]
 
 
 @dataclass
 class ProbeResult:
-    """Posteriors of one probe (``probes.probe``) or run, per estimator.
+    """Posteriors of one probe (``probes.probe``) or run (``probes.run``), per estimator.
 
     Attributes:
         taxonomy: the taxonomy whose leaves index the last axis.
         estimates: estimator name -> :class:`~probes.estimators.EstimatorOutput`.
-        output: what ``pipe(...)`` returned (``None`` after :func:`load`).
+        output: what ``pipe(...)`` returned (``None`` for runs and after :func:`load`).
         trajectory: the recorded :class:`~probes.sampling.Trajectory` (not saved).
-        meta: provenance (family, pipeline and scheduler names, estimator options).
+        meta: provenance: ``kind`` (``run`` or ``probe``), the family, pipeline and scheduler of a
+            probe, the name, seed, conditioning and guidance of a run, how sample i was seeded.
         prior: ``[L]`` leaf prior, or ``None`` for uniform.
         primary: the estimator the summary methods use by default (the first one).
         inside_weighted: the samples came from the model's whole world, so where the model's world
             is larger than the taxonomy means are weighted by the inside mass ``p(T | x)``; False
             for samples drawn from the taxonomy's leaves (leaf-conditional generation).
+        samples: what was kept of the samples (previews, x0 strips, classifier readings), or None.
+        record: a run's ``run.json`` beyond the above (the recipe, timings, calls, quality, ...).
+        n_boot, seed: the bootstrap behind the decisions that :meth:`save` writes.
+        directory: where the result was saved or loaded from (None until then).
     """
 
     taxonomy: Any
@@ -52,11 +67,14 @@ class ProbeResult:
     prior: torch.Tensor | None = None
     primary: str | None = None
     inside_weighted: bool = True
+    samples: KeptSamples | None = None
+    record: dict = field(default_factory=dict)
+    n_boot: int = 200
+    seed: int = 0
+    directory: Path | None = None
     _curves: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        from probes.taxonomy import Taxonomy
-
         if not isinstance(self.taxonomy, Taxonomy):
             raise ProbesError(f"ProbeResult: taxonomy must be a Taxonomy, got {type(self.taxonomy).__name__}")
         if not isinstance(self.estimates, dict) or not self.estimates:
@@ -96,16 +114,27 @@ class ProbeResult:
         """``p(leaf | x_sigma)`` ``[samples, sigmas, leaves]`` of the primary estimator."""
         return self.log_posteriors().exp()
 
+    @property
+    def n_samples(self) -> int:
+        first = next(iter(self.estimates.values()))
+        return int((first.log_probs if first.log_probs is not None else first.levels).shape[0])
+
+    @property
+    def names_in_files(self) -> dict[str, str]:
+        """Each estimator's name in curves.csv and decisions.csv: in guided leaf-conditional runs the
+        plain estimators read the unguided posterior at guided states and are named for it."""
+        given = self.meta.get("names_in_files")
+        given = given if isinstance(given, dict) else {}
+        return {n: str(given.get(n, n)) for n in self.estimates}
+
     # -- derived -------------------------------------------------------------------------------
 
-    def entropy(self, estimator: str | None = None):
+    def entropy(self, estimator: str | None = None) -> EntropyCurves:
         """:class:`~probes.entropy.EntropyCurves` (level entropies, node contributions, in nats)."""
         name = self._pick(estimator)
         if name not in self._curves:
             out = self.estimates[name]
             if out.log_probs is None and out.prior_levels is None:  # per-sample entropies (immse)
-                from probes.entropy import EntropyCurves
-
                 self._curves[name] = EntropyCurves.from_per_sample(
                     sigmas=out.sigmas, taxonomy=self.taxonomy, levels=out.levels, nodes=out.nodes, prior=self.prior,
                     bounds=out.bounds)
@@ -113,119 +142,93 @@ class ProbeResult:
                 self._curves[name] = out.curves(self.taxonomy, prior=self.prior, inside_weighted=self.inside_weighted)
         return self._curves[name]
 
-    def decisions(self, axis: str = "log_sigma", estimator: str | None = None, n_boot: int = 200, seed: int = 0,
-                  kind: str = "nodes") -> dict:
+    def decisions(self, axis: str = "log_sigma", estimator: str | None = None, n_boot: int | None = None,
+                  seed: int | None = None, kind: str = "nodes") -> dict:
         """Decision sigma, half-peak window and bootstrap interval per internal node (``kind="nodes"``)
         or per level cut (``kind="levels"``); ``kind="both"`` gives both. ``axis`` is the variable
         the rate is taken against: ``log_sigma``, ``vp_time`` or ``log_snr`` (the peak moves with
-        it). For convenience ``axis="nodes" | "levels" | "both"`` selects the kind on log sigma."""
-        from probes.entropy import decide
-        from probes.entropy.decisions import AXES
-
+        it). For convenience ``axis="nodes" | "levels" | "both"`` selects the kind on log sigma.
+        ``n_boot`` and ``seed`` default to the result's own (a run's recipe, else 200 and 0)."""
         if axis in ("nodes", "levels", "both"):
             axis, kind = "log_sigma", axis
         if axis not in AXES:
             raise ProbesError(f"decisions: axis must be one of {', '.join(AXES)}, not {axis!r}")
         if kind not in ("nodes", "levels", "both"):
             raise ProbesError(f"decisions: kind must be 'nodes', 'levels' or 'both', not {kind!r}")
-        both = decide(self.entropy(estimator), n_boot=n_boot, seed=seed, axis=axis)
+        both = decide(self.entropy(estimator), n_boot=self.n_boot if n_boot is None else n_boot,
+                      seed=self.seed if seed is None else seed, axis=axis)
         return both if kind == "both" else both[kind]
 
+    def decisions_by_axis(self, estimator: str | None = None) -> dict:
+        """``{axis: {"nodes", "levels"}}`` on every axis, with the result's bootstrap settings
+        (what decisions.csv holds)."""
+        return decide_axes(self.entropy(estimator), n_boot=self.n_boot, seed=self.seed)
+
     def compare(self, other: ProbeResult, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200,
-                seed: int = 0, ci: float = 0.95):
+                seed: int = 0, ci: float = 0.95) -> Comparison:
         """Where in sigma ``other`` (B) knows more than ``self`` (A): per level and per node,
         ``dI = I_B - I_A`` along sigma, its rate in log sigma, where each peaks, and joint bootstrap
         intervals (both results resampled in every replicate; ``pairing="paired"`` resamples
         sample i of both together, ``"auto"`` does so when both were drawn from the same seeds).
-        Returns a :class:`probes.compare.Comparison`; the results must share the taxonomy's levels
-        and the sigma grid."""
-        from probes.compare import compare_results
-
+        Returns a :class:`probes.comparison.Comparison`."""
         return compare_results(self, other, estimator=estimator, pairing=pairing, n_boot=n_boot, seed=seed, ci=ci)
 
     def plot(self, path=None, estimators: list[str] | None = None):
         """Level entropies against sigma (one panel per estimator). Writes a PNG when ``path`` is
         given and returns its path; otherwise returns the matplotlib figure."""
-        from probes.report import plots
-
         curves = {n: self.entropy(n) for n in (estimators or list(self.estimates))}
         return plots.plot_curves(path, curves)
 
-    # -- files ---------------------------------------------------------------------------------
-
-    def write(self, directory, n_boot: int = 200, seed: int = 0, names: dict | None = None) -> tuple[dict, dict]:
-        """Write the run directory's data files and plots (everything but ``run.json``); returns
-        ``(curves, decisions)`` per estimator, decisions on the log-sigma axis (``decisions.csv``
-        has every axis). ``names`` renames estimators in the CSV files (e.g. what a guided run's
-        plain estimators measure). ``probes run`` writes its directories with this."""
-        from probes.entropy import decide_axes
-        from probes.report import plots
-        from probes.report.rundir import atomic_write_text, write_curves_csv, write_decisions_csv, write_tree
-        from probes.taxonomy.export import to_node_link
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        names = {n: (names or {}).get(n, n) for n in self.estimates}
-        curves = {n: self.entropy(n) for n in self.estimates}
-        by_axis = {n: decide_axes(c, n_boot=n_boot, seed=seed) for n, c in curves.items()}
-        decisions = {n: d["log_sigma"] for n, d in by_axis.items()}
-        primary = self.primary
-        write_curves_csv(out / "curves.csv", {names[n]: c for n, c in curves.items()})
-        write_decisions_csv(out / "decisions.csv", {names[n]: d for n, d in by_axis.items()})
-        write_tree(out, self.taxonomy, decisions[primary])
-        plots.plot_curves(out / "curves.png", curves)
-        plots.plot_tree(out / "tree.png", self.taxonomy, decisions[primary])
-        plots.plot_rates(out / "rates.png", curves[primary], decisions[primary])
-        atomic_write_text(out / TAXONOMY_FILE, json.dumps(to_node_link(self.taxonomy), indent=1) + "\n")
-        # safetensors, not pickle: loading a result directory can never run code.
-        write_record(out / POSTERIORS_FILE, {"estimates": {n: vars(e) for n, e in self.estimates.items()},
-                                             "prior": self.prior, "primary": primary,
-                                             "inside_weighted": self.inside_weighted}, {"kind": "posteriors"})
-        return curves, decisions
-
-    @property
-    def n_samples(self) -> int:
-        first = next(iter(self.estimates.values()))
-        return int((first.log_probs if first.log_probs is not None else first.levels).shape[0])
-
     def summary(self, decisions: dict | None = None) -> str:
         """The primary estimator's decision-time tree as text (``summary.txt``; what ``probes run``
-        prints). ``decisions`` are its nodes' and levels' decisions, computed when not given."""
-        from probes.report.rundir import format_decision_tree
-
+        prints), with a run's theory and sample-quality lines where it has them."""
         if decisions is None:
             decisions = self.decisions(kind="both")
         title = f"{self.taxonomy.name}: decision-time tree ({self.primary} estimator, {self.n_samples} samples)"
-        return format_decision_tree(self.taxonomy, decisions, title)
+        lines = [format_decision_tree(self.taxonomy, decisions, title)]
+        lines += [line for line in (self.record.get("summary_lines") or []) if isinstance(line, str)]
+        return "\n".join(lines)
 
-    def save(self, directory, n_boot: int = 200, seed: int = 0) -> Path:
-        """Write the run directory (with ``run.json`` and ``summary.txt``); returns its path."""
-        from probes.report.rundir import atomic_write_text, write_run_json
+    # -- files ---------------------------------------------------------------------------------
 
+    def save(self, directory, n_boot: int | None = None, seed: int | None = None) -> Path:
+        """Write the result's files into ``directory`` (new, empty, or an earlier saved result),
+        the same files a ``probes run`` directory holds apart from its batches; returns the path."""
         out = Path(directory)
         _check_save_dir(out)
-        _, decisions = self.write(out, n_boot=n_boot, seed=seed)
-        primary = self.primary
-        write_run_json(out / "run.json", {
-            "kind": "probe", "meta": self.meta, "n_samples": self.n_samples, "primary_estimator": primary,
-            "estimators": {k: {"denoiser_calls": e.denoiser_calls, "classifier_calls": e.classifier_calls}
-                           for k, e in self.estimates.items()},
-            "decisions": decisions})
-        atomic_write_text(out / "summary.txt", self.summary(decisions[primary]) + "\n")
+        if n_boot is not None or seed is not None:
+            self.n_boot = self.n_boot if n_boot is None else n_boot
+            self.seed = self.seed if seed is None else seed
+        write_result_files(self, out)
+        self.directory = out
         return out
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{n}*" if n == self.primary else n for n in self.estimates)
+        decided = self.decisions(n_boot=0)
+        shown = [f"{n} {d.decision_sigma:.3g}" for n, d in list(decided.items())[:4] if d is not None]
+        more = " ..." if len(decided) > 4 else ""
+        where = f", saved in {self.directory}" if self.directory is not None else ""
+        kind = self.meta.get("kind", "probe")
+        name = f" {self.meta['name']!r}" if self.meta.get("name") else ""
+        return (f"<ProbeResult ({kind}{name}) {self.taxonomy.name}: {self.n_samples} samples x "
+                f"{len(self.sigmas())} sigmas x {len(self.taxonomy.leaves)} leaves; estimators {names}; "
+                f"decision sigma {'; '.join(shown) or 'none'}{more}{where}>")
+
+    __str__ = summary
 
 
 def _check_save_dir(out: Path) -> None:
     """A result is saved into a new or empty folder or over an earlier saved result, never over a
     ``probes run`` directory (its run.json and files would be replaced) or onto a file."""
-    from probes.store import MARKER
-
+    if out.is_symlink():
+        raise ProbesError(f"save: {out} is a symbolic link; give the folder itself")
     if out.exists() and not out.is_dir():
         raise ProbesError(f"save: {out} exists and is not a directory")
     if (out / MARKER).exists():
         raise ProbesError(f"save: {out} holds a probes run; saving a result there would replace its files; "
                           "choose another folder")
-    if out.is_dir() and any(out.iterdir()) and run_json_if_readable(out).get("kind") != "probe":
+    if out.is_dir() and any(out.iterdir()) and run_json_if_readable(out).get("kind") not in ("probe", "run"):
         shown = ", ".join(sorted(p.name for p in out.iterdir())[:3])
         raise ProbesError(f"save: {out} holds files that are not a saved result ({shown}); saving there could "
                           "replace them; choose a new or empty folder")
@@ -234,14 +237,12 @@ def _check_save_dir(out: Path) -> None:
 def load(directory) -> ProbeResult:
     """A :class:`ProbeResult` from a finished run directory (``probes run``) or a directory written
     by :meth:`ProbeResult.save`. Anything missing, unfinished or damaged is one line naming the file."""
-    from probes.taxonomy.export import from_node_link
-
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory).strip():
         raise ProbesError(f"load: expected a run or result directory (a path), got {directory!r}")
     path = Path(directory)
     state = read_run_state(path)
-    run = "status" in state  # written by ``probes run`` (a saved probe has no status)
-    rewrite = "; rerun with --resume to rewrite it" if run else ""
+    run = state.get("kind") == "run" or ("status" in state and "kind" not in state)
+    rewrite = "; rerun with --resume to rewrite it" if (path / MARKER).exists() else ""
     for name in (POSTERIORS_FILE, TAXONOMY_FILE):
         if not (path / name).is_file():
             raise ProbesError(f"{path / name}: missing, so {path} cannot be loaded{rewrite}")
@@ -261,8 +262,21 @@ def load(directory) -> ProbeResult:
     inside_weighted = data.get("inside_weighted", True)  # files written before it was recorded: True
     if not isinstance(inside_weighted, bool):
         raise ProbesError(f"{path / POSTERIORS_FILE}: inside_weighted is not true or false; not a probes result file")
+    analysis = _analysis_of(state)
+    record = {k: v for k, v in state.items() if k not in ("meta", "versions")} if run else {}
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary,
-                       inside_weighted=inside_weighted)
+                       inside_weighted=inside_weighted, samples=read_samples(path), record=record,
+                       n_boot=analysis[0], seed=analysis[1], directory=path)
+
+
+def _analysis_of(state: dict) -> tuple[int, int]:
+    """The bootstrap settings a directory's decisions were made with (runs: from the recipe)."""
+    recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
+    analysis = recipe.get("analysis") if isinstance(recipe.get("analysis"), dict) else {}
+    n_boot = analysis.get("n_boot", state.get("n_boot", 200))
+    seed = state.get("seed", 0) if "recipe" in state else state.get("bootstrap_seed", 0)
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return (n_boot if ok(n_boot) else 200), (seed if ok(seed) else 0)
 
 
 def read_run_state(path: Path) -> dict:
@@ -282,33 +296,10 @@ def read_run_state(path: Path) -> dict:
     return state
 
 
-def sample_seeds(result: ProbeResult) -> str | None:
-    """What fixes which random numbers sample i was drawn from, when known (runs: the recipe's seed
-    and batch size; probes: the seeds of the pipeline call's generators, see
-    :func:`probes.probing.generator_provenance`); two results with the same value and sample count
-    hold paired samples."""
-    if result.meta.get("sample_seeds") is not None:
-        return result.meta["sample_seeds"]
-    generator = result.meta.get("generator")
-    if not isinstance(generator, dict) or not generator.get("seeds"):
-        return None
-    seeds = [int(s) for s in generator["seeds"]]
-    if not generator.get("per_sample"):
-        text = f"one generator, seed {seeds[0]}"
-    elif len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        text = f"one generator per sample, seeds {seeds[0]} to {seeds[-1]}"
-    else:
-        text = f"one generator per sample, seeds {seeds}"
-    device = generator.get("device", "cpu")
-    return text if device == "cpu" else f"{text} on {device}"
-
-
 def _run_meta(state: dict, estimators: list[str]) -> dict:
     """Provenance of a ``probes run`` directory from its run.json: name, seed, sample seeds, how it
     was conditioned and guided, and the names its files give the estimators (guided runs rename
     the plain ones)."""
-    from probes.analysis import name_in_files
-
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
     sampling = recipe.get("sampling") if isinstance(recipe.get("sampling"), dict) else {}
     guidance = sampling.get("guidance") if isinstance(sampling.get("guidance"), dict) else {}

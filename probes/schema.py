@@ -1,15 +1,18 @@
 """The base of every recipe section: a pydantic model that rejects unknown fields.
 
 Apart from :mod:`probes.recipe` so that each model family can declare its own recipe section in
-its own file (:mod:`probes.adapters`) without importing the recipe that collects them.
+its own file (:mod:`probes.families`) without importing the recipe that collects them.
 """
 
 from __future__ import annotations
 
 import typing
 
+import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
+
+from probes.errors import ProbesError
 
 MAX_SEED = (1 << 63) - 1  # seeds are 63-bit: torch takes them, hashing keeps them
 # Lengths and scales a recipe states (a std, a separation, a coordinate) beyond this overflow
@@ -83,3 +86,16 @@ def _leaves(value):
             yield from _leaves(v)
     else:
         yield value
+
+
+def leaf_weights(weights: dict[str, float], leaves: list[str], field: str,
+                 what: str = "a leaf of the taxonomy") -> torch.Tensor:
+    """A ``{leaf: weight}`` recipe mapping as a float64 tensor in ``leaves`` order (missing leaves
+    weigh 0); one line naming ``field`` for an unknown name or weights that cannot be normalised."""
+    unknown = sorted(set(weights) - set(leaves))
+    if unknown:
+        raise ProbesError(f"{field}: {unknown[0]!r} is not {what}")
+    w = torch.tensor([float(weights.get(leaf, 0.0)) for leaf in leaves], dtype=torch.float64)
+    if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0 or not torch.isfinite(w.sum()):
+        raise ProbesError(f"{field}: weights must be finite, non-negative and not all zero")
+    return w

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from probes.fileio import atomic_write_bytes, atomic_write_text
+from probes.taxonomy import to_node_link
 
 FORMAT = "probes-run"
 FORMAT_VERSION = 2
@@ -86,8 +87,6 @@ def fingerprint_parts(recipe, taxonomy, model_paths: list[str], device_type: str
 
     The device enters by type only (``cuda``, not ``cuda:3``), so ranks on different GPUs agree.
     """
-    from probes.taxonomy import to_node_link
-
     data = recipe.model_dump(mode="json")
     data["sampling"].pop("samples", None)
     for key in ("analysis", "name", "device", "quality"):  # quality is scored after sampling

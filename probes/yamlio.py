@@ -145,3 +145,22 @@ def load_yaml_file(path: str | Path, what: str = "YAML file", loader: type[yaml.
 def parse_value(text: str, source: str) -> Any:
     """A scalar or small structure given on the command line (``--set key=VALUE``)."""
     return load_yaml(text, source)
+
+
+def first_comment(path: str | Path, limit: int = 110) -> str | None:
+    """The first sentence of the comment block that opens a YAML file (its one-line description),
+    cut at a word boundary near ``limit`` characters; None when the file opens with no comment."""
+    lines = []
+    for line in read_text(path, "YAML file").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(part for part in lines if part)
+    if not text:
+        return None
+    # a sentence ends at a full stop before a capital letter, not at "et al." or "e.g."
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z])", text)
+    sentence = text if end is None else text[: end.start() + 1]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return sentence

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-TAXONOMY = Path(__file__).resolve().parents[1] / "probes" / "taxonomies" / "gmm-two-by-two.yaml"
+TAXONOMY = Path(__file__).resolve().parents[1] / "taxonomies" / "gmm-two-by-two.yaml"
 
 
 def gmm_recipe(folder: Path, name: str, seed: int = 4, samples: int = 64, batch_size: int = 32, n_boot: int = 0,
@@ -31,9 +31,9 @@ def gmm_recipe(folder: Path, name: str, seed: int = 4, samples: int = 64, batch_
 
 def guidance_pair(folder: Path) -> Path:
     """``folder/w1`` and ``folder/w3``: the same recipe at guidance 1 and 3 (same seeds, so paired)."""
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     for name, scale in (("w1", 1.0), ("w3", 3.0)):
-        run_recipe(gmm_recipe(folder, name, n_boot=20, guidance={"scale": scale}), Path(folder) / name,
+        runner.run(gmm_recipe(folder, name, n_boot=20, guidance={"scale": scale}), Path(folder) / name,
                    progress=False)
     return Path(folder)

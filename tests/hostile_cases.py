@@ -87,11 +87,11 @@ def finished_run(folder: Path) -> Path:
 
 
 def unfinished_run(folder: Path, batches: int = 1) -> Path:
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     out = folder / "run"
     with contextlib.redirect_stderr(io.StringIO()):
-        run_recipe(recipe(folder), out, progress=False, stop_after_batches=batches)
+        runner.run(recipe(folder), out, progress=False, stop_after_batches=batches)
     return out
 
 
@@ -198,10 +198,10 @@ def _foreign_batch(f: Path) -> list[str]:
     src = unfinished_run(other)
     recipe(f, edit(RECIPE, "seed: 0", "seed: 5"))
     out = f / "run"
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     with contextlib.redirect_stderr(io.StringIO()):
-        run_recipe(str(f / "recipe.yaml"), out, progress=False, stop_after_batches=1)
+        runner.run(str(f / "recipe.yaml"), out, progress=False, stop_after_batches=1)
     shutil.copy(next((src / "batches").glob("batch_00000.safetensors")), out / "batches" / "batch_00001.safetensors")
     return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
 
@@ -215,10 +215,10 @@ def _corrupt_run_json(f: Path) -> list[str]:
 def _grown_sample_count(f: Path) -> list[str]:
     text = edit(RECIPE, "samples: 16, batch_size: 8", "samples: 20, batch_size: 8")
     recipe(f, text)
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     with contextlib.redirect_stderr(io.StringIO()):
-        run_recipe(str(f / "recipe.yaml"), f / "run", progress=False)
+        runner.run(str(f / "recipe.yaml"), f / "run", progress=False)
     write(f, "recipe.yaml", edit(text, "samples: 20", "samples: 32"))
     return ["run", str(f / "recipe.yaml"), "--out", str(f / "run"), "--resume", "--quiet"]
 

@@ -26,10 +26,10 @@ import pytest
 import yaml
 from scipy import integrate, optimize
 
+import probes.runner as runner
 from probes.cli import main
 from probes.errors import ProbesError
 from probes.result import load
-from probes.run import run_recipe
 
 STD = 0.5
 SEPARATIONS = {"A": (3.0, 1.0), "B": (2.0, 1.5)}
@@ -57,7 +57,7 @@ def runs(tmp_path_factory, one_thread):
     tmp = tmp_path_factory.mktemp("compare")
     # A and B0 share their seeds (paired samples); B1 is drawn from another seed; A1 is A's mixture again.
     for name, which, seed in (("A", "A", 0), ("B0", "B", 0), ("B1", "B", 1), ("A1", "A", 1)):
-        run_recipe(_recipe(tmp, name, SEPARATIONS[which], seed), tmp / name, progress=False)
+        runner.run(_recipe(tmp, name, SEPARATIONS[which], seed), tmp / name, progress=False)
     return tmp
 
 
@@ -209,7 +209,7 @@ def test_the_cli_writes_the_intervals_and_says_how_it_paired(runs, capsys):
 def test_pairing_runs_of_different_sizes_is_one_line(runs, tmp_path):
     small = _recipe(tmp_path, "small", SEPARATIONS["B"], 0)
     small.write_text(small.read_text().replace(f"samples: {N}", f"samples: {N // 2}"))
-    run_recipe(small, tmp_path / "small", progress=False)
+    runner.run(small, tmp_path / "small", progress=False)
     a, b = load(runs / "A"), load(tmp_path / "small")
     auto = a.compare(b, n_boot=20)
     assert auto.pairing == "independent" and "samples" in auto.pairing_reason
@@ -340,7 +340,7 @@ def exact_shift(node: str, axis: str) -> float:
 def shift_trials(runs):
     """Six seeded A-B trials: three paired (same seeds), three independent."""
     for name, which, seed in (("A2", "A", 2), ("B2", "B", 2)):
-        run_recipe(_recipe(runs, name, SEPARATIONS[which], seed), runs / name, progress=False)
+        runner.run(_recipe(runs, name, SEPARATIONS[which], seed), runs / name, progress=False)
     return {"paired": [("A", "B0"), ("A1", "B1"), ("A2", "B2")],
             "independent": [("A", "B1"), ("A1", "B2"), ("A2", "B0")]}
 

@@ -1,6 +1,6 @@
 """The contract every adapter, classifier and estimator keeps (in the spirit of scikit-learn's
 ``check_estimator``), parametrised over the registries: a family added to
-:data:`probes.adapters.FAMILIES` or an estimator added to :data:`probes.estimators.ESTIMATORS` is
+:data:`probes.families.FAMILIES` or an estimator added to :data:`probes.estimators.ESTIMATORS` is
 checked here, and fails until it has a tiny instance below.
 
 Denoiser contract (``D(x, sigma, cond) -> x0_hat`` on the sigma axis):
@@ -25,14 +25,14 @@ import pytest
 import tiny_pipelines as tp
 import torch
 
-from probes.adapters import FAMILIES
 from probes.estimators import ESTIMATORS, ProbeContext, build_estimator
+from probes.families import FAMILIES
 from probes.models.gmm import GaussianMixture
 from probes.sampling import forward_path, sample
 from probes.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
-AV = str(ROOT / "probes" / "taxonomies" / "animals-vehicles.yaml")
+AV = str(ROOT / "taxonomies" / "animals-vehicles.yaml")
 
 
 def _pipeline_instance(name):
@@ -55,7 +55,7 @@ def _digits():
 
 
 def _gmm():
-    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"))
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"))
     gmm = GaussianMixture.hierarchical(tax, dim=6, separations=[3.0, 1.5], std=0.7)
     return FAMILIES["gmm"].denoiser(gmm), (6,), lambda b: None, gmm
 
@@ -65,8 +65,8 @@ def _gmm():
 INSTANCES = {"edm2": _edm2, "digits": _digits, "gmm": _gmm}
 
 #: taxonomies the non-pipeline families' conditioners are checked on
-CONDITIONER_TAXONOMY = {"edm2": AV, "digits": str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"),
-                        "gmm": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml")}
+CONDITIONER_TAXONOMY = {"edm2": AV, "digits": str(ROOT / "taxonomies" / "digits-shape.yaml"),
+                        "gmm": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml")}
 
 _built = {}
 
@@ -152,9 +152,9 @@ def _clip(tax):
 
 
 CLASSIFIERS = {
-    "digits": (str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"), (1, 8, 8),
+    "digits": (str(ROOT / "taxonomies" / "digits-shape.yaml"), (1, 8, 8),
                lambda tax: __import__("probes.models.digits", fromlist=["x"]).load_digits_classifier(tax)),
-    "gmm-exact": (str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"), (6,),
+    "gmm-exact": (str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"), (6,),
                   lambda tax: GaussianMixture.hierarchical(tax, dim=6, separations=[3.0, 1.5]).classifier()),
     "clip-zero-shot": (AV, (3, 32, 32), _clip),
     "imagenet": (AV, (3, 64, 64), lambda tax: __import__("probes.classifiers.imagenet", fromlist=["x"])
@@ -195,7 +195,7 @@ def test_classifier_contract(name):
 
 @pytest.fixture(scope="module")
 def gmm_setup():
-    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"))
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"))
     gmm = GaussianMixture.hierarchical(tax, dim=6, separations=[3.0, 1.5], std=0.7)
     grid = torch.logspace(1, -1.5, 10, dtype=torch.float64)
 

@@ -10,12 +10,12 @@ import torch
 import yaml
 from gmm_runs import gmm_recipe
 
+import probes.runner as runner
 from probes.cli import main
 from probes.errors import ProbesError
 from probes.interval import derive_interval, gain_band
 from probes.noise import entropic_grid, geometric_grid
 from probes.result import load
-from probes.run import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def runs(guidance_runs):
     """The shared guided pair, plus an unconditional run and an unfinished one."""
     tmp = guidance_runs
     if not (tmp / "plain").exists():
-        run_recipe(gmm_recipe(tmp, "plain", condition="none"), tmp / "plain", progress=False)
-        run_recipe(gmm_recipe(tmp, "cut"), tmp / "cut", progress=False, stop_after_batches=1)
+        runner.run(gmm_recipe(tmp, "plain", condition="none"), tmp / "plain", progress=False)
+        runner.run(gmm_recipe(tmp, "cut"), tmp / "cut", progress=False, stop_after_batches=1)
     return tmp
 
 
@@ -129,7 +129,7 @@ def test_interval_reads_saved_results_as_it_reads_runs(runs, tmp_path, capsys):
 
 def test_a_recipe_grid_from_a_run_puts_more_steps_in_its_decision_window(runs, tmp_path):
     path = gmm_recipe(tmp_path, "entropic", grid={"from_run": str(runs / "w1")})
-    run_recipe(path, tmp_path / "entropic", progress=False)
+    runner.run(path, tmp_path / "entropic", progress=False)
     sig = torch.tensor(json.loads((tmp_path / "entropic" / "run.json").read_text())["sigmas"])
     lo, hi = json.loads((runs / "w1" / "run.json").read_text())["decisions"]["exact"]["levels"]["2"]["window"]
     geo = geometric_grid(40.0, 0.05, 24)
@@ -140,7 +140,7 @@ def test_a_recipe_grid_from_a_run_puts_more_steps_in_its_decision_window(runs, t
 def test_a_grid_from_a_missing_run_is_one_line_naming_the_field(tmp_path):
     path = gmm_recipe(tmp_path, "bad", grid={"from_run": "no/such/run"})
     with pytest.raises(ProbesError, match="sampling.grid.from_run"):
-        run_recipe(path, tmp_path / "bad", progress=False)
+        runner.run(path, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
 
 

@@ -1,6 +1,5 @@
 """The embedded digits models: data split, shipped weights and checksums, quality, training entry point."""
 
-import argparse
 import json
 import shutil
 
@@ -26,7 +25,7 @@ from probes.models.digits import (
     verify_checksums,
 )
 
-# Measured on the shipped weights (probes/data/digits/metrics.json) minus a margin.
+# Measured on the shipped weights (data/digits/metrics.json) minus a margin.
 MAX_X0_MSE_SIGMA_005 = 0.005      # measured 0.0013 (conditional), 0.0012 (unconditional)
 MIN_CLASSIFIER_ACCURACY = 0.96     # measured 0.986 (355 of 360)
 MIN_SAMPLE_ACCURACY = 0.90         # measured 0.99 / 1.00 / 0.99 (seeds 0-2; 10 per digit, 30 steps, guidance 1)
@@ -220,10 +219,9 @@ def test_train_digits_tiny_run_is_reproducible(tmp_path):
         assert sha256_file(tmp_path / "a" / f) == sha256_file(tmp_path / "b" / f)
 
 
-def test_train_command_is_registered():
-    parser = argparse.ArgumentParser(prog="probes")
-    sub = parser.add_subparsers(dest="command")
-    train_module.add_train_commands(sub)
-    args = parser.parse_args(["train", "digits", "--out", "somewhere", "--seed", "2", "--steps", "10"])
+def test_train_command_is_registered_by_the_digits_family():
+    from probes.cli import build_parser
+
+    args = build_parser().parse_args(["train", "digits", "--out", "somewhere", "--seed", "2", "--steps", "10"])
     assert args.out == "somewhere" and args.seed == 2 and args.steps == 10 and callable(args.func)
     assert args.func is train_module._train_digits_command

@@ -26,10 +26,10 @@ def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_two_processes_give_the_bytes_of_one(tmp_path, one_thread):
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     path = recipe(tmp_path, SHARD_RECIPE)
-    run_recipe(path, tmp_path / "one", progress=False)
+    runner.run(path, tmp_path / "one", progress=False)
     proc = torchrun(2, path, "--out", str(tmp_path / "two"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in FILES:
@@ -44,11 +44,11 @@ def test_two_processes_give_the_bytes_of_one(tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_resume_with_another_process_count_loses_nothing(tmp_path, one_thread):
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     path = recipe(tmp_path, SHARD_RECIPE)
-    run_recipe(path, tmp_path / "one", progress=False)
-    run_recipe(path, tmp_path / "mixed", progress=False, stop_after_batches=2)  # 2 of 5 batches, one process
+    runner.run(path, tmp_path / "one", progress=False)
+    runner.run(path, tmp_path / "mixed", progress=False, stop_after_batches=2)  # 2 of 5 batches, one process
     proc = torchrun(2, path, "--out", str(tmp_path / "mixed"), "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "started with 1 process(es) on 2" in proc.stderr
@@ -78,7 +78,7 @@ def _workers(launcher_pid: int) -> dict[int, int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
 def test_a_killed_rank_loses_no_finished_batch(tmp_path, one_thread):
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     # Slow batches (2000 ancestral steps), so that rank 1 is killed with work left on both ranks.
     slow = edit(edit(RECIPE, "samples: 16, batch_size: 8, steps: 8", "samples: 40, batch_size: 4, steps: 2000"),
@@ -108,9 +108,9 @@ def test_a_killed_rank_loses_no_finished_batch(tmp_path, one_thread):
     assert f"{len(kept)} of 10 batches are finished" in ours[0]
 
     # Resumed by one process: only the missing batches are computed, and the bytes are a clean run's.
-    run_recipe(path, tmp_path / "one", progress=False)
+    runner.run(path, tmp_path / "one", progress=False)
     before = {name: (out / "batches" / name).stat().st_mtime_ns for name in kept}
-    run_recipe(path, out, resume=True, progress=False)
+    runner.run(path, out, resume=True, progress=False)
     assert all((out / "batches" / name).stat().st_mtime_ns == t for name, t in before.items())
     for name in FILES:
         assert (tmp_path / "one" / name).read_bytes() == (out / name).read_bytes(), name

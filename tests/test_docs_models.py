@@ -1,9 +1,9 @@
-"""docs/models.md carries the registry's table as generated (python -m probes.adapters)."""
+"""docs/models.md carries the registry's table as generated (python -m probes.families)."""
 
 import re
 from pathlib import Path
 
-from probes.adapters import families_table
+from probes.families import families_table
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 from edm2_tiny import StandardRGBEncoder, TinyLatentEncoder, TinyPrecond, write_pickle
 
+import probes.runner as runner
 from probes.classifiers.imagenet import imagenet_wnids
 from probes.denoisers import GuidedDenoiser
 from probes.errors import ProbesError, UnsupportedCondition
@@ -25,7 +26,6 @@ from probes.models.edm2 import (
 )
 from probes.recipe import load_recipe
 from probes.resources import find_shipped
-from probes.run import run_recipe
 from probes.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def _recipe(tmp_path, pickles, **model):
         "name": "edm2-tiny",
         "seed": 0,
         "device": "cpu",
-        "taxonomy": str(ROOT / "probes" / "taxonomies" / "animals-vehicles.yaml"),
+        "taxonomy": str(ROOT / "taxonomies" / "animals-vehicles.yaml"),
         "model": {"kind": "edm2", "path": str(pickles[0]), **model},
         "classifier": {"kind": "imagenet", "source": "timm", "name": "test_efficientnet", "pretrained": False},
         "sampling": {"samples": 8, "batch_size": 8, "steps": 8, "grid": "karras", "method": "ancestral",
@@ -181,7 +181,7 @@ def _recipe(tmp_path, pickles, **model):
 
 def test_run_end_to_end_on_a_tiny_pickle(tmp_path, pickles):
     recipe = _recipe(tmp_path, pickles, uncond_path=str(pickles[1]))
-    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    state = runner.run(recipe, tmp_path / "run", progress=False)
     assert state["status"] == "complete" and set(state["estimators"]) == {"plugin", "bayes"}
     for name in ["run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png",
                  "tree.png", "rates.png"]:
@@ -208,15 +208,16 @@ def test_bayes_alone_needs_no_unconditional_network(tmp_path, pickles):
     data["estimators"] = ["bayes"]
     del data["classifier"]
     recipe.write_text(yaml.safe_dump(data))
-    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    state = runner.run(recipe, tmp_path / "run", progress=False)
     assert state["status"] == "complete"
 
 
 def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     from diffusers import AutoencoderKL
 
-    from probes.components import build_components
+    from probes.build import build
     from probes.models.stable_diffusion import DecodedClassifier
+    from probes.plan import resolve
 
     torch.manual_seed(0)
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(8, 8),
@@ -228,7 +229,7 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     data = yaml.safe_load(recipe.read_text())
     data["estimators"] = ["bayes"]
     recipe.write_text(yaml.safe_dump(data))
-    parts = build_components(load_recipe(recipe))
+    parts = build(resolve(load_recipe(recipe)))
     assert parts.shape == (4, 8, 8) and isinstance(parts.classifier, DecodedClassifier)
     torch.testing.assert_close(parts.classifier.decoder.scale.flatten(), torch.from_numpy(encoder.scale))
     lp = parts.classifier(torch.randn(2, 4, 8, 8))
@@ -238,12 +239,12 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     # Without model.vae the pickle's encoder decodes (and is initialised when the run is built).
     data["model"].pop("vae")
     recipe.write_text(yaml.safe_dump(data))
-    parts = build_components(load_recipe(recipe))
+    parts = build(resolve(load_recipe(recipe)))
     assert parts.classifier.decoder.encoder is not None and parts.classifier.decoder.encoder.init_calls == 1
 
 
 def test_shipped_recipe_validates():
-    r = load_recipe(ROOT / "probes" / "recipes" / "edm2-xs.yaml")
+    r = load_recipe(ROOT / "recipes" / "edm2-xs.yaml")
     assert r.model.kind == "edm2" and r.sampling.condition == "leaf"
     # Shipped recipes name shipped taxonomies, so a copy of the recipe anywhere still finds it.
     assert find_shipped("taxonomies", r.resolve_path(r.taxonomy)) is not None

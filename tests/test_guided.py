@@ -136,7 +136,7 @@ def _recipe(tmp_path, **sampling):
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    r = {"name": "guided", "seed": 0, "taxonomy": str(root / "probes" / "taxonomies" / "gmm-two-class.yaml"),
+    r = {"name": "guided", "seed": 0, "taxonomy": str(root / "taxonomies" / "gmm-two-class.yaml"),
          "model": {"kind": "gmm", "std": S0, "means": {"minus": [-M], "plus": [M]}},
          "classifier": {"kind": "exact"},
          "sampling": {"samples": 256, "batch_size": 256, "steps": 32, "sigma_max": 30.0, "sigma_min": 0.05,
@@ -150,9 +150,9 @@ def _recipe(tmp_path, **sampling):
 def test_guided_run_reports_the_band_and_renames_the_old_quantity(tmp_path):
     import csv
 
-    from probes.run import run_recipe
+    import probes.runner as runner
 
-    run_recipe(_recipe(tmp_path), tmp_path / "run", progress=False)
+    runner.run(_recipe(tmp_path), tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "curves.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["estimator"] for r in rows} == {"guided", "exact:unguided_posterior"}
@@ -164,11 +164,11 @@ def test_guided_run_reports_the_band_and_renames_the_old_quantity(tmp_path):
 
 
 def test_guided_estimator_without_labels_is_one_error_before_any_work(tmp_path):
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     with pytest.raises(ProbesError, match="'guided' scores each sample's conditioning leaf; "
                                           "it needs sampling.condition: leaf"):
-        run_recipe(_recipe(tmp_path, condition="none", guidance={"scale": 1.0}), tmp_path / "run", progress=False)
+        runner.run(_recipe(tmp_path, condition="none", guidance={"scale": 1.0}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -133,48 +133,48 @@ def test_error_messages_do_not_reach_the_terminal_raw():
 
 
 def test_nan_inside_immse_stops_the_run_naming_sigma(tmp_path, monkeypatch, one_thread):
-    from probes import run as run_module
+    import probes.runner as runner
+    from probes.denoisers.base import FiniteCheck
 
-    build = run_module.build_components
+    build = runner.build
 
-    def poisoned(r):
-        parts = build(r)
-        inner = parts.denoiser
+    def poisoned(plan):
+        ctx = build(plan)
+        inner = ctx.denoiser
 
         def denoise(x, sigma, cond=None):
             y = inner(x, sigma, cond)
             return y * float("nan") if cond is not None else y  # only the conditional calls immse makes
 
-        parts.denoiser = denoise
-        return parts
+        return ctx.replace(denoiser=FiniteCheck(denoise))
 
-    monkeypatch.setattr(run_module, "build_components", poisoned)
+    monkeypatch.setattr(runner, "build", poisoned)
     text = edit(RECIPE, "estimators: [exact]", "estimators: [immse]").replace("classifier: {kind: exact}\n", "")
     with pytest.raises(ProbesError, match=r"returned NaN/inf at sigma=\d"):
-        run_module.run_recipe(recipe(tmp_path, text), tmp_path / "out", progress=False)
+        runner.run(recipe(tmp_path, text), tmp_path / "out", progress=False)
 
 
 def test_nan_is_named_at_the_sigma_whose_prediction_made_it(tmp_path, monkeypatch, one_thread):
-    from probes import run as run_module
+    import probes.runner as runner
+    from probes.denoisers.base import FiniteCheck
 
-    build, seen = run_module.build_components, []
+    build, seen = runner.build, []
 
-    def poisoned(r):
-        parts = build(r)
-        inner = parts.generator
+    def poisoned(plan):
+        ctx = build(plan)
+        inner = ctx.guided_denoiser
 
         def denoise(x, sigma, cond=None):
             seen.append(float(sigma if not hasattr(sigma, "reshape") else sigma.reshape(-1)[0]))
             y = inner(x, sigma, cond)
             return y * float("nan") if len(seen) == 3 else y
 
-        parts.generator = denoise
-        return parts
+        return ctx.replace(guided_denoiser=FiniteCheck(denoise))
 
-    monkeypatch.setattr(run_module, "build_components", poisoned)
+    monkeypatch.setattr(runner, "build", poisoned)
     text = edit(RECIPE, "source: data", "source: model")
     with pytest.raises(ProbesError) as info:
-        run_module.run_recipe(recipe(tmp_path, text), tmp_path / "out", progress=False)
+        runner.run(recipe(tmp_path, text), tmp_path / "out", progress=False)
     assert f"sigma={seen[2]:.4g}" in str(info.value)
 
 
@@ -187,13 +187,13 @@ def _outputs(out: Path) -> dict[str, bytes]:
 
 
 def test_a_grown_run_equals_a_fresh_run_of_the_new_size(tmp_path, one_thread):
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     small = recipe(tmp_path, edit(RECIPE, "samples: 16, batch_size: 8", "samples: 20, batch_size: 8"), name="a.yaml")
-    run_recipe(small, tmp_path / "grown", progress=False)
+    runner.run(small, tmp_path / "grown", progress=False)
     big = recipe(tmp_path, edit(RECIPE, "samples: 16, batch_size: 8", "samples: 32, batch_size: 8"), name="b.yaml")
-    run_recipe(big, tmp_path / "grown", progress=False, resume=True)
-    run_recipe(big, tmp_path / "fresh", progress=False)
+    runner.run(big, tmp_path / "grown", progress=False, resume=True)
+    runner.run(big, tmp_path / "fresh", progress=False)
     assert _outputs(tmp_path / "grown") == _outputs(tmp_path / "fresh")
 
 
@@ -205,10 +205,10 @@ KILL_RECIPE = edit(edit(RECIPE, "samples: 16, batch_size: 8, steps: 8", "samples
 def test_sigkill_at_any_point_then_resume_gives_the_same_bytes(tmp_path, one_thread):
     """A subprocess killed with SIGKILL (no handler runs) while sampling, while writing batches and
     while analysing; each resumed run must equal an uninterrupted one byte for byte."""
-    from probes.run import run_recipe
+    import probes.runner as runner
 
     path = recipe(tmp_path, KILL_RECIPE)
-    run_recipe(path, tmp_path / "reference", progress=False)
+    runner.run(path, tmp_path / "reference", progress=False)
     reference = _outputs(tmp_path / "reference")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     for when in (0, 3, 8):  # batch files present when the kill lands; 8 = all done, analysing
@@ -225,6 +225,6 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_bytes(tmp_path, one_thr
         if killed:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
-        resumed = run_recipe(path, out, progress=False, resume=True)
-        assert resumed["status"] == "complete"
+        resumed = runner.run(path, out, progress=False, resume=True)
+        assert resumed.record["status"] == "complete"
         assert _outputs(out) == reference, f"killed with {when} batches done (killed={killed})"

@@ -59,10 +59,10 @@ def test_a_union_names_the_field_of_the_section_given(tmp_path):
 
 
 def test_compare_out_may_replace_an_earlier_comparison(tmp_path, one_thread):
-    from probes.compare import compare_runs
-    from probes.run import run_recipe
+    import probes.runner as runner
+    from probes.comparison import compare_runs
 
-    run_recipe(recipe(tmp_path, RECIPE), tmp_path / "run", progress=False)
+    runner.run(recipe(tmp_path, RECIPE), tmp_path / "run", progress=False)
     for _ in range(2):  # the second call finds only compare's own files there
         compare_runs(tmp_path / "run", tmp_path / "run", out=tmp_path / "cmp", n_boot=0)
     assert (tmp_path / "cmp" / "compare.json").is_file()
@@ -157,11 +157,11 @@ def test_a_tuple_of_estimators_and_a_zero_separation_still_validate():
 
 
 def test_a_stride_past_the_grid_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
-    import probes.run
+    import probes.runner
     from probes.cli import main
 
     built = []
-    monkeypatch.setattr(probes.run, "build_components", lambda r: built.append(r) or 1 / 0)
+    monkeypatch.setattr(probes.runner, "build", lambda plan: built.append(plan) or 1 / 0)
     text = RECIPE.replace("estimators: [exact]", "estimators: [{name: exact, sigma_stride: 8}]")  # 8 steps
     assert main(["run", recipe(tmp_path, text), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "sigma_stride 8 keeps 1 of the 8 sigmas" in capsys.readouterr().err

@@ -19,9 +19,9 @@ from scipy.special import logsumexp
 from test_entropy_trees import make_taxonomy
 
 import probes
+import probes.runner as runner
 from probes.entropy import tree_entropy
 from probes.errors import ProbesError
-from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 MEANS = {"minus": -1.5, "plus": 1.5, "far": 4.5, "mid": 0.0}
@@ -51,7 +51,7 @@ def inside_truth(sigma):
 
 
 def run(tmp_path, condition, estimators):
-    r = {"name": "partial", "seed": 1, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-class.yaml"),
+    r = {"name": "partial", "seed": 1, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-class.yaml"),
          "model": {"kind": "gmm", "std": S0, "means": {k: [v] for k, v in MEANS.items()}, "weights": WEIGHTS},
          "classifier": {"kind": "exact"},
          "sampling": {"samples": 4096, "batch_size": 4096, "steps": 64, "sigma_max": 20.0, "sigma_min": 0.02,
@@ -60,7 +60,7 @@ def run(tmp_path, condition, estimators):
     path = tmp_path / f"{condition}.yaml"
     path.write_text(yaml.safe_dump(r))
     out = tmp_path / f"run-{condition}"
-    run_recipe(path, out, progress=False)
+    runner.run(path, out, progress=False)
     with open(out / "curves.csv") as fh:
         return out, list(csv.DictReader(fh))
 
@@ -166,21 +166,22 @@ def test_engine_weights_means_by_inside_mass():
 
 
 def test_mixture_recipes_with_outside_components_say_what_is_wrong(tmp_path):
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
     from probes.recipe import load_recipe
 
-    def build(**model):
-        r = {"name": "p", "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-class.yaml"),
+    def parts_of(**model):
+        r = {"name": "p", "taxonomy": str(ROOT / "taxonomies" / "gmm-two-class.yaml"),
              "model": {"kind": "gmm", "std": 0.5, "means": {"minus": [-1.0], "plus": [1.0], "far": [3.0]}, **model},
              "estimators": ["exact"]}
         path = tmp_path / "r.yaml"
         path.write_text(yaml.safe_dump(r))
-        return build_components(load_recipe(path))
+        return build(resolve(load_recipe(path)))
 
-    parts = build(weights={"minus": 1, "plus": 1, "far": 2})
+    parts = parts_of(weights={"minus": 1, "plus": 1, "far": 2})
     assert parts.partial_taxonomy and parts.outside_mass == pytest.approx(0.5)
     assert parts.prior.tolist() == pytest.approx([0.5, 0.5])
     with pytest.raises(ProbesError, match="model.weights: 'nowhere' is not a leaf of the taxonomy or a component"):
-        build(weights={"minus": 1, "nowhere": 1})
+        parts_of(weights={"minus": 1, "nowhere": 1})
     with pytest.raises(ProbesError, match="model.weights: the taxonomy's leaves have no weight"):
-        build(weights={"far": 1})
+        parts_of(weights={"far": 1})

@@ -10,9 +10,9 @@ import torch
 import yaml
 from scipy.special import logsumexp
 
-from probes.components import leaves_from_prior
+import probes.runner as runner
+from probes.build import leaves_from_prior
 from probes.errors import ProbesError
-from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def weighted_two_class_entropy(sigma, w=(0.2, 0.8), m=1.5, s0=0.5):
 
 def recipe(tmp_path, model_extra=None, **top):
     model = {"kind": "gmm", "std": 0.5, "means": {"minus": [-1.5], "plus": [1.5]}, **(model_extra or {})}
-    r = {"name": "prior", "seed": 1, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-class.yaml"),
+    r = {"name": "prior", "seed": 1, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-class.yaml"),
          "model": model, "classifier": {"kind": "exact"},
          "sampling": {"samples": 4096, "batch_size": 4096, "steps": 64, "sigma_max": 20.0, "sigma_min": 0.02,
                       "method": "ancestral", "condition": "leaf"},
@@ -49,7 +49,7 @@ def test_leaf_conditional_run_with_a_prior_matches_exact(tmp_path, where):
     filter's discretisation error on 64 ancestral steps is below 0.005 (measured: 0.009 in all)."""
     weights = {"plus": 0.8, "minus": 0.2}
     path = recipe(tmp_path, {"weights": weights}) if where == "model.weights" else recipe(tmp_path, prior=weights)
-    run_recipe(path, tmp_path / "run", progress=False)
+    runner.run(path, tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "curves.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["kind"] == "level"]
     for est in ("exact", "bayes"):
@@ -75,11 +75,12 @@ def test_leaf_frequencies_follow_the_prior():
 
 
 def test_prior_and_weights_that_disagree_are_one_error(tmp_path):
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
     from probes.recipe import load_recipe
 
     path = recipe(tmp_path, {"weights": {"plus": 0.8, "minus": 0.2}}, prior={"plus": 0.5, "minus": 0.5})
     with pytest.raises(ProbesError, match="prior: differs from model.weights"):
-        build_components(load_recipe(path))
+        build(resolve(load_recipe(path)))
     with pytest.raises(ProbesError, match="prior: 'elsewhere' is not a leaf"):
-        build_components(load_recipe(recipe(tmp_path, prior={"plus": 1.0, "elsewhere": 1.0})))
+        build(resolve(load_recipe(recipe(tmp_path, prior={"plus": 1.0, "elsewhere": 1.0}))))

@@ -9,7 +9,7 @@ import tiny_pipelines as tp
 import torch
 
 import probes
-from probes.adapters.base import sigma_of_flow_t
+from probes.denoisers.parameterisations import sigma_of_flow_t
 from probes.errors import ProbesError
 from probes.taxonomy import load_taxonomy
 
@@ -74,7 +74,7 @@ def test_probe_changes_no_pixel_and_reports_on_the_schedulers_grid(case):
     scorer_input = traj.denoised[-1]
     from probes.probing import LatentClassifier
 
-    decode = probes.adapters.family_of(pipe).decoder(pipe, call)
+    decode = probes.families.family_of(pipe).decoder(pipe, call)
     direct = torch.log_softmax(clf(decode(scorer_input)), -1)
     assert torch.allclose(lp[:, -1], direct, atol=1e-5)
     assert isinstance(LatentClassifier, type)
@@ -151,7 +151,7 @@ def test_probe_t5_pipelines_with_text_prompts(case):
     result = probes.probe(pipe, tax, classifier=LinearLogits(len(tax.leaves)), estimators=["plugin"], **call,
                           generator=torch.Generator().manual_seed(0))
     assert torch.equal(result.output.images, plain)
-    family = probes.adapters.family_of(pipe)
+    family = probes.families.family_of(pipe)
     prompts = family.conditioner(pipe, tax)(tax.leaves[:2])
     assert all(isinstance(p, str) and p for p in prompts)
     x = torch.randn(1, *family.latent_shape(pipe), generator=torch.Generator().manual_seed(1)).repeat(2, *(

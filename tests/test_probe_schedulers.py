@@ -28,9 +28,9 @@ import tiny_pipelines as tp
 import torch
 
 import probes
-from probes.adapters.base import sigma_of_flow_t
-from probes.adapters.schedulers import SCHEDULERS, scheduler_kind
+from probes.denoisers.parameterisations import sigma_of_flow_t
 from probes.errors import ProbesError
+from probes.schedulers import SCHEDULERS, scheduler_kind
 from probes.taxonomy import load_taxonomy
 
 TAX = load_taxonomy("animals-vehicles")
@@ -423,10 +423,10 @@ def test_no_cfg_on_dit_and_sd3():
 # -- 5. the docs' table -------------------------------------------------------------------------------
 
 def test_the_docs_table_of_schedulers_is_the_registry():
-    from probes.adapters.schedulers import schedulers_table
+    from probes.schedulers import schedulers_table
 
     doc = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
-    assert schedulers_table() in doc, "docs/models.md: regenerate the table with python -m probes.adapters.schedulers"
+    assert schedulers_table() in doc, "docs/models.md: regenerate the table with python -m probes.schedulers"
     tested = {c[1] for c in SD_SCHEDULERS} | {c[1] for c in FAMILY_SCHEDULERS}
     assert set(SCHEDULERS) <= tested, f"supported but never swept: {set(SCHEDULERS) - tested}"
 

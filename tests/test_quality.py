@@ -9,9 +9,9 @@ import scipy.linalg
 import torch
 import yaml
 
+import probes.runner as runner
 from probes.denoisers import Denoiser, GuidedDenoiser
 from probes.quality import conditional_accuracy, frechet_distance, frechet_distance_of_features
-from probes.run import run_recipe
 from probes.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_frechet_distance_of_samples_converges_to_the_gaussians_distance():
 
 
 def test_conditional_accuracy_per_level_on_a_known_case():
-    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
     leaves = tax.leaves
     idx = {leaf: i for i, leaf in enumerate(leaves)}
     # Conditioned on 0, 0, 6, 1; the classifier says 0 (right), 8 (same 'closed' cell), 2 (another
@@ -69,7 +69,7 @@ def test_conditional_accuracy_per_level_on_a_known_case():
 
 
 def test_cell_accuracy_sums_leaf_mass_before_the_argmax():
-    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
     idx = {leaf: i for i, leaf in enumerate(tax.leaves)}
     p = torch.zeros(len(tax.leaves))
     p[idx["1"]] = 0.4  # the top leaf is straight, but the three curvy leaves together outweigh it
@@ -106,7 +106,7 @@ def test_guidance_outside_its_interval_costs_no_extra_call():
 
 def test_a_guided_mixture_run_reports_quality_and_guided_calls(tmp_path):
     recipe = {
-        "name": "gmm-quality", "seed": 1, "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
+        "name": "gmm-quality", "seed": 1, "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 2, "std": 0.5, "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True,
                                                                       "share_level_axes": True}},
         "classifier": {"kind": "exact"},
@@ -116,7 +116,7 @@ def test_a_guided_mixture_run_reports_quality_and_guided_calls(tmp_path):
     }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    run_recipe(path, tmp_path / "run", progress=False)
+    runner.run(path, tmp_path / "run", progress=False)
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     sigmas = torch.tensor(state["sigmas"])
     inside = int(((sigmas > 0.3) & (sigmas <= 3.0)).sum())
@@ -133,10 +133,11 @@ def test_a_guided_mixture_run_reports_quality_and_guided_calls(tmp_path):
 def test_a_reference_folder_gives_the_features_of_its_images(tmp_path):
     from PIL import Image
 
-    from probes.components import build_components
+    from probes.build import build
     from probes.models.digits import load_digits_split
-    from probes.quality import reference_features
+    from probes.plan import resolve
     from probes.recipe import recipe_from_dict
+    from probes.runner import reference_features
 
     x, _ = load_digits_split("test")
     folder = tmp_path / "reference"
@@ -144,12 +145,12 @@ def test_a_reference_folder_gives_the_features_of_its_images(tmp_path):
     for i, img in enumerate(x[:120]):
         grey = ((img[0].numpy() + 1) * 127.5).round().astype("uint8")
         Image.fromarray(grey).convert("RGB").save(folder / f"{i:03d}.png")
-    data = {"taxonomy": str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"), "model": {"kind": "digits"},
+    data = {"taxonomy": str(ROOT / "taxonomies" / "digits-shape.yaml"), "model": {"kind": "digits"},
             "classifier": {"kind": "digits"}, "quality": {"reference": str(folder)}, "device": "cpu"}
-    recipe = recipe_from_dict(data)
-    parts = build_components(recipe)
-    from_folder = reference_features(recipe, parts)
-    direct = reference_features(recipe_from_dict({**data, "quality": {}}), parts)[:120]
+    plan = resolve(recipe_from_dict(data))
+    parts = build(plan)
+    from_folder = reference_features(plan, parts)
+    direct = reference_features(resolve(recipe_from_dict({**data, "quality": {}})), parts)[:120]
     # The PNGs hold the same digits up to 8-bit rounding (at most 0.004 in [-1, 1] units).
     assert from_folder.shape == direct.shape
     assert torch.allclose(from_folder, direct, atol=0.05)

@@ -32,7 +32,7 @@ def test_pipeline_example_runs(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
                         classmethod(lambda cls, *a, **k: build_tiny_pipeline(sample_size=8)))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "taxonomies").symlink_to(ROOT / "probes" / "taxonomies")
+    (tmp_path / "taxonomies").symlink_to(ROOT / "taxonomies")
     exec(compile(code.replace("num_inference_steps=30", "num_inference_steps=4"), "README.md", "exec"), {})
     assert "torch.Size([2, 4, 13])" in capsys.readouterr().out
     assert (tmp_path / "runs" / "my-sd15" / "tree.json").is_file()

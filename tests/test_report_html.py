@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probes.compare import compare_runs
+import probes
 from probes.report.layout import place_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.fixture(scope="module")
 def runs(guidance_runs):
-    compare_runs(guidance_runs / "w1", guidance_runs / "w3", out=guidance_runs / "cmp")
+    probes.compare(guidance_runs / "w1", guidance_runs / "w3").save(guidance_runs / "cmp")
     return guidance_runs
 
 
@@ -70,20 +70,19 @@ def test_the_report_loads_in_chromium_without_errors_and_is_not_blank(runs, page
 
 
 def test_image_runs_keep_previews_and_x0_strips(tmp_path):
-    from types import SimpleNamespace
-
     import torch
     from PIL import Image
 
-    from probes.report.samples import write_sample_files
+    from probes.kept_samples import kept_from_batches
+    from probes.report.samples import read_samples, write_samples
     from probes.taxonomy import load_taxonomy
 
-    tax = load_taxonomy(str(ROOT / "probes" / "taxonomies" / "digits-shape.yaml"))
+    tax = load_taxonomy(str(ROOT / "taxonomies" / "digits-shape.yaml"))
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     strip = {"sigmas": [10.0, 1.0, 0.1], "samples": [0, 2], "x0_hat": torch.rand(3, 2, 1, 8, 8) * 2 - 1}
     batch = {"batch": 0, "n": 4, "batch_seed": 99, "leaf": torch.tensor([0, 1, 2, 3]), "x0": x0, "strip": strip}
-    parts = SimpleNamespace(classifier=None, taxonomy=tax, device="cpu")
-    assert write_sample_files(tmp_path, [batch], parts, recipe=None) == 4
+    kept = kept_from_batches([batch], tax.leaves, classifier=None, decode=lambda x: x, device="cpu")
+    assert len(kept) == 4 and write_samples(tmp_path, kept) == ["samples.csv", "previews", "strips"]
     rows = (tmp_path / "samples.csv").read_text().splitlines()
     assert rows[1].split(",")[:5] == ["0", "0", "99", "0", tax.leaves[0]]
     preview = Image.open(tmp_path / "previews" / "sample_00003.png")
@@ -94,3 +93,8 @@ def test_image_runs_keep_previews_and_x0_strips(tmp_path):
     meta = json.loads((tmp_path / "strips" / "strips.json").read_text())
     assert meta["sigmas"] == [10.0, 1.0, 0.1] and [s["index"] for s in meta["strips"]] == [0, 2]
     assert Image.open(tmp_path / meta["strips"][1]["file"]).size == (3 * 64 + 2 * 4, 64)  # 3 frames, 2 gaps
+    # and back: probes.load reads the kept samples as they were written
+    back = read_samples(tmp_path)
+    assert back.rows == kept.rows and np.array_equal(back.previews, kept.previews)
+    assert back.strip_sigmas == kept.strip_sigmas and all(
+        np.array_equal(a.frames, b.frames) and a.index == b.index for a, b in zip(back.strips, kept.strips))

@@ -8,10 +8,11 @@ import networkx as nx
 import pytest
 import yaml
 
-import probes.run as run_module
+import probes
+import probes.runner as runner
 from probes.cli import main
+from probes.denoisers.base import FiniteCheck
 from probes.errors import ProbesError
-from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def write_recipe(tmp_path: Path, **changes) -> Path:
     recipe = {
         "name": "gmm-small",
         "seed": 3,
-        "taxonomy": str(ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml"),
+        "taxonomy": str(ROOT / "taxonomies" / "gmm-two-by-two.yaml"),
         "model": {"kind": "gmm", "dim": 4, "std": 0.5,
                   "hierarchy": {"separations": [6.0, 2.0], "axis_aligned": True}},
         "classifier": {"kind": "exact"},
@@ -43,7 +44,7 @@ def read_csv(path):
 
 def test_run_writes_the_documented_directory(tmp_path):
     out = tmp_path / "run"
-    result = run_recipe(write_recipe(tmp_path), out, progress=False)
+    result = runner.run(write_recipe(tmp_path), out, progress=False)
     for name in ["run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png",
                  "tree.png", "rates.png"]:
         assert (out / name).stat().st_size > 0, name
@@ -63,20 +64,21 @@ def test_run_writes_the_documented_directory(tmp_path):
     assert coarse["decision_sigma"] > 2 * fine["decision_sigma"]
     lo, hi = coarse["window"]
     assert lo < coarse["decision_sigma"] < hi
-    assert "root" in result["summary"] and "sigma=" in result["summary"]
+    assert "root" in result.summary() and "sigma=" in result.summary()
+    assert result.directory == out and result.n_samples == 96
 
 
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     recipe = write_recipe(tmp_path)
-    run_recipe(recipe, tmp_path / "full", progress=False)
+    runner.run(recipe, tmp_path / "full", progress=False)
 
     partial = tmp_path / "partial"
-    state = run_recipe(recipe, partial, progress=False, stop_after_batches=1)
-    assert state["status"] == "interrupted"
+    assert runner.run(recipe, partial, progress=False, stop_after_batches=1) is None
+    assert json.loads((partial / "run.json").read_text())["status"] == "interrupted"
     assert len(list((partial / "batches").glob("batch_*.safetensors"))) == 1
     with pytest.raises(ProbesError, match="holds an unfinished run .1 batches done.; pass --resume"):
-        run_recipe(recipe, partial, progress=False)
-    run_recipe(recipe, partial, progress=False, resume=True)
+        runner.run(recipe, partial, progress=False)
+    runner.run(recipe, partial, progress=False, resume=True)
     assert (tmp_path / "full" / "curves.csv").read_text() == (partial / "curves.csv").read_text()
     assert (tmp_path / "full" / "decisions.csv").read_text() == (partial / "decisions.csv").read_text()
 
@@ -84,51 +86,50 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
 def test_finished_and_foreign_directories_are_not_clobbered(tmp_path):
     recipe = write_recipe(tmp_path, sampling={"samples": 32, "batch_size": 32, "steps": 12})
     out = tmp_path / "run"
-    run_recipe(recipe, out, progress=False)
+    runner.run(recipe, out, progress=False)
     with pytest.raises(ProbesError, match="already holds a finished run; pass --overwrite"):
-        run_recipe(recipe, out, progress=False)
-    run_recipe(recipe, out, progress=False, overwrite=True)
+        runner.run(recipe, out, progress=False)
+    runner.run(recipe, out, progress=False, overwrite=True)
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("precious")
     with pytest.raises(ProbesError, match="not a probes run directory"):
-        run_recipe(recipe, foreign, progress=False)
+        runner.run(recipe, foreign, progress=False)
     with pytest.raises(ProbesError, match="refusing to delete"):
-        run_recipe(recipe, foreign, progress=False, overwrite=True)
+        runner.run(recipe, foreign, progress=False, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "precious"
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
     out = tmp_path / "run"
-    run_recipe(write_recipe(tmp_path), out, progress=False, stop_after_batches=1)
+    runner.run(write_recipe(tmp_path), out, progress=False, stop_after_batches=1)
     changed = write_recipe(tmp_path, seed=4)
     with pytest.raises(ProbesError, match="the seed changed"):
-        run_recipe(changed, out, progress=False, resume=True)
+        runner.run(changed, out, progress=False, resume=True)
 
 
 def test_nan_from_the_model_names_the_step_and_keeps_finished_batches(tmp_path, monkeypatch):
-    build = run_module.build_components
+    build = runner.build
 
-    def poisoned(recipe):
-        parts = build(recipe)
-        inner, calls = parts.generator, {"n": 0}
+    def poisoned(plan):
+        ctx = build(plan)
+        inner, calls = ctx.guided_denoiser, {"n": 0}
 
         def denoise(x, sigma, cond=None):
             calls["n"] += 1
             y = inner(x, sigma, cond)
             return y * float("nan") if calls["n"] > 30 else y  # the second batch goes bad
 
-        parts.generator = denoise
-        return parts
+        return ctx.replace(guided_denoiser=FiniteCheck(denoise))
 
-    monkeypatch.setattr(run_module, "build_components", poisoned)
+    monkeypatch.setattr(runner, "build", poisoned)
     out = tmp_path / "run"
     with pytest.raises(ProbesError, match=r"the model's denoiser returned NaN/inf at sigma="):
-        run_recipe(write_recipe(tmp_path), out, progress=False)
+        runner.run(write_recipe(tmp_path), out, progress=False)
     assert (out / "batches" / "batch_00000.safetensors").exists()
-    monkeypatch.setattr(run_module, "build_components", build)
-    run_recipe(write_recipe(tmp_path), out, progress=False, resume=True)
+    monkeypatch.setattr(runner, "build", build)
+    runner.run(write_recipe(tmp_path), out, progress=False, resume=True)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
@@ -139,7 +140,7 @@ def test_nan_from_the_model_names_the_step_and_keeps_finished_batches(tmp_path, 
         ({"estimators": [{"name": "rollout", "kk": 3}]}, "estimator 'rollout' has no option 'kk'"),
         ({"taxonomy": "missing.yaml"}, "missing.yaml"),
         ({"model": {"kind": "gmm", "std": 1.0, "means": {"left-a": [0.0], "left-b": [1.0]}}}, "model.means: no mean"),
-        ({"classifier": {"kind": "digits"}}, "classifier.kind: Gaussian-mixture models use the 'exact' classifier"),
+        ({"classifier": {"kind": "digits"}}, "classifier.kind: 'digits' does not read samples of model.kind 'gmm'"),
     ],
 )
 def test_cli_reports_bad_recipes_in_one_line(tmp_path, capsys, changes, message):
@@ -166,8 +167,8 @@ def test_guided_leaf_conditional_run_and_compare(tmp_path, capsys):
     decisions = {}
     for scale in (1.0, 4.0):
         recipe = write_recipe(tmp_path, sampling={**sampling, "guidance": {"scale": scale}}, estimators=["exact"])
-        state = run_recipe(recipe, tmp_path / f"w{scale}", progress=False)
-        decisions[scale] = state["decisions"]["exact"]["nodes"]["root"]["decision_sigma"]
+        result = runner.run(recipe, tmp_path / f"w{scale}", progress=False)
+        decisions[scale] = result.decisions()["root"].decision_sigma
     assert decisions[4.0] > 1.3 * decisions[1.0]
 
     assert main(["compare", str(tmp_path / "w1.0"), str(tmp_path / "w4.0"), "--out", str(tmp_path / "cmp")]) == 0
@@ -185,42 +186,40 @@ def test_guided_leaf_conditional_run_and_compare(tmp_path, capsys):
 
 def test_compare_refuses_unfinished_runs(tmp_path):
     recipe = write_recipe(tmp_path)
-    run_recipe(recipe, tmp_path / "a", progress=False, stop_after_batches=1)
+    runner.run(recipe, tmp_path / "a", progress=False, stop_after_batches=1)
     with pytest.raises(ProbesError, match="the run is not finished"):
-        from probes.compare import compare_runs
-
-        compare_runs(tmp_path / "a", tmp_path / "a")
+        probes.compare(tmp_path / "a", tmp_path / "a")
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"prior": {"left-a": 1.0, "nowhere": 1.0}}, "prior: 'nowhere' is not a leaf of the taxonomy"),
-        ({"prior": {"left-a": -1.0}}, "prior: weights must be non-negative and not all zero"),
+        ({"prior": {"left-a": -1.0}}, "prior: weights must be finite, non-negative and not all zero"),
     ],
 )
 def test_bad_leaf_weights_name_the_field(tmp_path, changes, message):
-    from probes.components import build_components
-    from probes.recipe import load_recipe
+    from probes.build import build
+    from probes.plan import resolve
 
     with pytest.raises(ProbesError, match=message):
-        build_components(load_recipe(write_recipe(tmp_path, **changes)))
+        build(resolve(write_recipe(tmp_path, **changes)))
     gmm = {"kind": "gmm", "dim": 4, "std": 0.5, "weights": {"bogus": 1.0},
            "hierarchy": {"separations": [6.0, 2.0]}}
     with pytest.raises(ProbesError, match="model.weights: 'bogus' is not a leaf"):
-        build_components(load_recipe(write_recipe(tmp_path, model=gmm)))
+        build(resolve(write_recipe(tmp_path, model=gmm)))
 
 
 def test_run_json_records_the_recipe_file_and_resolved_paths(tmp_path, monkeypatch):
     # A recipe in a sub-folder naming its taxonomy relative to itself, run from another folder.
     (tmp_path / "recipes").mkdir()
     (tmp_path / "taxa").mkdir()
-    (tmp_path / "taxa" / "t.yaml").write_text((ROOT / "probes" / "taxonomies" / "gmm-two-by-two.yaml").read_text())
+    (tmp_path / "taxa" / "t.yaml").write_text((ROOT / "taxonomies" / "gmm-two-by-two.yaml").read_text())
     recipe = write_recipe(tmp_path / "recipes", taxonomy="../taxa/t.yaml", estimators=["exact"],
                           sampling={"samples": 8, "batch_size": 8, "steps": 6})
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    run_recipe(recipe, tmp_path / "run", progress=False)
+    runner.run(recipe, tmp_path / "run", progress=False)
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["recipe_path"] == str(recipe.resolve())
     assert state["paths"] == {"taxonomy": str((tmp_path / "taxa" / "t.yaml").resolve())}
@@ -231,14 +230,36 @@ def test_run_json_charges_guidance_its_second_denoiser_call(tmp_path):
     recipe = write_recipe(tmp_path, estimators=["exact"],
                           sampling={"samples": 8, "batch_size": 4, "steps": 6, "condition": "leaf",
                                     "guidance": {"scale": 2.0}})
-    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    result = runner.run(recipe, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
     # 8 samples x 6 steps, each guided step evaluated conditionally and unconditionally.
-    assert state["calls"] == {"sampling_denoiser": 2 * 8 * 6, "guided_denoiser": 8 * 6}
+    assert state["calls"] == result.record["calls"] == {"sampling_denoiser": 2 * 8 * 6, "guided_denoiser": 8 * 6}
     assert state["sampling_denoiser_calls"] == 2 * 8 * 6
 
 
-def test_the_progress_bar_shows_sampling_steps(tmp_path, capsys):
-    recipe = write_recipe(tmp_path, estimators=["exact"], sampling={"samples": 4, "batch_size": 4, "steps": 5})
-    run_recipe(recipe, tmp_path / "run", progress=True)
+def test_progress_off_a_terminal_is_one_plain_line_per_batch(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, estimators=["exact"], sampling={"samples": 8, "batch_size": 4, "steps": 5})
+    runner.run(recipe, tmp_path / "run", progress=True)
     err = capsys.readouterr().err
-    assert "batch 1: sampling step 1/5" in err and "batch 1: sampling step 5/5" in err
+    lines = [line for line in err.splitlines() if line.startswith("probes: probing")]
+    assert [line.split(" done")[0] for line in lines] == ["probes: probing gmm-small: batch 1/2",
+                                                          "probes: probing gmm-small: batch 2/2"]
+    assert "\r" not in err
+
+
+def test_progress_on_a_terminal_is_a_bar_counting_batches_with_the_step_beside_it():
+    import io
+
+    from probes.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    with Progress("probing x", total=2, unit="batch", stream=stream) as bar:
+        bar.status("batch 1: sampling step 3/5")
+        bar.advance()
+    text = stream.getvalue()
+    assert ("probing x" in text and "batch/s" in text) or "s/batch" in text
+    assert "sampling step 3/5" in text and "?est" not in text

@@ -7,16 +7,16 @@ import networkx as nx
 import pytest
 import yaml
 
+import probes.runner as runner
 from probes.cli import main
 from probes.recipe import load_recipe
 from probes.resources import find_shipped
-from probes.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_copy(tmp_path, recipe: str, **sampling) -> Path:
-    data = yaml.safe_load((ROOT / "probes" / "recipes" / recipe).read_text())
+    data = yaml.safe_load((ROOT / "recipes" / recipe).read_text())
     # The shipped recipes name shipped taxonomies, so a copy elsewhere needs no path rewriting.
     data["sampling"].update(sampling)
     path = tmp_path / recipe
@@ -26,7 +26,7 @@ def small_copy(tmp_path, recipe: str, **sampling) -> Path:
 
 def test_digits_recipe_runs_end_to_end(tmp_path):
     recipe = small_copy(tmp_path, "digits.yaml", samples=32, batch_size=16, steps=16)
-    state = run_recipe(recipe, tmp_path / "run", progress=False)
+    state = runner.run(recipe, tmp_path / "run", progress=False)
     assert state["status"] == "complete"
     assert set(state["estimators"]) == {"plugin", "bayes"}
     tree = nx.node_link_graph(json.loads((tmp_path / "run" / "tree.json").read_text()), edges="edges")
@@ -36,19 +36,19 @@ def test_digits_recipe_runs_end_to_end(tmp_path):
 
 
 def test_tiny_stable_diffusion_runs_end_to_end_and_reproduces(tmp_path):
-    recipe = ROOT / "probes" / "recipes" / "sd15-tiny.yaml"
-    first = run_recipe(recipe, tmp_path / "a", progress=False)
+    recipe = ROOT / "recipes" / "sd15-tiny.yaml"
+    first = runner.run(recipe, tmp_path / "a", progress=False)
     assert set(first["estimators"]) == {"plugin", "rollout"}
     assert first["estimators"]["plugin"]["classifier_calls"] == 8 * 6  # every 2nd of 12 grid points
     for name in ["curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png", "tree.png"]:
         assert (tmp_path / "a" / name).stat().st_size > 0
-    run_recipe(recipe, tmp_path / "b", progress=False)
+    runner.run(recipe, tmp_path / "b", progress=False)
     assert (tmp_path / "a" / "curves.csv").read_text() == (tmp_path / "b" / "curves.csv").read_text()
 
 
 def test_missing_stable_diffusion_weights_fail_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    recipe = load_recipe(ROOT / "probes" / "recipes" / "sd15.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "sd15.yaml")
     assert recipe.model.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     code = main(["run", "sd15", "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
@@ -60,7 +60,7 @@ def test_missing_stable_diffusion_weights_fail_in_one_line(tmp_path, capsys, mon
 def test_classifier_that_does_not_cover_the_taxonomy(tmp_path, capsys):
     recipe = small_copy(tmp_path, "digits.yaml", samples=8, batch_size=8, steps=8)
     data = yaml.safe_load(recipe.read_text())
-    data["taxonomy"] = str(ROOT / "probes" / "taxonomies" / "animals-vehicles.yaml")
+    data["taxonomy"] = str(ROOT / "taxonomies" / "animals-vehicles.yaml")
     recipe.write_text(yaml.safe_dump(data))
     assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -70,7 +70,7 @@ def test_classifier_that_does_not_cover_the_taxonomy(tmp_path, capsys):
 
 @pytest.mark.parametrize("recipe", ["sd15.yaml", "sd15-imagenet.yaml", "sd15-tiny.yaml", "digits.yaml"])
 def test_model_recipes_point_at_shipped_taxonomies(recipe):
-    r = load_recipe(ROOT / "probes" / "recipes" / recipe)
+    r = load_recipe(ROOT / "recipes" / recipe)
     # Shipped recipes name shipped taxonomies, so a copy of the recipe anywhere still finds it.
     assert find_shipped("taxonomies", r.resolve_path(r.taxonomy)) is not None
 
@@ -78,7 +78,7 @@ def test_model_recipes_point_at_shipped_taxonomies(recipe):
 def test_negative_prompt_shapes_generation_but_not_the_reading(tmp_path):
     from probes.components import build_components
 
-    parts = build_components(load_recipe(ROOT / "probes" / "recipes" / "sd15-tiny.yaml"))
+    parts = build_components(load_recipe(ROOT / "recipes" / "sd15-tiny.yaml"))
     assert parts.denoiser.negative_prompt is None  # posteriors: the empty-prompt prediction
     assert parts.generator.inner.negative_prompt == "blurry"  # guidance's unconditional branch
     assert parts.generator.inner.pipe is parts.denoiser.pipe  # one pipeline, loaded once

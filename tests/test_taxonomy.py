@@ -229,7 +229,7 @@ def test_yaml_flat_list_and_default_name(tmp_path):
 def test_shipped_taxonomies():
     names = shipped_taxonomies()
     assert {"digits-shape", "animals-vehicles", "imagenet-1k", "imagenet-mixed-16"} <= set(names)
-    digits = load_taxonomy(REPO / "probes" / "taxonomies" / "digits-shape.yaml")
+    digits = load_taxonomy(REPO / "taxonomies" / "digits-shape.yaml")
     assert sorted(digits.leaves) == [str(i) for i in range(10)]
     assert all(digits.node_attrs(str(i))["index"] == i for i in range(10))
     assert 2 <= digits.max_depth <= 3 and len(digits.children(digits.root)) >= 2

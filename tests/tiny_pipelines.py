@@ -221,7 +221,7 @@ def _pixart_cond(b):
     return {"embeds": e["prompt_embeds"], "mask": e["prompt_attention_mask"]}
 
 
-#: registry family name -> case. A family added to ``probes.adapters.FAMILIES`` with pipelines
+#: registry family name -> case. A family added to ``probes.families.FAMILIES`` with pipelines
 #: fails the tests until it has a line here.
 FAMILY_CASES = {
     "stable-diffusion": FamilyCase(lambda: tiny_sd("epsilon"), dict(prompt=["a cat", "a dog"]),

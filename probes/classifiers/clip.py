@@ -37,9 +37,13 @@ import torch.nn.functional as F
 
 from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier
+from probes.classifiers.imagenet import imagenet_groups
 from probes.classifiers.images import resize_center_crop
 from probes.errors import ProbesError, quote_library_error
 from probes.fileio import atomic_path, atomic_write_text
+from probes.hub import cache_dir as probes_cache_dir
+from probes.taxonomy.wordnet import imagenet_wnids
+from probes.taxonomy.wordnet_data import ensure_wordnet
 
 Template = Union[str, Callable[[str], str]]
 
@@ -67,8 +71,6 @@ def _imagenet_names() -> dict[str, str]:
     """ImageNet-1k wnid -> curated class name (open_clip's list, sorted-wnid order)."""
     global _IMAGENET_NAMES
     if _IMAGENET_NAMES is None:
-        from probes.taxonomy.wordnet import imagenet_wnids
-
         patch_torchvision()
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -81,8 +83,6 @@ _IMAGENET_NAMES: dict[str, str] | None = None
 
 def _lemma_names(synset: str) -> list[str]:
     try:
-        from probes.taxonomy.wordnet_data import ensure_wordnet
-
         return [name.replace("_", " ") for name in ensure_wordnet().synset(synset).lemma_names()]
     except Exception:  # no WordNet here, or not a WordNet name: fall back to the id itself
         return [_readable(synset)]
@@ -170,9 +170,6 @@ def universe_texts(taxonomy, universe, templates=None) -> tuple[dict[str, list[s
     texts: dict[str, list[str]] = {}
     groups: list[list[int]] = []
     if universe == "imagenet":
-        from probes.classifiers.imagenet import imagenet_groups
-        from probes.taxonomy.wordnet import imagenet_wnids
-
         names = _imagenet_names()
         for wnid in imagenet_wnids():
             texts[f"imagenet:{wnid}"] = [_fill(t, names[wnid]) for t in templates]
@@ -212,9 +209,7 @@ def register_tiny_clip(name: str = TINY_CLIP, image_size: int = 32) -> str:
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
-    from probes.hub import cache_dir
-
-    directory = cache_dir() / "open_clip_configs"
+    directory = probes_cache_dir() / "open_clip_configs"
     path = atomic_write_text(directory / f"{name}.json", json.dumps(config))  # concurrent writers agree
     # open_clip re-reads every registered path on each registration, so the file stays in place.
     open_clip.add_model_config(path)
@@ -380,8 +375,6 @@ class ClipZeroShotClassifier(Classifier):
                               f"({type(err).__name__}: {quote_library_error(err)}); download the checkpoint and set "
                               "pretrained: /path/to/file") from None
         if cache_dir == "default":
-            from probes.hub import cache_dir as probes_cache_dir
-
             cache_dir = probes_cache_dir() / "clip"
         if universe is None:
             texts, leaves, groups = leaf_texts(taxonomy, templates), None, None

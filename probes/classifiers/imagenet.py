@@ -29,6 +29,7 @@ from probes.classifiers.base import Classifier, leaf_groups
 from probes.classifiers.images import resize_center_crop
 from probes.errors import ProbesError, quote_library_error
 from probes.taxonomy.wordnet import imagenet_wnids, wnid_of
+from probes.taxonomy.wordnet_data import ensure_wordnet
 
 SOURCES = ("timm", "torchvision", "efficientnet_lite0")
 _SYNSET = re.compile(r"^.+\.[nvasr]\.\d+$")
@@ -62,8 +63,6 @@ def imagenet_groups(taxonomy, wordnet=None) -> dict[str, list[int]]:
         return groups
 
     if wordnet is None:
-        from probes.taxonomy.wordnet_data import ensure_wordnet
-
         wordnet = ensure_wordnet()
     position = {leaf: i for i, leaf in enumerate(leaves)}
     leaf_of_wnid: dict[str, str] = {}

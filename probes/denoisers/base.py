@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from probes.errors import ProbesError
+
 
 def batch_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     """Sigma as a float tensor of shape ``[batch]`` on ``x``'s device (scalars are broadcast)."""
@@ -120,8 +122,6 @@ class FiniteCheck:
     def __call__(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
         out = self.denoiser(x, sigma, cond)
         if not bool(torch.isfinite(out).all()):
-            from probes.errors import ProbesError
-
             rows = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
             bad = float(batch_sigma(sigma, x)[rows.nonzero()[0, 0]])
             raise ProbesError(f"{self.what} returned NaN/inf at sigma={bad:.4g}; finished batches are kept "

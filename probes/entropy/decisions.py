@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from probes import noise
+import probes.noise as noise
 from probes.errors import ProbesError
 
 from .engine import EntropyCurves

@@ -8,20 +8,26 @@ or classifier call on a batch of B inputs counts B.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from probes.entropy.engine import EntropyCurves, tree_entropy
 from probes.errors import ProbesError
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeContext:
-    """Everything an estimator may need besides the trajectory. Each estimator names the fields it
-    requires and raises a :class:`ProbesError` when one is missing.
+    """What a probe is built from: the model's parts, the grid, and what the estimators read.
+
+    A model family builds the fields it knows (:meth:`probes.families.base.Family.build`); a run
+    adds its grid, prior and generation settings with :func:`dataclasses.replace` (the object is
+    frozen: nothing is patched after it is made). Each estimator names the fields it requires and
+    raises a :class:`ProbesError` when one is missing.
 
     Attributes:
         taxonomy: the :class:`probes.taxonomy.Taxonomy` whose leaves index every ``[..., L]`` tensor.
@@ -34,12 +40,12 @@ class ProbeContext:
         classifier: clean input -> leaf log-probabilities (``plugin``, ``rollout``).
         prior: ``[L]`` leaf probabilities; uniform when ``None`` (``bayes`` starts from it,
             ``immse`` takes its entropies as the values at ``sigmas[0]``).
-        sampler: sampling method for rollout completions (must be stochastic).
+        sampler: sampling method (``rollout`` completions must be stochastic).
         sample_pairs: ``f(n, generator) -> (x0 [n, ...], leaf_index [n])``: labelled clean data
             for ``immse``.
         exact_model: a :class:`probes.models.gmm.GaussianMixture` for the ``exact`` estimator.
-        guided_denoiser: the denoiser the run generated with (guided and conditional; ``guided``
-            filters with its per-leaf kernels); defaults to ``cond_denoiser``.
+        guided_denoiser: the denoiser the samples are generated with (guided and conditional;
+            ``guided`` filters with its per-leaf kernels); defaults to ``cond_denoiser``.
         batch_size: rows per internal denoiser/classifier call (bounds memory).
         outside_mass: the probability, under the law the samples were drawn from, that a sample's
             class lies outside the taxonomy (0 for a taxonomy that covers the model's world and for
@@ -51,6 +57,21 @@ class ProbeContext:
             inside-weighted means (False for leaf-conditional runs and ``source: data``); an
             estimator that corrects per-sample bias (``rollout``'s jackknife) corrects the quantity
             that is averaged.
+
+    What the model's family adds for sampling and for a run's outcomes:
+        shape: one sample's state (``(C, H, W)`` for images, ``(dim,)`` for vectors).
+        sigma_max, sigma_min: the noise range the model was trained on (a grid's default ends).
+        device: where the model runs; ``state_dtype``: the dtype of its states.
+        guidance_base: what classifier-free guidance's unconditional branch calls (a negative
+            prompt's denoiser), when it is not ``denoiser``.
+        data: ``f(n, generator) -> (x0, leaf_index)``: labelled clean data (``source: data``).
+        generation_cond: ``f(sample indices) -> cond`` of the samples a run generates (``None``:
+            unconditional).
+        decode: states -> images in ``[-1, 1]`` (previews, x0 strips), or ``None`` for states that
+            are no images.
+        reference: ``f(seed) -> features`` of reference data for the Frechet distance, in the
+            classifier's feature space (``None``: the family has none).
+        threads: CPU threads the model runs best with (``None``: torch's default).
     """
 
     taxonomy: Any
@@ -68,17 +89,31 @@ class ProbeContext:
     outside_mass: float = 0.0
     partial_taxonomy: bool = False
     inside_weighted: bool = True
+    shape: tuple[int, ...] | None = None
+    sigma_max: float | None = None
+    sigma_min: float | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    state_dtype: torch.dtype = torch.float32
+    guidance_base: Callable | None = None
+    data: Callable | None = None
+    generation_cond: Callable | None = None
+    decode: Callable | None = None
+    reference: Callable | None = None
+    threads: int | None = None
 
     def __post_init__(self):
+        set_ = object.__setattr__  # frozen: the defaults are filled in once, here
         if self.cond_denoiser is None:
-            self.cond_denoiser = self.denoiser
+            set_(self, "cond_denoiser", self.denoiser)
         if self.guided_denoiser is None:
-            self.guided_denoiser = self.cond_denoiser
+            set_(self, "guided_denoiser", self.cond_denoiser)
         n_leaves = len(self.taxonomy.leaves)
-        if self.prior is None:
-            self.prior = torch.full((n_leaves,), 1.0 / n_leaves, dtype=torch.float64)
-        self.prior = torch.as_tensor(self.prior, dtype=torch.float64)
-        if self.prior.shape != (n_leaves,) or (self.prior < 0).any() or abs(float(self.prior.sum()) - 1) > 1e-6:
+        prior = self.prior
+        if prior is None:
+            prior = torch.full((n_leaves,), 1.0 / n_leaves, dtype=torch.float64)
+        prior = torch.as_tensor(prior, dtype=torch.float64)
+        set_(self, "prior", prior)
+        if prior.shape != (n_leaves,) or (prior < 0).any() or abs(float(prior.sum()) - 1) > 1e-6:
             raise ProbesError(f"probe context: prior must be {n_leaves} non-negative probabilities summing to 1")
         if self.batch_size < 1:
             raise ProbesError("probe context: batch_size must be at least 1")
@@ -90,6 +125,16 @@ class ProbeContext:
         if value is None:
             raise ProbesError(f"estimator {estimator!r} needs ctx.{field}: {why}")
         return value
+
+    def replace(self, **changes) -> ProbeContext:
+        """A copy with ``changes``; the derived defaults (``cond_denoiser``, ``guided_denoiser``)
+        follow a changed ``denoiser`` unless given."""
+        if "denoiser" in changes:
+            changes.setdefault("cond_denoiser", changes["denoiser"] if self.cond_denoiser is self.denoiser
+                               else self.cond_denoiser)
+        if "cond_denoiser" in changes and self.guided_denoiser is self.cond_denoiser:
+            changes.setdefault("guided_denoiser", changes["cond_denoiser"])
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -121,8 +166,6 @@ class EstimatorOutput:
         ``inside_weighted`` says whether the samples came from the model's whole world (means are
         then weighted by the inside mass) or from the taxonomy (see :mod:`probes.entropy.engine`).
         """
-        from probes.entropy.engine import EntropyCurves, tree_entropy
-
         if self.levels is None:
             return tree_entropy(self.log_probs, taxonomy, self.sigmas, prior=prior, inside_weighted=inside_weighted)
         if self.log_probs is not None:  # per-sample entropies beside the posteriors (rollout's jackknife)
@@ -198,3 +241,16 @@ def chunks(n: int, size: int):
     """Slices covering ``range(n)`` in pieces of at most ``size``."""
     size = max(1, int(size))
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def check_posteriors(out: EstimatorOutput, leaves, what: str, then: str = "") -> None:
+    """One line naming the leaf and sigma where an estimator's log-posteriors are NaN or +inf
+    (``-inf`` is zero mass, which is valid); ``then`` is appended (what is kept, how to go on)."""
+    lp = out.log_probs
+    if lp is None:
+        return
+    bad = torch.isnan(lp) | (lp == float("inf"))
+    if bad.any():
+        i, j, k = (int(v) for v in bad.nonzero()[0])
+        raise ProbesError(f"{what}: NaN/inf for leaf {leaves[k]!r} at sigma={float(out.sigmas[j]):.4g} (sample {i}); "
+                          f"the classifier or model returned non-finite values{then}")

@@ -27,6 +27,7 @@ import itertools
 
 import torch
 
+from probes.entropy.engine import tree_entropy
 from probes.errors import ProbesError
 from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks, needs_states
 from probes.estimators.bayes import KERNEL_METHODS, filter_log_posterior
@@ -64,8 +65,6 @@ class GuidedEstimator(Estimator):
         self.reference, self.folds = reference, int(folds)
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:
-        from probes.entropy.engine import tree_entropy
-
         states = needs_states(traj, self.name)
         if getattr(traj, "leaf", None) is None:
             raise ProbesError("estimator 'guided' needs the conditioning leaf of every sample: sample with "

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from probes.entropy.engine import tree_entropy
 from probes.errors import ProbesError
 from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks, needs_states
 from probes.noise import karras_grid
@@ -90,8 +91,6 @@ class RolloutEstimator(Estimator):
         return karras_grid(float(sigmas[i]), float(sigmas[-1]), n, rho=self.rho)
 
     def estimate(self, traj, ctx: ProbeContext, generator=None) -> EstimatorOutput:
-        from probes.entropy.engine import tree_entropy
-
         method = self.method or (ctx.sampler if ctx.sampler in STOCHASTIC_METHODS else "ancestral")
         check_method(method)
         if method not in STOCHASTIC_METHODS:

@@ -1,7 +1,7 @@
 """The embedded default model: a class-conditional diffusion model and a classifier on 8x8 digits.
 
 Both are trained by :mod:`probes.models.train_digits` on scikit-learn's digits (1,797 images of
-8x8 pixels, values 0..16, 10 classes) and ship in the package, ``probes/data/digits/``:
+8x8 pixels, values 0..16, 10 classes) and ship with the package, ``data/digits/`` (``probes/data/digits`` in a wheel):
 
 - ``unet/`` and ``scheduler/``: a diffusers ``UNet2DModel`` and ``DDPMScheduler`` saved with
   ``save_pretrained``, so ``UNet2DModel.from_pretrained(path / "unet")`` loads them as any diffusers
@@ -26,8 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier, leaf_groups
 from probes.conditioning import ClassLabelConditioner
+from probes.denoisers.base import GuidedDenoiser
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
 from probes.errors import ProbesError
 from probes.hub import quiet_loading_bars
@@ -182,8 +184,6 @@ def load_digits_denoiser(path: str | Path | None = None) -> DiscreteScheduleDeno
     """
     directory = _model_dir(path)
     verify_checksums(directory, UNET_FILES)
-    from probes._compat import patch_torchvision
-
     patch_torchvision()
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -285,8 +285,6 @@ def sample_digits(denoiser, labels: Any, steps: int = 50, guidance: float = 1.0,
     guidance scale (1 = the conditional model). Kept here for the quality report and tests; the
     toolkit's general samplers live in :mod:`probes.sampling`.
     """
-    from probes.denoisers.base import GuidedDenoiser
-
     labels = torch.as_tensor(labels, dtype=torch.long)
     model = GuidedDenoiser(denoiser, guidance) if guidance != 1.0 else denoiser
     lo, hi = denoiser.sigma_min, denoiser.sigma_max

@@ -39,9 +39,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from probes._compat import patch_torchvision
+from probes.classifiers.imagenet import imagenet_wnids
 from probes.conditioning import ClassLabelConditioner
 from probes.denoisers.base import Denoiser, batch_sigma
 from probes.errors import ProbesError, quote_library_error
+from probes.hub import download_command, hub_offline, quiet_loading_bars
 
 #: Where NVlabs publishes the EDM2 pickles (``generate_images.py``'s ``model_root``).
 RELEASE_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
@@ -221,8 +224,6 @@ def edm2_conditioner(taxonomy, label_dim: int = 1000) -> ClassLabelConditioner:
                 raise ProbesError(f"taxonomy leaf {leaf!r}: the network has {label_dim} classes, not ImageNet-1k's "
                                   "1000; give every leaf an 'index' attribute (its class id)")
             if wnid_index is None:
-                from probes.classifiers.imagenet import imagenet_wnids
-
                 wnid_index = {w: i for i, w in enumerate(imagenet_wnids())}
             if attrs["wnid"] not in wnid_index:
                 raise ProbesError(f"taxonomy leaf {leaf!r}: wnid {attrs['wnid']} is not an ImageNet-1k class, so the "
@@ -302,9 +303,6 @@ class EDM2LatentDecoder(torch.nn.Module):
 def load_vae(name: str, device: str | torch.device = "cpu", local_files_only: bool | None = None):
     """A diffusers ``AutoencoderKL`` from a hub id or a folder (a VAE folder, or a pipeline folder
     with ``vae/``); one-line :class:`ProbesError` when it cannot be had without a download."""
-    from probes._compat import patch_torchvision
-    from probes.hub import download_command, hub_offline, quiet_loading_bars
-
     offline = hub_offline(local_files_only)
     path = Path(name).expanduser()
     kwargs = {}

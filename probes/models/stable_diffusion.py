@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from probes._compat import patch_torchvision
 from probes.classifiers.base import Classifier
+from probes.classifiers.clip import node_names
 from probes.conditioning import PromptConditioner
 from probes.denoisers.base import Denoiser
 from probes.denoisers.discrete import DiscreteScheduleDenoiser
@@ -295,8 +296,6 @@ class DecodedClassifier(Classifier):
 def node_prompts(taxonomy, nodes: Sequence[str] | None = None, template: str = "a photo of a {}.") -> dict[str, str]:
     """One prompt per taxonomy node: the node's first ``prompts`` entry if it has one, else
     ``template`` filled with its label (or alias, or WordNet lemma, or its readable name)."""
-    from probes.classifiers.clip import node_names
-
     if nodes is None:
         nodes = list(taxonomy.graph.nodes) if hasattr(taxonomy, "graph") else list(taxonomy.leaves)
     out = {}

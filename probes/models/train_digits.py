@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from probes._compat import patch_torchvision
 from probes.models.digits import (
     CHECKSUM_FILE,
     NULL_CLASS,
@@ -73,8 +74,6 @@ def train_digits(out_dir, seed: int = 0, diffusion_steps: int = DEFAULTS["diffus
 
     Writes ``unet/``, ``scheduler/``, ``classifier/``, ``metrics.json``, ``SHA256SUMS`` and ``README.md``.
     """
-    from probes._compat import patch_torchvision
-
     patch_torchvision()
     from diffusers import DDPMScheduler
 
@@ -311,7 +310,7 @@ scikit-learn's 8x8 digits ({m['setup']['data']}).
 Produced by `probes.models.train_digits` with
 seed {m['seed']}; see `docs/digits.md`.
 
-Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out probes/data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
+Reproduce: `OMP_NUM_THREADS={m['versions']['threads']} probes train digits --out data/digits --seed {m['seed']} --steps {m['diffusion']['steps']}`
 
 ## Quality
 
@@ -346,13 +345,11 @@ diffusers {m['versions']['diffusers']}).
 
 # --------------------------------------------------------------------------------------------- CLI
 
-def add_train_commands(subparsers) -> None:
-    """Register ``train digits`` on the ``probes`` command's subparsers (handler in ``func``)."""
-    train = subparsers.add_parser("train", help="train the embedded models")
-    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
-    p = models.add_parser("digits", help="the 8x8 digits diffusion model and classifier",
-                          description="Train the digits UNet and classifier; writes weights, SHA256SUMS, "
-                                      "metrics.json and README.md to --out.")
+def add_train_command(train_commands, name: str) -> None:
+    """Register ``probes train NAME`` (this model's training) on the ``train`` group's subparsers."""
+    p = train_commands.add_parser(name, help="the 8x8 digits diffusion model and classifier",
+                                  description="Train the digits UNet and classifier; writes weights, SHA256SUMS, "
+                                              "metrics.json and README.md to --out.")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=None, help="diffusion training steps (default: the shipped setup)")

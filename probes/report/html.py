@@ -1,26 +1,27 @@
-"""``report.html``: one self-contained page per run directory (and per ``probes compare``).
+"""``report.html``: one self-contained page per result (and per ``probes compare``).
 
 Everything is inline (SVG drawn here, PNG pictures as data URIs, a few lines of JavaScript for the
 hover panel), so the file opens from disk or an e-mail without network access. The page is built
-from the run directory's files only, so it can be rebuilt from any finished run:
-``python -m probes.report.html RUN_DIR``.
+from an in-memory result object (:class:`probes.result.ProbeResult`, read through its public
+attributes; never from files the same process wrote); ``probes plot RUN`` rebuilds it for any
+finished run directory.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from probes.entropy.decisions import rates
 from probes.report.layout import place_labels
-from probes.report.rundir import atomic_write_text
+from probes.report.rundir import atomic_write_text, decision_tree
+from probes.report.samples import png_bytes, strip_picture
+from probes.taxonomy.export import to_node_link
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -58,29 +59,12 @@ document.body.setAttribute('data-ready','1');
 """
 
 
-# --- reading a run directory ---------------------------------------------------------------------
-
-
-def _csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def _num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _g(v, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+def _data_uri(picture: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode()
 
 
 # --- SVG pieces ------------------------------------------------------------------------------------
@@ -239,27 +223,28 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
 # --- the page ---------------------------------------------------------------------------------------
 
 
-def _curve_series(rows: list[dict], estimator: str, kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    chosen = [r for r in rows if r["estimator"] == estimator and r["kind"] == kind]
-    names = list(dict.fromkeys(r["name"] for r in chosen))
-    out = []
-    for name in names:
-        part = sorted((r for r in chosen if r["name"] == name), key=lambda r: -_num(r["sigma"]))
-        out.append((name, np.array([_num(r["sigma"]) for r in part]), np.array([_num(r["entropy"]) for r in part])))
-    return out
+def _curve_series(curves, kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, sigma descending, mean)`` per level (``kind="level"``) or node of one estimator."""
+    order = np.argsort(-curves.sigmas, kind="stable")
+    sig = curves.sigmas[order]
+    if kind == "level":
+        mean = curves.level_mean()[order]
+        return [(f"level {n}", sig, mean[:, k]) for k, n in enumerate(curves.level_names)]
+    mean = curves.node_mean()[order]
+    return [(str(n), sig, mean[:, k]) for k, n in enumerate(curves.node_names)]
 
 
-def _rates(series):
-    """``-dC/dlog sigma`` read the way sampling runs (information gained per unit log sigma)."""
-    out = []
-    for name, s, v in series:
-        if len(s) > 2:
-            out.append((name, s, np.gradient(np.nan_to_num(v), np.log(s))))
-    return out
+def _rates(curves) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``dC_n / dlog sigma`` per node, read the way sampling runs (information gained per unit log
+    sigma), with the same derivative as the decisions."""
+    if len(curves.sigmas) <= 2:
+        return []
+    s, r = rates(curves.sigmas, curves.node_mean().T)
+    return [(str(n), s[::-1], r[k][::-1]) for k, n in enumerate(curves.node_names)]
 
 
-def _quality_table(state: dict) -> str:
-    q, calls = state.get("quality") or {}, state.get("calls") or {}
+def _quality_table(record: dict) -> str:
+    q, calls = record.get("quality") or {}, record.get("calls") or {}
     rows = []
     for level, acc in (q.get("conditional_accuracy") or {}).items():
         rows.append((f"conditional accuracy, level {level}", f"{acc:.3f}"))
@@ -269,69 +254,84 @@ def _quality_table(state: dict) -> str:
     for k, v in calls.items():
         rows.append((f"denoiser calls: {k.replace('_', ' ')}", str(v)))
     if not rows:
-        return "<p>No quality measures for this run (it kept no final samples).</p>"
+        return "<p>No quality measures for this result (it kept no final samples, or no classifier read them).</p>"
     return "<table>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows) + \
         "</table>"
 
 
-def _strips(run: Path) -> str:
-    meta = run / "strips" / "strips.json"
-    if not meta.is_file():
+def _strips(kept) -> str:
+    if kept is None or not kept.strips:
         return "<p>No x0 predictions kept (vector data, or a run on data paths).</p>"
-    info = json.loads(meta.read_text())
-    head = "".join(f"<th>σ={s:.3g}</th>" for s in info["sigmas"])
+    sigmas = kept.strip_sigmas
     rows = []
-    for s in info["strips"]:
-        rows.append(f'<tr><td>sample {s["index"]}<br>{html.escape(str(s["condition"]))}</td>'
-                    f'<td colspan="{len(info["sigmas"])}"><img alt="x0 predictions of sample {s["index"]}" '
-                    f'src="{_data_uri(run / s["file"])}"></td></tr>')
-    return (f'<table class="strip"><tr><th>sample, condition</th><th colspan="{len(info["sigmas"])}">'
-            f'predicted clean image D(x; σ) at σ = {", ".join(f"{s:.3g}" for s in info["sigmas"])} '
-            f'(left to right)</th></tr>{"".join(rows)}</table>' if head else "")
+    for strip in kept.strips:
+        row = kept.rows[strip.index] if strip.index < len(kept.rows) else {}
+        seed = f"seed {row.get('batch_seed')}" if row.get("batch_seed") not in (None, "") else ""
+        rows.append(f'<tr><td>sample {strip.index}<br>{html.escape(seed)}<br>{html.escape(strip.condition)}</td>'
+                    f'<td colspan="{len(sigmas)}"><img alt="x0 predictions of sample {strip.index}" '
+                    f'src="{_data_uri(strip_picture(strip.frames))}"></td></tr>')
+    return (f'<table class="strip"><tr><th>sample, seed, condition</th><th colspan="{len(sigmas)}">'
+            f'predicted clean image D(x; σ) at σ = {", ".join(f"{s:.3g}" for s in sigmas)} '
+            f'(left to right: noise → clean)</th></tr>{"".join(rows)}</table>')
 
 
-def _samples(run: Path) -> str:
-    rows = _csv(run / "samples.csv")
-    if not rows:
+def _samples(kept) -> str:
+    if kept is None or not kept.rows:
         return "<p>No samples listed.</p>"
-    shown = [r for r in rows if r.get("preview")][:MAX_SAMPLE_PREVIEWS]
+    previews = kept.previews if kept.previews is not None else []
+    shown = kept.rows[: min(len(previews), MAX_SAMPLE_PREVIEWS)]
     thumbs = "".join(
-        f'<img src="{_data_uri(run / r["preview"])}" alt="sample {r["index"]}" '
+        f'<img src="{_data_uri(previews[r["index"]])}" alt="sample {r["index"]}" '
         f'title="sample {r["index"]}: batch {r["batch"]} (seed {r["batch_seed"]}, #{r["index_in_batch"]}); '
-        f'condition {html.escape(r["condition"] or "none")}; classifier: {html.escape(r["classifier_leaf"])} '
-        f'(p={_num(r["classifier_prob"]):.2f})">' for r in shown)
-    note = f"{len(rows)} samples in samples.csv" + (f"; the first {len(shown)} shown" if shown else "")
+        f'condition {html.escape(str(r["condition"]) or "none")}; classifier: {html.escape(r["classifier_leaf"])} '
+        f'(p={_g(r["classifier_prob"], 2)})">' for r in shown)
+    note = f"{len(kept.rows)} samples in samples.csv" + (f"; the first {len(shown)} shown" if shown else "")
     return f"<p>{note}. Hover a picture for its seed, condition and classifier reading.</p>" + \
         f'<div class="thumbs">{thumbs}</div>'
 
 
-def render_run_report(run: Path) -> str:
-    state = json.loads((run / "run.json").read_text())
-    rows = _csv(run / "curves.csv")
-    tree = json.loads((run / "tree.json").read_text()) if (run / "tree.json").is_file() else None
-    primary = state.get("primary_estimator") or (rows[0]["estimator"] if rows else "")
-    levels = _curve_series(rows, primary, "level")
-    nodes = _curve_series(rows, primary, "node")
-    levels = [(f"level {n}", s, v) for n, s, v in levels]
-    body = [f"<h1>probes run: {html.escape(str(state.get('name')))}</h1>",
-            f"<p>status <b>{html.escape(str(state.get('status')))}</b>, {state.get('n_samples', '?')} samples, "
+def render_run_report(result, curves: dict | None = None, decisions: dict | None = None) -> str:
+    """The page of a result (``curves``/``decisions``: per estimator, when already computed)."""
+    primary = result.primary
+    curves = curves or {primary: result.entropy(primary)}
+    decisions = decisions or {primary: result.decisions(kind="both")}
+    record, meta = result.record, result.meta
+    name = meta.get("name") or record.get("name") or meta.get("pipeline") or "probe"
+    c = curves[primary]
+    tree = to_node_link(decision_tree(result.taxonomy, decisions[primary]))
+    kind = "run" if meta.get("kind") == "run" else "probe"
+    body = [f"<h1>probes {kind}: {html.escape(str(name))}</h1>",
+            f"<p>{result.n_samples} samples, {len(c.sigmas)} noise levels, taxonomy "
+            f"<b>{html.escape(str(result.taxonomy.name))}</b> ({len(result.taxonomy.leaves)} leaves), "
             f"primary estimator <b>{html.escape(primary)}</b>.</p>"]
-    if tree is not None:
-        body.append('<h2>Decision-time tree</h2><section class="row"><div>'
-                    + tree_svg(tree, state.get("sigmas") or [1.0]) +
-                    '</div><div id="panel">Hover a node: its decision σ, half-peak window and bootstrap '
-                    'interval.</div></section>')
+    body.append('<h2>Decision-time tree</h2><section class="row"><div>'
+                + tree_svg(tree, [float(v) for v in c.sigmas]) +
+                '</div><div id="panel">Hover a node: its decision σ, half-peak window and bootstrap '
+                'interval.</div></section>')
     body.append(f"<h2>Entropy per level ({html.escape(primary)})</h2><section>"
-                + line_chart(levels, "conditional entropy H_l(σ) [nats]") + "</section>")
+                + line_chart(_curve_series(c, "level"), "conditional entropy H_l(σ) [nats]") + "</section>")
+    nodes = _curve_series(c, "node")
     body.append("<h2>Entropy and rate per node</h2><section>"
                 + line_chart(nodes, "node contribution C_n(σ) [nats]")
-                + line_chart(_rates(nodes), "rate dC_n / dlog σ [nats]") + "</section>")
-    body.append("<h2>What the model sees as it decides</h2><section>" + _strips(run) + "</section>")
-    body.append("<h2>Sample quality</h2><section>" + _quality_table(state) + "</section>")
-    body.append("<h2>Samples</h2><section>" + _samples(run) + "</section>")
-    body.append("<h2>Recipe</h2><section><pre>" + html.escape(yaml.safe_dump(state.get("recipe", {}), sort_keys=False))
-                + "</pre></section>")
-    return _page(f"probes: {state.get('name')}", "".join(body))
+                + line_chart(_rates(c), "rate dC_n / dlog σ [nats]") + "</section>")
+    body.append("<h2>What the model sees as it decides</h2><section>" + _strips(result.samples) + "</section>")
+    body.append("<h2>Sample quality</h2><section>" + _quality_table(record) + "</section>")
+    body.append("<h2>Samples</h2><section>" + _samples(result.samples) + "</section>")
+    provenance = record.get("recipe") if isinstance(record.get("recipe"), dict) else meta
+    body.append(f"<h2>{'Recipe' if 'recipe' in record else 'Provenance'}</h2><section><pre>"
+                + html.escape(yaml.safe_dump(_plain(provenance), sort_keys=False)) + "</pre></section>")
+    return _page(f"probes: {name}", "".join(body))
+
+
+def _plain(value):
+    """Provenance as plain YAML-able values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def _page(title: str, body: str) -> str:
@@ -339,13 +339,13 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>")
 
 
-def write_run_report(run) -> Path:
-    run = Path(run)
-    return atomic_write_text(run / "report.html", render_run_report(run))
+def write_run_report(path, result, curves: dict | None = None, decisions: dict | None = None) -> Path:
+    """Write the result's page to ``path``."""
+    return atomic_write_text(path, render_run_report(result, curves, decisions))
 
 
 def write_compare_report(out, comparison, run_a, run_b) -> Path:
-    """report.html for ``probes compare`` (a :class:`probes.compare.Comparison`): the information
+    """report.html for ``probes compare`` (a :class:`probes.comparison.Comparison`): the information
     difference per level and the node shifts."""
     out = Path(out)
     series = [(f"level {k}", d.sigmas, d.delta) for k, d in comparison.levels.items()]
@@ -368,8 +368,3 @@ def write_compare_report(out, comparison, run_a, run_b) -> Path:
             f"<th>{pct} interval</th></tr>"
             + shifts + "</table></section>")
     return atomic_write_text(out / "report.html", _page("probes compare", body))
-
-
-if __name__ == "__main__":  # rebuild a finished run's report
-    for arg in sys.argv[1:]:
-        print(write_run_report(Path(arg)))

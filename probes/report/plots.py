@@ -23,6 +23,7 @@ import numpy as np
 from probes.entropy.decisions import rates
 from probes.entropy.engine import EntropyCurves
 from probes.fileio import atomic_path
+from probes.report.layout import place_labels
 from probes.report.rundir import split_decisions, tree_heights
 
 DPI = 150
@@ -195,8 +196,6 @@ def _annotate_without_overlap(fig, ax, anchors) -> None:
     Positions are worked out in points at the figure's final layout, then given to matplotlib as
     offsets from each node (points do not change when the figure is saved at another dpi).
     """
-    from probes.report.layout import place_labels
-
     fig.tight_layout()
     per_point = fig.dpi / 72.0
     scale = 11 / 8  # place_labels measures an 11px font; these labels are 8 pt
@@ -236,4 +235,30 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
     if shown:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=7,
                   ncol=2 if len(shown) > 12 else 1, title="node (dot: decision;\nband: window)", title_fontsize=7)
+    return _save(fig, path)
+
+
+def plot_comparison(path, comparison) -> Path:
+    """dI per level with its pointwise bootstrap band (or +- one standard error without one)."""
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    cmap = plt.get_cmap("viridis")
+    n = len(comparison.levels)
+    for k, (level, d) in enumerate(comparison.levels.items()):
+        color = cmap(k / max(1, n - 1) * 0.9)
+        lo, hi = d.delta_interval
+        if not np.isfinite(lo).any():
+            se = np.nan_to_num(d.stderr)
+            lo, hi = d.delta - se, d.delta + se
+        ax.plot(d.sigmas, d.delta, color=color, lw=1.6, label=f"level {level}")
+        ax.fill_between(d.sigmas, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel(r"noise level $\sigma$ (log scale; sampling runs left to right)")
+    ax.set_ylabel(r"$I_B - I_A$ [nats]")
+    band = f"{100 * comparison.curves.ci:g}% {comparison.pairing} bootstrap band"
+    ax.set_title(f"information gained by B over A ({comparison.estimator}; {band})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from probes import noise
+import probes.noise as noise
 from probes.entropy.decisions import AXES, Decision
 from probes.entropy.engine import EntropyCurves
 from probes.fileio import atomic_path, atomic_write_text
+from probes.taxonomy.export import write_taxonomy
 
 CURVES_COLUMNS = [
     "estimator", "sigma", "vp_time", "log_snr", "kind", "name",
@@ -50,8 +51,23 @@ VERSION_PACKAGES = {
 }
 
 
+#: How a guided leaf-conditional run's files name its plain estimators: they read the unguided
+#: model's posterior at guided states, not the entropy of the run's own (guided) process.
+GUIDED_SUFFIX = ":unguided_posterior"
+
+
+def name_in_files(name: str, condition, guidance_scale) -> str:
+    """An estimator's name in curves.csv / decisions.csv given how the run sampled: in guided
+    leaf-conditional runs only ``guided`` measures the entropy of the run's own process; the others
+    are named for what they read (``<name>:unguided_posterior``)."""
+    guided_run = condition == "leaf" and guidance_scale != 1.0
+    if guided_run and name != "guided":
+        return f"{name}{GUIDED_SUFFIX}"
+    return name
+
+
 # --------------------------------------------------------------------------------------------
-# Atomic writes
+# CSV
 # --------------------------------------------------------------------------------------------
 
 
@@ -252,8 +268,6 @@ def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> 
     parent's height).
     Returns ``{"json": path, "graphml": path, "newick": path}``.
     """
-    from probes.taxonomy.export import write_taxonomy
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tax = decision_tree(taxonomy, decisions, sigma_min)

@@ -3,7 +3,7 @@
 ``load_taxonomy(source)`` accepts
 
 * a YAML file (nested form or WordNet-backed form): ``"taxonomies/digits-shape.yaml"``;
-* the name of a taxonomy shipped in the package (``probes/taxonomies/``): ``"digits-shape"``;
+* the name of a shipped taxonomy (``taxonomies/``, ``probes taxonomies`` lists them): ``"digits-shape"``;
 * a file written by :func:`write_taxonomy` (``.json``, ``.graphml``, ``.nwk``/``.newick``);
 * a WordNet spec: ``"wordnet:imagenet-1k"`` or ``"wordnet:dog.n.01,cat.n.01,n02958343"``;
 * a :class:`Taxonomy` (returned as is).
@@ -24,6 +24,7 @@ from probes.taxonomy.export import (
     write_taxonomy,
 )
 from probes.taxonomy.tree import Taxonomy, collapse_chains
+from probes.taxonomy.wordnet import imagenet_taxonomy, parse_wordnet_spec, wordnet_taxonomy
 from probes.taxonomy.yaml_source import from_nested, load_yaml_taxonomy, parse_yaml_taxonomy
 
 WORDNET_PREFIX = "wordnet:"
@@ -60,8 +61,6 @@ def load_taxonomy(source) -> Taxonomy:
         raise ProbesError(f"taxonomy source must be a path or a spec string, got {type(source).__name__}")
     text = str(source).strip()
     if text.startswith(WORDNET_PREFIX):
-        from probes.taxonomy.wordnet import parse_wordnet_spec
-
         return parse_wordnet_spec(text[len(WORDNET_PREFIX):])
     path = Path(text)
     if not path.exists() and is_bare_name(text):
@@ -74,17 +73,3 @@ def load_taxonomy(source) -> Taxonomy:
     if path.suffix.lower() in (".yaml", ".yml") or not path.suffix:
         return load_yaml_taxonomy(path)
     return read_taxonomy(path)
-
-
-def wordnet_taxonomy(*args, **kwargs) -> Taxonomy:
-    """See :func:`probes.taxonomy.wordnet.wordnet_taxonomy` (imported lazily: nltk is slow)."""
-    from probes.taxonomy.wordnet import wordnet_taxonomy as build
-
-    return build(*args, **kwargs)
-
-
-def imagenet_taxonomy(*args, **kwargs) -> Taxonomy:
-    """See :func:`probes.taxonomy.wordnet.imagenet_taxonomy`."""
-    from probes.taxonomy.wordnet import imagenet_taxonomy as build
-
-    return build(*args, **kwargs)

@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 
 from probes.errors import ProbesError
+from probes.taxonomy import load_taxonomy
 from probes.taxonomy.export import FORMATS, format_for, write_taxonomy
+from probes.taxonomy.wordnet_data import setup_wordnet
 
 SOURCE_HELP = ("a YAML file, a shipped name (digits-shape), an exported .json/.graphml/.nwk, "
                "or a WordNet spec: wordnet:imagenet-1k, wordnet:dog.n.01,cat.n.01,n02958343")
@@ -23,12 +25,16 @@ def add_taxonomy_commands(subparsers) -> None:
                                 description="Inspect and export taxonomies.")
     tax_sub = tax.add_subparsers(dest="taxonomy_command", metavar="{show,export}", required=True)
 
-    show = tax_sub.add_parser("show", help="print a taxonomy as a text tree")
+    show = tax_sub.add_parser("show", help="print a taxonomy as a text tree",
+                              description="Print a taxonomy as a text tree (and, with --levels, the cells of "
+                                          "every level cut).")
     show.add_argument("source", help=SOURCE_HELP)
     show.add_argument("--levels", action="store_true", help="also list the cells of every level cut")
     show.set_defaults(func=cmd_show)
 
-    export = tax_sub.add_parser("export", help="write a taxonomy as node-link JSON, GraphML or Newick")
+    export = tax_sub.add_parser("export", help="write a taxonomy as node-link JSON, GraphML or Newick",
+                                description="Write a taxonomy as networkx node-link JSON, GraphML or Newick (what "
+                                            "load_taxonomy and other tools read back).")
     export.add_argument("source", help=SOURCE_HELP)
     export.add_argument("--format", choices=FORMATS, default=None,
                         help="output format (default: from the suffix of -o)")
@@ -51,15 +57,11 @@ def add_taxonomy_commands(subparsers) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from probes.taxonomy import load_taxonomy
-
     print(load_taxonomy(args.source).render(levels=args.levels))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from probes.taxonomy import load_taxonomy
-
     fmt = format_for(args.output, args.format)
     if Path(args.source).is_file() and Path(args.output).resolve() == Path(args.source).resolve():
         raise ProbesError(f"-o {args.output}: is the taxonomy being exported; write to another file")
@@ -70,7 +72,5 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_wordnet_setup(args: argparse.Namespace) -> int:
-    from probes.taxonomy.wordnet_data import setup_wordnet
-
     print(setup_wordnet(source=args.source, dest=args.dest))
     return 0

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from probes._compat import patch_torchvision
 from probes.errors import ProbesError
 from probes.taxonomy.tree import Taxonomy, collapse_chains
 from probes.taxonomy.wordnet_data import ensure_wordnet
@@ -218,8 +219,6 @@ def imagenet_wnids() -> list[str]:
     if listed.is_file():  # read the file timm ships, without importing torch
         wnids = listed.read_text().split()
     else:
-        from probes._compat import patch_torchvision
-
         patch_torchvision()
         from timm.data import ImageNetInfo
 

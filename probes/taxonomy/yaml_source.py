@@ -33,6 +33,7 @@ import networkx as nx
 from probes.errors import ProbesError
 from probes.fileio import read_text
 from probes.taxonomy.tree import Taxonomy
+from probes.taxonomy.wordnet import POLICIES, parse_wordnet_spec, resolve_synset
 from probes.yamlio import StrictLoader, YamlProblem, load_yaml
 
 TOP_KEYS = ("name", "description", "root", "tree", "leaves", "nodes", "wordnet", "keep_chains",
@@ -251,8 +252,6 @@ def _nested_graph(data, name) -> nx.DiGraph:
 
 
 def _wordnet_graph(data, name) -> nx.DiGraph:
-    from probes.taxonomy.wordnet import POLICIES, parse_wordnet_spec, resolve_synset
-
     line = _line_of(data, "wordnet")
     if "root" in data:
         raise _Problem(_line_of(data, "root"), "`root:` does not apply to `wordnet:` (the root is induced)")
