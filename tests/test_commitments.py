@@ -113,6 +113,8 @@ def test_commitments_agree_with_a_brute_force_recomputation():
         assert child == t_child and flips == t_flips, (sample_index, node)
         # both are grid values: the same float or both absent
         assert commit == t_commit, (sample_index, node, commit, t_commit)
+    # mass outside a partial taxonomy (rows summing to less than 1) drops out of every q
+    assert commitments(lp - 0.7, sigmas, UNEVEN, final, theta=THETA).rows() == rows
     # the posteriors were made to exercise every case
     commits = [r[3] for r in rows]
     assert any(c is None for c in commits) and len(set(commits)) > 10

@@ -42,11 +42,12 @@ The **final leaf** of a sample (:func:`final_leaves`) is its conditioning leaf w
 
 **Which estimators have per-sample posteriors.** ``exact``, ``plugin``, ``rollout`` and ``bayes``
 give ``log p(leaf | x_sigma)`` per sample, so each sample's commitments are defined. ``immse``
-estimates entropy *rates* from pairs of clean data and class, noised afresh at each sigma: it
-has no sample path, hence no per-sample posterior. ``guided`` reports a band on the entropy of a
-guided run's own process, per sample a bound on an entropy rather than a posterior, so no
-argmax or threshold applies. Neither has commitments. (``rollout``'s curves may carry jackknife
-bias corrections; its commitments read the averaged posteriors themselves.)
+integrates an entropy *rate* (I-MMSE) over pairs of clean data and class noised afresh at each sigma:
+its rows are not paths and hold entropies, not posteriors. ``guided`` reports per sample the middle
+of a band between two bounds on the entropy of a guided run's own process (its lower bound's path
+filter is used inside, not kept): an entropy again, with no argmax or threshold to apply. Neither
+has commitments. (``rollout``'s curves may carry jackknife bias corrections; its commitments read
+the averaged posteriors themselves.)
 """
 
 from __future__ import annotations
@@ -108,19 +109,21 @@ def final_leaves(log_probs, sigmas, conditioning=None) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def node_log_mass(log_probs, taxonomy) -> dict[str, np.ndarray]:
+def node_log_mass(log_probs, taxonomy, normalise: bool = True) -> dict[str, np.ndarray]:
     """``log p(v | x_sigma, T)`` ``[N, S]`` for every node v (leaves and internal nodes) of the
     taxonomy, the rows renormalised over its leaves (the mass outside a partial taxonomy drops
-    out of every ratio ``q(c | n)``). ``-inf`` where v has no mass; NaN rows stay NaN."""
+    out of every ratio ``q(c | n)``; ``normalise=False`` skips the renormalisation, which no ratio
+    needs). ``-inf`` where v has no mass; NaN rows stay NaN."""
     lp = _as_float64(log_probs)
-    with np.errstate(invalid="ignore"):
-        inside = _logsumexp(lp, axis=-1)
-        lp = np.where(np.isfinite(inside)[..., None], lp - inside[..., None], lp)
     col = {leaf: i for i, leaf in enumerate(taxonomy.leaves)}
     out = {leaf: lp[..., i] for leaf, i in col.items()}
     for n in reversed(taxonomy.internal_nodes):  # pre-order reversed: children before parents
         out[n] = _logsumexp(np.stack([out[c] for c in taxonomy.children(n)], axis=-1), axis=-1)
-    return out
+    if not normalise:
+        return out
+    inside = out[taxonomy.root].copy()  # log p(T | x): renormalise every node by it
+    with np.errstate(invalid="ignore"):
+        return {v: np.where(np.isfinite(inside), m - inside, m) for v, m in out.items()}
 
 
 def restricted_posterior(mass: dict[str, np.ndarray], taxonomy, node: str) -> np.ndarray:
@@ -378,7 +381,7 @@ def commitments(log_probs, sigmas, taxonomy, final_leaf, theta: float = COMMIT_T
         block = _as_float64(log_probs[start:stop])[:, order]  # [n, S, L]
         if np.isnan(block).any():
             raise ProbesError("commitments: the log-posteriors contain NaN (estimator output)")
-        mass = node_log_mass(block, taxonomy)
+        mass = node_log_mass(block, taxonomy, normalise=False)  # q is a ratio of masses
         ends = final[start:stop]
         for n in internal:
             members = np.flatnonzero(under[n][ends])  # samples (in the block) whose final leaf is under n
