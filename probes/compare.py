@@ -79,7 +79,7 @@ class Comparison:
     curves: CurveComparison
     shifts: dict
     names_in_files: tuple[str, str] | None = None  # the estimator's name in A's and B's files
-    taxonomy: object = None  # the taxonomy compared over (the shared subtree where the results' differ)
+    taxonomy: object = None  # the taxonomy compared over (the subtree both share where theirs differ)
     notes: tuple[str, ...] = ()  # one line each: how differing grids or taxonomies were aligned
 
     @property
