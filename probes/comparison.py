@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.entropy.difference import PAIRINGS, CurveComparison, compare_curves, prior_sums
+from probes.entropy.difference import (
+    PAIRINGS,
+    CurveComparison,
+    compare_curves,
+    prior_sums,
+    restricted_curves,
+    shared_subtree,
+)
 from probes.errors import ProbesError
 from probes.report.html import write_compare_report
 from probes.report.plots import plot_comparison
@@ -45,6 +52,8 @@ class Comparison:
     curves: CurveComparison
     shifts: dict
     names_in_files: tuple[str, str] | None = None  # the estimator's name in A's and B's files
+    taxonomy: object = None  # the taxonomy compared over (the subtree both share where theirs differ)
+    notes: tuple[str, ...] = ()  # one line each: how differing grids or taxonomies were aligned
 
     @property
     def levels(self) -> dict:
@@ -69,7 +78,7 @@ class Comparison:
         pct = f"{100 * c.ci:g}%"
         lines = [f"{label_b} vs {label_a} ({self._what()}): dI = I_B - I_A per level",
                  f"intervals: {pct} joint bootstrap, {c.n_boot} replicates, {self.pairing} "
-                 f"({self.pairing_reason})"]
+                 f"({self.pairing_reason})", *self.notes]
         for level, d in c.levels.items():
             lines.append(f"  level {level}: " + _describe(d, pct))
         if c.nodes:
@@ -234,28 +243,30 @@ def compare_results(a, b, estimator: str | None = None, pairing: str = "auto", n
     for result, which in ((a, "A"), (b, "B")):
         if not all(hasattr(result, attr) for attr in ("taxonomy", "estimates", "entropy", "meta", "n_samples")):
             raise ProbesError(f"compare: result {which} is a {type(result).__name__}, not a ProbeResult")
-    if not a.taxonomy.same_tree(b.taxonomy):
-        la, lb = a.taxonomy.leaves, b.taxonomy.leaves
-        how = (f"leaves {_few(la)} vs {_few(lb)}" if la != lb else "the same leaves grouped differently")
-        raise ProbesError(f"compare: the results are over different taxonomies ({how}); compare results over one "
-                          "taxonomy")
+    shared = shared_subtree(a.taxonomy, b.taxonomy)  # None: one taxonomy
     name = estimator_name(a, estimator)
     for result, which in ((a, "A"), (b, "B")):
         if name not in result.estimates:
             raise ProbesError(f"compare: estimator {name!r} is not in result {which} (it has "
                               f"{', '.join(result.estimates)}); pass --estimator")
     paired, why = choose_pairing(a, b, pairing)
-    curves_a, curves_b = a.entropy(name), b.entropy(name)
+    if shared is None:
+        taxonomy = a.taxonomy
+        curves_a, curves_b = a.entropy(name), b.entropy(name)
+        sums_a, sums_b = _prior_sums(a, name, curves_a), _prior_sums(b, name, curves_b)
+    else:
+        taxonomy = shared.taxonomy
+        (curves_a, sums_a), (curves_b, sums_b) = (
+            restricted_curves(r.estimates[name].log_probs, r.estimates[name].sigmas, columns, taxonomy, r.prior,
+                              f"estimator {name!r} of result {which}")
+            for r, columns, which in ((a, shared.columns_a, "A"), (b, shared.columns_b, "B")))
     curves = compare_curves(curves_a, curves_b, paired=paired, n_boot=n_boot, seed=seed, ci=ci,
-                            prior_sums_a=_prior_sums(a, name, curves_a), prior_sums_b=_prior_sums(b, name, curves_b))
+                            prior_sums_a=sums_a, prior_sums_b=sums_b)
     files = tuple((r.meta.get("names_in_files") or {}).get(name, name) for r in (a, b))
+    notes = tuple(line for line in (shared and shared.text(), curves.alignment.text()) if line)
     return Comparison(estimator=name, pairing=curves.pairing, pairing_reason=why, curves=curves,
                       shifts={node: _shift_summary(axes) for node, axes in curves.shifts.items()},
-                      names_in_files=files)
-
-
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" ... ({len(names)})" if len(names) > 4 else "")
+                      names_in_files=files, taxonomy=taxonomy, notes=notes)
 
 
 def _prior_sums(result, name: str, curves):

@@ -61,9 +61,11 @@ def test_compare_gives_the_information_gap(tax):
     assert np.allclose(gap.levels[depth].delta_interval, math.log(len(tax.leaves)), atol=1e-6)
     assert np.allclose(one.compare(one).levels[depth].delta, 0.0, atol=1e-9)
     assert set(gap.nodes) == set(tax.internal_nodes)
-    other_grid = _result(tax, "uniform", sigmas=(9.0, 4.0, 2.0, 1.0, 0.5))
-    with pytest.raises(ProbesError, match="different sigma grids"):
-        uni.compare(other_grid)
+    # another grid is compared over the overlap (tests/test_compare_grids.py); too little overlap is one line
+    other_grid = _result(tax, "onehot", sigmas=(9.0, 4.0, 2.0, 1.0, 0.5))
+    assert np.allclose(uni.compare(other_grid).levels[depth].delta, math.log(len(tax.leaves)), atol=1e-6)
+    with pytest.raises(ProbesError, match="different sigma grids that overlap in 1 grid point"):
+        uni.compare(_result(tax, "uniform", sigmas=(0.9, 0.6, 0.5, 0.3, 0.1)))
 
 
 def test_decisions_on_a_step_posterior(tax):

@@ -32,6 +32,25 @@ contribution's rate) moves from A to B by ``value_B - value_A`` on each axis in 
 log sigma (``log(sigma_B / sigma_A)``), VP time ``t`` and log-SNR ``lambda``. Its interval comes from
 the same replicates: each decides A and B under its two weight vectors, and the percentiles are
 taken over the replicates in which both decided.
+
+**Runs on different grids** (another scheduler, step count or sigma range) share one axis, log-SNR
+``lambda = -2 log sigma``. Their curves are compared over the overlap of the two grids: the grid
+with fewer points inside the overlap is the common grid (A's on a tie), and every *per-sample* curve
+of the other set is interpolated linearly in lambda (equivalently in log sigma) onto it. Where the
+means are inside-weighted, the weighted values ``u x`` and the weights ``u`` are interpolated apart
+and divided afterwards. Interpolation is one fixed linear map applied to every sample alike, so the
+mean of the interpolated samples, under any replicate's sample counts, is the interpolation of that
+replicate's mean: the bootstrap still resamples whole sample paths, and every interval keeps its
+meaning. Interpolating the finer set (rather than the coarser one) keeps the interpolation error to
+the finer grid's spacing and adds no kinks to the rates. Decisions need no common grid: each set is
+decided on its own full grid (its peak refined there) and the shift is taken between the two on
+each axis, so a decision outside the overlap is still placed. :func:`align_grids`.
+
+**Runs over different taxonomies** are compared over the subtree they share
+(:func:`shared_subtree`): both are restricted (:meth:`Taxonomy.restrict`) to the leaves they have in
+common, which must then be grouped alike; each run's posteriors keep the shared leaves' columns and
+are renormalised over them, with means weighted by the mass on those leaves (the engine's partial
+taxonomy: ``H(. | x_sigma, Y in shared)``; :func:`restricted_curves`).
 """
 
 from __future__ import annotations
@@ -44,7 +63,7 @@ import numpy as np
 from probes.errors import ProbesError
 
 from .decisions import AXES, _refine, axis_value, check_n_boot, check_seed, decide, decision_replicates
-from .engine import EntropyCurves
+from .engine import EntropyCurves, _as_float64, tree_entropy
 
 PAIRINGS = ("paired", "independent")
 _CHUNK = 64  # curves (levels or nodes) per vectorised block: bounds the [n_boot, S, chunk] arrays
@@ -127,6 +146,208 @@ class CurveComparison:
     levels: dict[int, Difference]
     nodes: dict[str, Difference]
     shifts: dict[str, dict[str, DecisionShift]] = field(default_factory=dict)
+    alignment: GridAlignment | None = None
+
+
+# --- grids ---------------------------------------------------------------------------------------
+
+GRID_RTOL = 1e-6  # sigmas this close are the same grid point (grids pass through float32 files)
+
+
+@dataclass
+class GridAlignment:
+    """How two sigma grids were put on one (see the module docstring): ``sigmas`` the common grid
+    (in the order of the set it came from), ``interpolated`` which set was interpolated onto it
+    (``"A"``, ``"B"`` or None when both share one grid), ``log_snr_range`` the overlap in lambda
+    (low, high) and ``grids`` each set's (largest sigma, smallest sigma, number of sigmas)."""
+
+    sigmas: np.ndarray
+    interpolated: str | None
+    log_snr_range: tuple[float, float]
+    grids: tuple[tuple[float, float, int], tuple[float, float, int]]
+
+    @property
+    def same_grid(self) -> bool:
+        return self.interpolated is None
+
+    def text(self) -> str:
+        """One line saying how the curves were aligned ('' when both share one grid)."""
+        if self.same_grid:
+            return ""
+        (ha, la, na), (hb, lb, nb) = self.grids
+        lo, hi = self.log_snr_range
+        onto = "A" if self.interpolated == "B" else "B"
+        return (f"grids differ (A: {na} sigmas {ha:.3g} to {la:.3g}; B: {nb} sigmas {hb:.3g} to {lb:.3g}): curves "
+                f"compared on log-SNR lambda = -2 log sigma over their overlap, lambda {lo:.3g} to {hi:.3g}, "
+                f"{self.interpolated}'s per-sample curves interpolated linearly in lambda onto {onto}'s "
+                f"{len(self.sigmas)} sigmas there; decisions placed on each run's own grid")
+
+    def apply(self, curves: EntropyCurves, which: str) -> EntropyCurves:
+        """``curves`` (set ``which``, ``"A"`` or ``"B"``) on the common grid."""
+        if self.same_grid:
+            return curves
+        if which != self.interpolated:
+            keep = np.flatnonzero(_on_grid(curves.sigmas, self.sigmas))
+            return curves.subset_sigmas(keep)
+        return interpolate_curves(curves, self.sigmas)
+
+
+def _on_grid(sigmas: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Which of ``sigmas`` are points of ``grid`` (within ``GRID_RTOL``)."""
+    sigmas, grid = np.asarray(sigmas, dtype=np.float64), np.asarray(grid, dtype=np.float64)
+    return np.isclose(sigmas[:, None], grid[None, :], rtol=GRID_RTOL, atol=0).any(axis=1)
+
+
+def align_grids(sigmas_a, sigmas_b) -> GridAlignment:
+    """The common grid of two sets of curves (see the module docstring); one line naming both
+    grids when they overlap in fewer than three points of the common grid."""
+    sa, sb = np.asarray(sigmas_a, dtype=np.float64), np.asarray(sigmas_b, dtype=np.float64)
+    grids = ((float(sa.max()), float(sa.min()), len(sa)), (float(sb.max()), float(sb.min()), len(sb)))
+    if sa.shape == sb.shape and np.allclose(sa, sb, rtol=GRID_RTOL, atol=0):
+        lam = -2 * np.log(sa)
+        return GridAlignment(sa.copy(), None, (float(lam.min()), float(lam.max())), grids)
+    top, bottom = min(sa.max(), sb.max()), max(sa.min(), sb.min())
+    inside_a = sa[(sa <= top * (1 + GRID_RTOL)) & (sa >= bottom * (1 - GRID_RTOL))]
+    inside_b = sb[(sb <= top * (1 + GRID_RTOL)) & (sb >= bottom * (1 - GRID_RTOL))]
+    common, interpolated = (inside_a, "B") if len(inside_a) <= len(inside_b) else (inside_b, "A")
+    if len(common) < 3:
+        (ha, la, na), (hb, lb, nb) = grids
+        raise ProbesError(f"compare: the results have different sigma grids that overlap in {len(common)} grid "
+                          f"point(s) (A: {na} sigmas {ha:.3g} to {la:.3g}; B: {nb} sigmas {hb:.3g} to {lb:.3g}); "
+                          "a comparison needs at least three sigmas in common range")
+    return GridAlignment(common.copy(), interpolated, (float(-2 * np.log(top)), float(-2 * np.log(bottom))), grids)
+
+
+def interpolation_weights(source, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation in log sigma (so in lambda) from the grid ``source [S]`` to the sigmas
+    ``target [T]`` inside its range: ``(lower [T], upper [T], f [T])`` with the value at target t
+    ``(1 - f_t) v[lower_t] + f_t v[upper_t]`` (indices into ``source``'s own order)."""
+    source = np.asarray(source, dtype=np.float64)
+    order = np.argsort(source, kind="stable")
+    x = np.log(source[order])
+    t = np.clip(np.log(np.asarray(target, dtype=np.float64)), x[0], x[-1])  # rounding at the ends
+    j = np.clip(np.searchsorted(x, t, side="right") - 1, 0, len(x) - 2)
+    f = np.clip((t - x[j]) / (x[j + 1] - x[j]), 0.0, 1.0)
+    return order[j], order[j + 1], f
+
+
+def _interpolate(values: np.ndarray, lower, upper, f) -> np.ndarray:
+    """``values [N, S, ...]`` at the target sigmas; a grid point's value is taken as it is (no NaN
+    from a neighbour that carries no weight)."""
+    shape = (1, -1) + (1,) * (values.ndim - 2)
+    w = f.reshape(shape)
+    lo, hi = values[:, lower], values[:, upper]
+    with np.errstate(invalid="ignore"):
+        mixed = (1 - w) * lo + w * hi
+    return np.where(w == 0, lo, np.where(w == 1, hi, mixed))
+
+
+def interpolate_curves(curves: EntropyCurves, sigmas) -> EntropyCurves:
+    """Per-sample curves interpolated linearly in log sigma onto ``sigmas`` (inside the curves'
+    range). Inside-weighted curves interpolate the weighted values and the weights apart, so the
+    weighted mean of the result is the interpolated weighted sum over the interpolated weight; the
+    prior is kept as it is."""
+    lower, upper, f = interpolation_weights(curves.sigmas, sigmas)
+    weight = curves.sample_weight()
+
+    def move(values):
+        if values is None:
+            return None
+        if weight is None:
+            return _interpolate(values, lower, upper, f)
+        u = np.nan_to_num(weight)[..., None]
+        moved_u = _interpolate(u, lower, upper, f)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(moved_u > 0, _interpolate(u * values, lower, upper, f) / np.where(moved_u > 0, moved_u, 1),
+                            np.nan)
+
+    inside = None if curves.inside is None else _interpolate(curves.inside[..., None], lower, upper, f)[..., 0]
+    return EntropyCurves(
+        sigmas=np.asarray(sigmas, dtype=np.float64).copy(), level_names=list(curves.level_names),
+        node_names=list(curves.node_names), levels=move(curves.levels), nodes=move(curves.nodes),
+        prior_levels=curves.prior_levels.copy(),
+        prior_nodes=None if curves.prior_nodes is None else curves.prior_nodes.copy(),
+        prior=None if curves.prior is None else curves.prior.copy(), prior_weight=curves.prior_weight,
+        _index=curves._index,
+        bounds=None if curves.bounds is None else {k: move(v) for k, v in curves.bounds.items()},
+        inside=inside, inside_weighted=curves.inside_weighted)
+
+
+# --- taxonomies ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SharedTree:
+    """The subtree two taxonomies share: ``taxonomy`` (A's, restricted to the shared leaves; B's
+    restriction groups them alike), each result's leaf columns in its leaf order
+    (``columns_a``, ``columns_b``) and each taxonomy's number of leaves (``n_leaves``)."""
+
+    taxonomy: object
+    columns_a: list[int]
+    columns_b: list[int]
+    n_leaves: tuple[int, int]
+
+    def text(self) -> str:
+        na, nb = self.n_leaves
+        tax = self.taxonomy
+        return (f"taxonomies differ: compared over the subtree they share, {len(tax.leaves)} of A's {na} and B's "
+                f"{nb} leaves ({len(tax.internal_nodes)} internal nodes, named as in A), each run's posteriors "
+                "renormalised over those leaves")
+
+
+def _clusters(taxonomy) -> dict[frozenset, str]:
+    """Each internal node as the set of leaves under it (the tree's shape, names aside)."""
+    return {frozenset(taxonomy.leaves_under(n)): n for n in taxonomy.internal_nodes}
+
+
+def shared_subtree(tax_a, tax_b) -> SharedTree | None:
+    """None when the taxonomies are one tree; else the subtree they share (see the module
+    docstring). One line when they share fewer than two leaves or group the shared ones apart."""
+    if tax_a.same_tree(tax_b):
+        return None
+    in_b = set(tax_b.leaves)
+    shared = [leaf for leaf in tax_a.leaves if leaf in in_b]
+    if len(shared) < 2:
+        raise ProbesError(f"compare: the results' taxonomies share {len(shared)} leaf(s) ({tax_a.name!r} has "
+                          f"{len(tax_a.leaves)}, {tax_b.name!r} has {len(tax_b.leaves)}); a comparison needs two")
+    sub_a, sub_b = tax_a.restrict(shared), tax_b.restrict(shared)
+    ca, cb = _clusters(sub_a), _clusters(sub_b)
+    if set(ca) != set(cb):
+        group = sorted(set(ca) ^ set(cb), key=len)[0]
+        whose, node = ("A", ca[group]) if group in ca else ("B", cb[group])
+        leaves = ", ".join(sorted(group)[:4]) + (" ..." if len(group) > 4 else "")
+        raise ProbesError(f"compare: the taxonomies group their {len(shared)} shared leaves differently ({whose} "
+                          f"groups {leaves} under {node!r}, the other does not); compare results over one taxonomy "
+                          "or over taxonomies that agree on the leaves they share")
+    col_a = {leaf: i for i, leaf in enumerate(tax_a.leaves)}
+    col_b = {leaf: i for i, leaf in enumerate(tax_b.leaves)}
+    return SharedTree(taxonomy=sub_a, columns_a=[col_a[leaf] for leaf in sub_a.leaves],
+                      columns_b=[col_b[leaf] for leaf in sub_a.leaves],
+                      n_leaves=(len(tax_a.leaves), len(tax_b.leaves)))
+
+
+def restricted_curves(log_probs, sigmas, columns: list[int], taxonomy, prior=None,
+                      what: str = "result") -> tuple[EntropyCurves, tuple[np.ndarray, np.ndarray]]:
+    """Curves over a shared subtree from a result's ``log_probs [N, S, L]``: the ``columns`` of the
+    shared leaves (in ``taxonomy``'s leaf order), renormalised over them with inside-weighted means,
+    against the ``prior [L]`` restricted and renormalised (None: the mean posterior). Returns the
+    curves and their :func:`prior_sums`. Estimators of entropies alone cannot be restricted."""
+    if log_probs is None:
+        raise ProbesError(f"compare: {what} gives entropies, not posteriors, so it cannot be restricted to the "
+                          "leaves the two taxonomies share; compare results over one taxonomy or choose a posterior "
+                          "estimator with --estimator")
+    lp = log_probs[..., columns]
+    sub_prior = None
+    if prior is not None:
+        p = _as_float64(prior).reshape(-1)[columns]
+        if not p.sum() > 0:
+            raise ProbesError(f"compare: the prior of {what} puts no mass on the shared leaves")
+        sub_prior = p / p.sum()
+    curves = tree_entropy(lp, taxonomy, sigmas, prior=sub_prior, inside_weighted=True)
+    return curves, prior_sums(curves, _as_float64(lp))
+
+
+# --- the comparison ------------------------------------------------------------------------------
 
 
 def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int = 200, seed: int = 0,
@@ -143,11 +364,9 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
         raise ProbesError(f"compare: ci must be in (0, 1); got {ci}")
     if list(a.level_names) != list(b.level_names):
         raise ProbesError("compare: the results have different taxonomy levels; compare one taxonomy")
-    if a.sigmas.shape != b.sigmas.shape or not np.allclose(a.sigmas, b.sigmas, rtol=1e-6, atol=0):
-        raise ProbesError("compare: the results have different sigma grids; sample both with the same steps, "
-                          "sigma_max, sigma_min and grid (or the same scheduler and number of steps)")
-    if len(a.sigmas) < 3:
+    if len(a.sigmas) < 3 or len(b.sigmas) < 3:
         raise ProbesError("compare: needs at least three sigmas to place a difference")
+    alignment = align_grids(a.sigmas, b.sigmas)
     n_a, n_b = a.n_samples, b.n_samples
     if paired and n_a != n_b:
         raise ProbesError(f"compare: paired resampling needs as many samples in both ({n_a} and {n_b})")
@@ -158,6 +377,8 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
         w_a = rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=n_boot).astype(np.float64)
         w_b = w_a if paired else rng.multinomial(n_b, np.full(n_b, 1.0 / n_b), size=n_boot).astype(np.float64)
     prior_a, prior_b = _replicate_priors(a, w_a, prior_sums_a), _replicate_priors(b, w_b, prior_sums_b)
+    shifts = decision_shifts(a, b, w_a, w_b, ci)  # each set decided on its own grid
+    a, b = alignment.apply(a, "A"), alignment.apply(b, "B")
     grid = _Grid(a.sigmas, ci, _sample_weight(a), _sample_weight(b))
 
     levels = grid.differences("level", a.level_names, a.levels, b.levels, a.prior_levels, b.prior_levels,
@@ -171,8 +392,7 @@ def compare_curves(a: EntropyCurves, b: EntropyCurves, paired: bool, n_boot: int
                                  b.prior_nodes[ib], None if prior_a[1] is None else prior_a[1][:, ia],
                                  None if prior_b[1] is None else prior_b[1][:, ib], w_a, w_b, paired)
     return CurveComparison(pairing="paired" if paired else "independent", n_boot=n_boot, ci=ci, seed=seed,
-                           n_samples=(n_a, n_b), levels=levels, nodes=nodes,
-                           shifts=decision_shifts(a, b, w_a, w_b, ci))
+                           n_samples=(n_a, n_b), levels=levels, nodes=nodes, shifts=shifts, alignment=alignment)
 
 
 def decision_shifts(a: EntropyCurves, b: EntropyCurves, w_a=None, w_b=None, ci: float = 0.95,
