@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from probes.classifiers.sections import IMAGE_CLASSIFIERS
+from probes.entropy.commitments import COMMIT_THRESHOLD
 from probes.entropy.decisions import MAX_BOOT
 from probes.errors import ProbesError
 from probes.families import classifier_models, family_of_kind, recipe_kinds, recipe_models
@@ -116,6 +117,8 @@ class EstimatorSpec(BaseModel):
 class Analysis(Strict):
     n_boot: int = Field(200, ge=0, le=MAX_BOOT)
     primary: str | None = Field(None, description="estimator whose decisions label tree.json")
+    commit_threshold: float = Field(COMMIT_THRESHOLD, gt=0.5, lt=1,
+                                    description="q(child | node) a sample must keep to the end to have committed")
 
 
 class Quality(Strict):

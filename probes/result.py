@@ -21,6 +21,7 @@ import torch
 
 from probes.comparison import Comparison, compare_results
 from probes.entropy import EntropyCurves, decide, decide_axes
+from probes.entropy.commitments import COMMIT_THRESHOLD, Commitments, commitments, final_leaves
 from probes.entropy.decisions import AXES
 from probes.errors import ProbesError
 from probes.estimators.base import EstimatorOutput
@@ -54,6 +55,9 @@ class ProbeResult:
             is larger than the taxonomy means are weighted by the inside mass ``p(T | x)``; False
             for samples drawn from the taxonomy's leaves (leaf-conditional generation).
         samples: what was kept of the samples (previews, x0 strips, classifier readings), or None.
+        leaf: ``[N]`` each sample's conditioning leaf index where it is known (leaf-conditional
+            runs, data paths; -1 where not), or None: the leaf its commitments end in.
+        commit_threshold: the ``theta`` of :meth:`commitments` (a run's ``analysis.commit_threshold``).
         record: a run's ``run.json`` beyond the above (the recipe, timings, calls, quality, ...).
         n_boot, seed: the bootstrap behind the decisions that :meth:`save` writes.
         directory: where the result was saved or loaded from (None until then).
@@ -68,6 +72,8 @@ class ProbeResult:
     primary: str | None = None
     inside_weighted: bool = True
     samples: KeptSamples | None = None
+    leaf: torch.Tensor | None = None
+    commit_threshold: float = COMMIT_THRESHOLD
     record: dict = field(default_factory=dict)
     n_boot: int = 200
     seed: int = 0
@@ -89,6 +95,8 @@ class ProbeResult:
         if self.primary is None:
             self.primary = next(iter(self.estimates))
         self._pick(self.primary)
+        if self.leaf is not None and (not isinstance(self.leaf, torch.Tensor) or self.leaf.shape != (self.n_samples,)):
+            raise ProbesError(f"ProbeResult: leaf must be a tensor [{self.n_samples}] of leaf indices (-1: unknown)")
 
     def _pick(self, estimator: str | None) -> str:
         name = estimator or self.primary
@@ -163,6 +171,16 @@ class ProbeResult:
         """``{axis: {"nodes", "levels"}}`` on every axis, with the result's bootstrap settings
         (what decisions.csv holds)."""
         return decide_axes(self.entropy(estimator), n_boot=self.n_boot, seed=self.seed)
+
+    def commitments(self, estimator: str | None = None, theta: float | None = None) -> Commitments:
+        """Per-sample commitment sigma and argmax flips at every node above each sample's final
+        leaf (:mod:`probes.entropy.commitments`), from an estimator with per-sample posteriors."""
+        name = self._pick(estimator)
+        log_probs = self.log_posteriors(name)
+        sigmas = self.sigmas(name)
+        final = final_leaves(log_probs, sigmas, None if self.leaf is None else self.leaf.numpy())
+        return commitments(log_probs, sigmas, self.taxonomy, final,
+                           theta=self.commit_threshold if theta is None else theta)
 
     def compare(self, other: ProbeResult, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200,
                 seed: int = 0, ci: float = 0.95) -> Comparison:
@@ -264,19 +282,28 @@ def load(directory) -> ProbeResult:
         raise ProbesError(f"{path / POSTERIORS_FILE}: inside_weighted is not true or false; not a probes result file")
     analysis = _analysis_of(state)
     record = {k: v for k, v in state.items() if k not in ("meta", "versions")} if run else {}
+    leaf = data.get("leaf")
+    n = next(iter(estimates.values()))
+    n = int((n.log_probs if n.log_probs is not None else n.levels).shape[0])
+    if leaf is not None and (not isinstance(leaf, torch.Tensor) or leaf.shape != (n,) or leaf.is_floating_point()):
+        raise ProbesError(f"{path / POSTERIORS_FILE}: leaf is not [{n}] leaf indices; not a probes result file")
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary,
-                       inside_weighted=inside_weighted, samples=read_samples(path), record=record,
-                       n_boot=analysis[0], seed=analysis[1], directory=path)
+                       inside_weighted=inside_weighted, samples=read_samples(path), leaf=leaf,
+                       commit_threshold=analysis[2], record=record, n_boot=analysis[0], seed=analysis[1],
+                       directory=path)
 
 
-def _analysis_of(state: dict) -> tuple[int, int]:
-    """The bootstrap settings a directory's decisions were made with (runs: from the recipe)."""
+def _analysis_of(state: dict) -> tuple[int, int, float]:
+    """The bootstrap settings and commitment threshold a directory's files were made with (runs:
+    from the recipe; anything unreadable: the defaults)."""
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
     analysis = recipe.get("analysis") if isinstance(recipe.get("analysis"), dict) else {}
     n_boot = analysis.get("n_boot", state.get("n_boot", 200))
     seed = state.get("seed", 0) if "recipe" in state else state.get("bootstrap_seed", 0)
+    theta = analysis.get("commit_threshold", state.get("commit_threshold", COMMIT_THRESHOLD))
     ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    return (n_boot if ok(n_boot) else 200), (seed if ok(seed) else 0)
+    theta_ok = isinstance(theta, float) and 0.5 < theta < 1
+    return (n_boot if ok(n_boot) else 200), (seed if ok(seed) else 0), (theta if theta_ok else COMMIT_THRESHOLD)
 
 
 def read_run_state(path: Path) -> dict:

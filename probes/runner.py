@@ -347,10 +347,12 @@ def _result(plan: Plan, ctx: ProbeContext, batches: list[dict], payload: dict) -
     # The class prior is known for mixtures, leaf-conditional sampling or when the recipe states
     # it; otherwise the curves estimate it as the mean posterior.
     known_prior = ctx.exact_model is not None or s.condition == "leaf" or plan.recipe.prior is not None
+    leaves = [b.get("leaf") for b in batches]
+    leaf = torch.cat(leaves).long() if all(v is not None for v in leaves) else None
     result = ProbeResult(taxonomy=plan.taxonomy, estimates=estimates, meta=meta,
                          prior=ctx.prior if known_prior else None, primary=plan.primary_estimator,
                          inside_weighted=ctx.inside_weighted, record=record, n_boot=plan.recipe.analysis.n_boot,
-                         seed=plan.seed)
+                         seed=plan.seed, leaf=leaf, commit_threshold=plan.recipe.analysis.commit_threshold)
     result.samples = kept_from_batches(batches, plan.taxonomy.leaves, ctx.classifier, ctx.decode, ctx.device)
     lines = []
     quality = _quality(plan, ctx, batches)

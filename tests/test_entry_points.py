@@ -48,7 +48,7 @@ def digits_run(tmp_path_factory):
 def test_the_cli_run_writes_the_result_files_plus_its_batches(digits_run):
     names = listing(digits_run)
     assert set(RESULT_FILES) | set(SAMPLE_FILES) | RUN_ONLY <= {n.split("/")[0] for n in names}
-    assert {n.split("/")[0] for n in names} - RUN_ONLY == documented("## A saved result") - {"commitments.csv"}
+    assert {n.split("/")[0] for n in names} - RUN_ONLY == documented("## A saved result")
 
 
 def test_probes_run_returns_a_result_whose_save_writes_the_same_files(tmp_path):
@@ -91,7 +91,7 @@ def test_a_probe_of_a_pipeline_keeps_samples_and_saves_the_documented_files(tmp_
     assert result.samples.strips and result.samples.previews.shape[0] == 2
     result.save(tmp_path / "probe")
     names = {n.split("/")[0] for n in listing(tmp_path / "probe")}
-    assert names == documented("## A saved result") - {"commitments.csv"}
+    assert names == documented("## A saved result")
     page = (tmp_path / "probe" / "report.html").read_text()
     assert "probes probe" in page and "seed 5" in page
 

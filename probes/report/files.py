@@ -19,6 +19,7 @@ from probes.report import plots
 from probes.report.html import write_run_report
 from probes.report.rundir import (
     atomic_write_text,
+    write_commitments_csv,
     write_curves_csv,
     write_decisions_csv,
     write_run_json,
@@ -31,8 +32,9 @@ from probes.taxonomy.export import to_node_link
 POSTERIORS_FILE = "posteriors.safetensors"
 TAXONOMY_FILE = "taxonomy.json"
 #: Files every saved result and finished run directory holds (``docs/outputs.md``).
-RESULT_FILES = ("run.json", "summary.txt", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
-                "curves.png", "rates.png", "tree.png", POSTERIORS_FILE, TAXONOMY_FILE, "report.html")
+RESULT_FILES = ("run.json", "summary.txt", "curves.csv", "decisions.csv", "commitments.csv", "tree.json",
+                "tree.graphml", "tree.nwk", "curves.png", "rates.png", "tree.png", POSTERIORS_FILE, TAXONOMY_FILE,
+                "report.html")
 #: Files written where the result kept samples (image models: previews; x0 strips where predictions were kept).
 SAMPLE_FILES = ("samples.csv", "previews", "strips")
 
@@ -59,18 +61,21 @@ def write_result_files(result, out: Path, status: str = "complete") -> list[str]
     atomic_write_text(out / TAXONOMY_FILE, json.dumps(to_node_link(result.taxonomy), indent=1) + "\n")
     # safetensors, not pickle: loading a result directory can never run code.
     write_record(out / POSTERIORS_FILE, {"estimates": {n: vars(e) for n, e in result.estimates.items()},
-                                         "prior": result.prior, "primary": primary,
+                                         "prior": result.prior, "primary": primary, "leaf": result.leaf,
                                          "inside_weighted": result.inside_weighted}, {"kind": "posteriors"})
+    commits = {n: result.commitments(n) for n, e in result.estimates.items() if e.log_probs is not None}
+    write_commitments_csv(out / "commitments.csv", {names[n]: c for n, c in commits.items()})
     written = [*RESULT_FILES, *write_samples(out, result.samples)]
     atomic_write_text(out / "summary.txt", result.summary(decisions[primary]) + "\n")
-    write_run_report(out / "report.html", result, curves, decisions)
-    write_run_json(out / "run.json", run_json(result, decisions, status))
+    write_run_report(out / "report.html", result, curves, decisions, commits.get(primary))
+    write_run_json(out / "run.json", run_json(result, decisions, status, commits))
     return written
 
 
-def run_json(result, decisions: dict, status: str = "complete") -> dict:
+def run_json(result, decisions: dict, status: str = "complete", commits: dict | None = None) -> dict:
     """``run.json`` of a result: its record (a run's recipe, timings, calls, quality), provenance,
-    sample count, estimator costs and the log-sigma decisions of every estimator."""
+    sample count, estimator costs, the log-sigma decisions of every estimator and the summaries of
+    its samples' commitments."""
     costs = {}
     recorded = result.record.get("estimators") if isinstance(result.record.get("estimators"), dict) else {}
     for name, e in result.estimates.items():
@@ -87,6 +92,9 @@ def run_json(result, decisions: dict, status: str = "complete") -> dict:
         "n_boot": result.n_boot,
         "estimators": costs,
         "decisions": {name: _decisions_to_json(d) for name, d in decisions.items()},
+        "commit_threshold": result.commit_threshold,
+        "commitments": {name: c.summary(n_boot=result.n_boot, seed=result.seed)
+                        for name, c in (commits or {}).items()},
     })
     return payload
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from probes.entropy.decisions import rates
+from probes.report.commitment_plots import plot_commitment_ecdf, plot_commitment_pairs
 from probes.report.layout import place_labels
 from probes.report.rundir import atomic_write_text, decision_tree
 from probes.report.samples import png_bytes, strip_picture
@@ -42,6 +44,7 @@ svg .node:hover circle,svg .node.on circle{stroke:#000;stroke-width:2}
   border:1px solid #cfd8e3;border-radius:6px;padding:8px 12px}
 .thumbs img{width:40px;height:40px;image-rendering:pixelated;margin:1px;border:1px solid #ddd}
 .strip img{height:48px;image-rendering:pixelated} .strip td{padding:2px 6px}
+img.figure{max-width:100%;width:760px;display:block;margin:8px 0}
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px;max-height:420px}
 """
 
@@ -290,8 +293,39 @@ def _samples(kept) -> str:
         f'<div class="thumbs">{thumbs}</div>'
 
 
-def render_run_report(result, curves: dict | None = None, decisions: dict | None = None) -> str:
-    """The page of a result (``curves``/``decisions``: per estimator, when already computed)."""
+def _figure_uri(draw) -> str:
+    """A figure drawn by ``draw(path)`` (a PNG writer) as a data URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "figure.png"
+        draw(path)
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _commitments(commits) -> str:
+    """For whom: when each sample commits at each node, and whether fine choices come first."""
+    if commits is None or not len(commits.commit_sigma):
+        return "<p>No per-sample posteriors (this estimator gives entropies only).</p>"
+    parts = [f"<p>A sample has committed at a node from the largest σ on which the posterior restricted to the "
+             f"node keeps θ = {commits.theta:g} on the child it ends in, all the way to the end "
+             "(commitments.csv has every sample).</p>",
+             f'<img class="figure" alt="commitment ECDF" '
+             f'src="{_figure_uri(lambda path: plot_commitment_ecdf(path, commits))}">']
+    if commits.pairs():
+        parts.append(f'<img class="figure" alt="parent against child commitment" '
+                     f'src="{_figure_uri(lambda path: plot_commitment_pairs(path, commits))}">')
+        rows = []
+        for node, o in commits.order(n_boot=0).items():
+            rows.append(f"<tr><td>{html.escape(node)}</td><td>{html.escape(str(o.parent))}</td><td>{o.n_samples}</td>"
+                        + "".join(f"<td>{o.fractions[k]:.2f}</td>" for k in ("fine_first", "coarse_first",
+                                                                            "together", "neither")) + "</tr>")
+        parts.append("<table><tr><th>node</th><th>parent</th><th>samples</th><th>child first</th><th>parent first</th>"
+                     "<th>together</th><th>neither</th></tr>" + "".join(rows) + "</table>")
+    return "".join(parts)
+
+
+def render_run_report(result, curves: dict | None = None, decisions: dict | None = None, commits=None) -> str:
+    """The page of a result (``curves``/``decisions``: per estimator, when already computed;
+    ``commits``: the primary estimator's commitments)."""
     primary = result.primary
     curves = curves or {primary: result.entropy(primary)}
     decisions = decisions or {primary: result.decisions(kind="both")}
@@ -315,6 +349,9 @@ def render_run_report(result, curves: dict | None = None, decisions: dict | None
                 + line_chart(nodes, "node contribution C_n(σ) [nats]")
                 + line_chart(_rates(c), "rate dC_n / dlog σ [nats]") + "</section>")
     body.append("<h2>What the model sees as it decides</h2><section>" + _strips(result.samples) + "</section>")
+    if commits is None and result.estimates[primary].log_probs is not None:
+        commits = result.commitments(primary)
+    body.append("<h2>For whom: per-sample commitment</h2><section>" + _commitments(commits) + "</section>")
     body.append("<h2>Sample quality</h2><section>" + _quality_table(record) + "</section>")
     body.append("<h2>Samples</h2><section>" + _samples(result.samples) + "</section>")
     provenance = record.get("recipe") if isinstance(record.get("recipe"), dict) else meta
@@ -339,9 +376,9 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>")
 
 
-def write_run_report(path, result, curves: dict | None = None, decisions: dict | None = None) -> Path:
+def write_run_report(path, result, curves: dict | None = None, decisions: dict | None = None, commits=None) -> Path:
     """Write the result's page to ``path``."""
-    return atomic_write_text(path, render_run_report(result, curves, decisions))
+    return atomic_write_text(path, render_run_report(result, curves, decisions, commits))
 
 
 def write_compare_report(out, comparison, run_a, run_b) -> Path:

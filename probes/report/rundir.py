@@ -136,6 +136,20 @@ def write_curves_csv(path, curves_by_estimator: Mapping[str, EntropyCurves]) -> 
     return write_csv(path, CURVES_COLUMNS, rows)
 
 
+COMMITMENT_COLUMNS = ["estimator", "sample", "node", "final_child", "commit_sigma", "flips"]
+
+
+def write_commitments_csv(path, by_estimator: Mapping) -> Path:
+    """Per-sample commitments of every estimator with posteriors, one row per (sample, node above
+    its final leaf); ``commit_sigma`` empty where the sample never commits (see docs/outputs.md).
+    Row order: estimator (alphabetical), then sample and path order (root first)."""
+    rows = []
+    for est in sorted(by_estimator):
+        for sample, node, child, sigma, flips in by_estimator[est].rows():
+            rows.append([est, sample, node, child, format_float(sigma), flips])
+    return write_csv(path, COMMITMENT_COLUMNS, rows)
+
+
 def split_decisions(decisions) -> tuple[Mapping, Mapping]:
     """(levels, nodes) from a ``decide()`` result or a plain ``{node: Decision}`` mapping."""
     if (
