@@ -76,6 +76,9 @@ def _add_run(sub) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run --out holds (never other files)")
+    p.add_argument("--recompute-damaged", action="store_true",
+                   help="with --resume: set damaged batch files aside and compute them again (without it a damaged "
+                        "batch stops the run, naming it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set sampling.guidance.scale=3 (repeatable)")
     p.add_argument("--samples", type=int, help="override sampling.samples")
@@ -97,7 +100,8 @@ def _cmd_run(args) -> int:
         overrides.append(f"device={args.device}")
     recipe = load_recipe(args.recipe, overrides=overrides)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                 recompute_damaged=args.recompute_damaged)
     if result is not None and not args.quiet:
         print(result.summary())
         print(f"\nwrote {out}/ (report.html, run.json, curves.csv, decisions.csv, tree.*, figures: docs/outputs.md)")

@@ -28,7 +28,7 @@ from probes.entropy.difference import (
     restricted_curves,
     shared_subtree,
 )
-from probes.errors import ProbesError
+from probes.errors import ProbesError, os_errors_named
 from probes.report.html import write_compare_report
 from probes.report.plots import plot_comparison
 from probes.report.rundir import GUIDED_SUFFIX, atomic_write_text, format_float, write_csv
@@ -111,6 +111,7 @@ class Comparison:
     def __str__(self) -> str:
         return self.text()
 
+    @os_errors_named()
     def save(self, out, label_a="A", label_b="B") -> Path:
         """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare_shifts.csv`` (decision shifts),
         ``compare.json``, ``compare.png`` and ``report.html`` in ``out`` (new, empty or an earlier

@@ -5,6 +5,8 @@ what is wrong. The CLI prints it as ``probes: error: <message>`` and exits with 
 else escaping is a bug in the toolkit and keeps its traceback.
 """
 
+import contextlib
+
 
 class ProbesError(Exception):
     """A user-facing error whose message is one line naming what is wrong and where."""
@@ -34,3 +36,18 @@ def quote_library_error(err: BaseException, limit: int = 300) -> str:
         return text
     cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
     return cut.rstrip(" ,;:") + " ..."
+
+
+@contextlib.contextmanager
+def os_errors_named():
+    """Failures of the operating system (a read-only folder, a name too long, a link that loops, a
+    full disk) as one :class:`ProbesError` line naming the path, at the API's edge: what a caller
+    of ``probes.run`` or ``probes.load`` gets, as the CLI prints it."""
+    try:
+        yield
+    except ProbesError:
+        raise
+    except OSError as err:
+        where = err.filename if getattr(err, "filename", None) else None
+        text = err.strerror or quote_library_error(err)
+        raise ProbesError(f"{where}: {text}" if where is not None else text) from None

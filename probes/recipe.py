@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from probes.classifiers.sections import IMAGE_CLASSIFIERS
 from probes.entropy.commitments import COMMIT_THRESHOLD
 from probes.entropy.decisions import MAX_BOOT
-from probes.errors import ProbesError
+from probes.errors import ProbesError, os_errors_named
 from probes.families import classifier_models, family_of_kind, recipe_kinds, recipe_models
 from probes.resources import RECIPES, find_shipped, is_bare_name, shipped_names
 from probes.schema import MAX_SEED, NUMBER_EXPECTED, Strict
@@ -230,6 +230,7 @@ def _reads_as_path(value: str) -> bool:
             or Path(value).suffix.lower() in FILE_SUFFIXES)
 
 
+@os_errors_named()
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe; errors are one line naming the file and field.
 

@@ -22,8 +22,8 @@ import torch
 from probes.comparison import Comparison, compare_results
 from probes.entropy import EntropyCurves, decide, decide_axes
 from probes.entropy.commitments import COMMIT_THRESHOLD, Commitments, commitments, final_leaves
-from probes.entropy.decisions import AXES
-from probes.errors import ProbesError
+from probes.entropy.decisions import AXES, check_n_boot, check_seed
+from probes.errors import ProbesError, os_errors_named
 from probes.estimators.base import EstimatorOutput
 from probes.fileio import read_text
 from probes.kept_samples import KeptSamples
@@ -209,14 +209,16 @@ class ProbeResult:
 
     # -- files ---------------------------------------------------------------------------------
 
+    @os_errors_named()
     def save(self, directory, n_boot: int | None = None, seed: int | None = None) -> Path:
         """Write the result's files into ``directory`` (new, empty, or an earlier saved result),
         the same files a ``probes run`` directory holds apart from its batches; returns the path."""
         out = Path(directory)
         _check_save_dir(out)
-        if n_boot is not None or seed is not None:
-            self.n_boot = self.n_boot if n_boot is None else n_boot
-            self.seed = self.seed if seed is None else seed
+        if n_boot is not None:
+            self.n_boot = check_n_boot(n_boot, "save: n_boot")
+        if seed is not None:
+            self.seed = check_seed(seed, "save: seed")
         write_result_files(self, out)
         self.directory = out
         return out
@@ -252,6 +254,7 @@ def _check_save_dir(out: Path) -> None:
                           "replace them; choose a new or empty folder")
 
 
+@os_errors_named()
 def load(directory) -> ProbeResult:
     """A :class:`ProbeResult` from a finished run directory (``probes run``) or a directory written
     by :meth:`ProbeResult.save`. Anything missing, unfinished or damaged is one line naming the file."""

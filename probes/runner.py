@@ -26,7 +26,7 @@ from probes import store
 from probes.build import build, leaf_of_sample, with_grid
 from probes.distributed import Group, current_group, env_int
 from probes.entropy import decide
-from probes.errors import ProbesError
+from probes.errors import ProbesError, os_errors_named
 from probes.estimators import EstimatorOutput
 from probes.estimators.base import ProbeContext, check_posteriors
 from probes.kept_samples import keep_batch, kept_from_batches
@@ -42,24 +42,40 @@ from probes.result import ProbeResult, load
 from probes.sampling import forward_path, sample
 
 
+@os_errors_named()
 def run(recipe: Recipe | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, stop_after_batches: int | None = None) -> ProbeResult | None:
+        progress: bool = True, recompute_damaged: bool = False,
+        stop_after_batches: int | None = None) -> ProbeResult | None:
     """Run ``recipe`` (a :class:`~probes.recipe.Recipe`, a YAML file or a shipped recipe's name) into
     the run directory ``out``; returns the finished :class:`~probes.result.ProbeResult`.
 
-    ``resume`` continues an unfinished run in ``out``; ``overwrite`` replaces the run ``out``
-    holds (never other files). ``stop_after_batches`` ends the sampling early after that many *new*
+    ``resume`` continues an unfinished run in ``out``, after checking every finished batch (a
+    damaged one stops it with one line naming the file, unless ``recompute_damaged``: then it is set
+    aside and computed again); ``overwrite`` replaces the run ``out`` holds (never other files,
+    never through a symbolic link). ``stop_after_batches`` ends the sampling early after that many *new*
     batches and returns None, leaving an unfinished run (used to test resuming).
 
     Under ``torchrun`` the batches are spread over the processes (see :mod:`probes.distributed`);
     rank 0 returns the result, the other ranks None.
     """
+    for name, value in (("resume", resume), ("overwrite", overwrite), ("progress", progress),
+                        ("recompute_damaged", recompute_damaged)):
+        if not isinstance(value, bool):
+            raise ProbesError(f"run: {name} must be True or False, got {value!r}")
+    if recompute_damaged and not resume:
+        raise ProbesError("--recompute-damaged: only with --resume (it recomputes damaged batches of the run resumed)")
+    if stop_after_batches is not None and (isinstance(stop_after_batches, bool) or not isinstance(
+            stop_after_batches, int) or stop_after_batches < 0):
+        raise ProbesError(f"run: stop_after_batches must be a whole number >= 0, got {stop_after_batches!r}")
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out).strip():
+        raise ProbesError(f"run: out must be a directory path, got {out!r}")
     plan = resolve(recipe)
     group = current_group()
     n_batches = math.ceil(plan.sampling.samples / plan.sampling.batch_size)
     try:
         with group.stopping_says(lambda: _kept(Path(out), n_batches)):
-            return _run(plan, Path(out), resume, overwrite, progress and group.is_main, stop_after_batches, group)
+            return _run(plan, Path(out), resume, overwrite, progress and group.is_main, recompute_damaged,
+                        stop_after_batches, group)
     finally:
         group.close()
 
@@ -206,8 +222,8 @@ def sampling_grid(plan: Plan, ctx: ProbeContext) -> torch.Tensor:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, stop_after_batches,
-         group: Group) -> ProbeResult | None:
+def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, recompute_damaged: bool,
+         stop_after_batches, group: Group) -> ProbeResult | None:
     _check_grid_source(plan, out)
     if plan.quality_reference is not None:  # read at the end of the run: checked before it starts
         reference_files(plan.quality_reference)
@@ -245,10 +261,24 @@ def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, s
         payload["notes"] = list(plan.notes)
 
     def prepare() -> list[int]:
-        """Rank 0: the resume check, then (only now, with everything built and checked) any deletion
-        or creation; a recipe that fails to build leaves the old run, or nothing, behind."""
+        """Rank 0: the resume checks (inputs, every finished batch), then (only now, with
+        everything built and checked) any deletion or creation; a recipe that fails to build, or a
+        damaged batch, leaves the old run, or nothing, behind."""
+        todo, damaged, stale = list(range(n_batches)), [], []
         if marker is not None:
             _check_resumable(out, marker, fingerprint_parts)
+            todo, damaged, stale = store.check_batches(out, headers,
+                                                       validate=lambda r, h: batch_problem(r, h, plan, sigmas))
+            if damaged and not recompute_damaged:
+                path, why = damaged[0]
+                more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+                raise ProbesError(f"{path}: {why}{more}; nothing was changed: pass --recompute-damaged to set the "
+                                  "damaged batches aside and compute them again")
+            for path, why in damaged + stale:
+                _note(f"{path}: {why}; set aside as {store.set_aside(path).name} and computed again")
+            if (out / "run.json").exists() and not store.run_json_if_readable(out):
+                _note(f"{out / 'run.json'}: not a JSON object; written again (it records the run, the batches are "
+                      "the run's state)")
         if overwrite and out.exists():
             store.remove_run(out)
         (out / store.BATCH_DIR).mkdir(parents=True, exist_ok=True)
@@ -258,7 +288,6 @@ def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, s
             _note(f"resuming a run started with {marker.get('processes', 1)} process(es) on {group.world}; "
                   "batches do not depend on the process count")
         write_run_json(out / "run.json", payload)
-        todo = store.check_batches(out, headers, report=_note)
         if group.world > len(todo) > 0:
             _note(f"{group.world} processes for {len(todo)} batches to do: {group.world - len(todo)} will wait idle")
         return todo
@@ -288,7 +317,7 @@ def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, s
         return None
 
     t_analysis = time.perf_counter()
-    batches = load_batches(out, n_batches)
+    batches = load_batches(out, n_batches, validate=lambda r, h: batch_problem(r, h, plan, sigmas))
     result = _result(plan, ctx, batches, payload)
     result.record["timings"] = {
         "build_s": round(t_built, 3),
@@ -301,18 +330,57 @@ def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, s
     return result
 
 
-def load_batches(out: Path, n_batches: int) -> list[dict]:
-    """The run's finished batches, each checked against the run's fingerprint and its checksum."""
+def load_batches(out: Path, n_batches: int, validate=None) -> list[dict]:
+    """The run's finished batches, each checked against the run's fingerprint, its checksum and,
+    with ``validate(record, header)``, its contents."""
     fingerprint = (store.read_marker(out) or {}).get("fingerprint")
     if not fingerprint:
         raise ProbesError(f"{out}: no readable {store.MARKER} marker; the batches cannot be checked")
     batches = []
     for b in range(n_batches):
+        header = store.BatchHeader(fingerprint, b)
         try:
-            batches.append(store.load_batch(store.batch_path(out, b), store.BatchHeader(fingerprint, b)))
+            record = store.load_batch(store.batch_path(out, b), header)
+            why = validate(record, header) if validate is not None else None
+            if why:
+                raise store.BatchInvalid(why)
         except store.BatchInvalid as why:
-            raise ProbesError(f"{store.batch_path(out, b)}: {why}; run again with --resume to recompute it") from None
+            raise ProbesError(f"{store.batch_path(out, b)}: {why}; run again with --resume --recompute-damaged to "
+                              "compute it again") from None
+        batches.append(record)
     return batches
+
+
+def batch_problem(record: dict, header: store.BatchHeader, plan: Plan, sigmas: torch.Tensor) -> str | None:
+    """What makes a batch record unfit for this run (its sample count, its estimators' grids and
+    the shapes of their outputs), or None."""
+    n = header.n if header.n is not None else record.get("n")
+    if not isinstance(record.get("n"), int) or record["n"] != n or n < 1:
+        return f"holds {record.get('n')!r} samples where its header says {n}"
+    estimates = record.get("estimators")
+    if not isinstance(estimates, dict):
+        return "holds no estimator outputs"
+    leaves, depth, nodes = len(plan.taxonomy.leaves), plan.taxonomy.max_depth, len(plan.taxonomy.internal_nodes)
+    for est in plan.estimators:
+        out = estimates.get(est.name)
+        if not isinstance(out, dict):
+            return f"holds no output of estimator {est.name!r}"
+        grid = sigmas[est.grid_index(len(sigmas))]
+        got = out.get("sigmas")
+        if not isinstance(got, torch.Tensor) or got.shape != grid.shape or not torch.allclose(got.double(), grid,
+                                                                                            rtol=1e-12, atol=0):
+            return f"estimator {est.name!r} is on another sigma grid"
+        shapes = {"log_probs": (n, len(grid), leaves), "levels": (n, len(grid), depth), "nodes": (n, len(grid), nodes)}
+        for key, shape in shapes.items():
+            value = out.get(key)
+            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != shape):
+                return f"estimator {est.name!r}'s {key} is not {list(shape)} (samples, sigmas, leaves or levels)"
+        if out.get("log_probs") is None and out.get("levels") is None:
+            return f"estimator {est.name!r} has neither posteriors nor entropies"
+    x0 = record.get("x0")
+    if x0 is not None and (not isinstance(x0, torch.Tensor) or x0.shape[0] != n):
+        return "its final samples do not match its sample count"
+    return None
 
 
 def _result(plan: Plan, ctx: ProbeContext, batches: list[dict], payload: dict) -> ProbeResult:

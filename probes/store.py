@@ -12,8 +12,9 @@
   new count needs.
 * **Batch files** are safetensors (no pickle: a crafted file cannot run code) with a JSON header
   naming the run fingerprint, the batch index, the sample count and a SHA-256 of the tensors. A
-  batch that is unreadable, corrupt, from another run or of the wrong size is reported and
-  recomputed; nothing else is ever trusted.
+  batch that is unreadable, corrupt, from another run or of the wrong size or shape stops
+  ``--resume`` with one line naming it (``--recompute-damaged`` sets it aside and recomputes it);
+  nothing else is ever trusted.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ MARKER = ".probes-run"
 BATCH_DIR = "batches"
 BATCH_SUFFIX = ".safetensors"
 # Everything probes writes into a run directory; anything else makes --overwrite refuse.
-OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
-                   "*.png", "report.html", "samples.csv", "previews", "strips", "compare.csv", "posteriors.safetensors",
-                   "taxonomy.json", "summary.txt", ".*.tmp", BATCH_DIR)
+OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "commitments.csv", "tree.json", "tree.graphml",
+                   "tree.nwk", "*.png", "*.pdf", "*.svg", "report.html", "samples.csv", "previews", "strips",
+                   "compare.csv", "posteriors.safetensors", "evidence.safetensors", "taxonomy.json", "summary.txt",
+                   ".*.tmp", BATCH_DIR)
 BATCH_PATTERNS = ("batch_*" + BATCH_SUFFIX, "batch_*.pt", ".*.tmp")
 # Model files above this size are fingerprinted by size and modification time, not content.
 HASH_LIMIT = 64 << 20
@@ -179,7 +181,11 @@ def remove_run(out: Path) -> None:
 
 
 class BatchInvalid(Exception):
-    """A batch file that cannot be used; the message says why (it is recomputed)."""
+    """A batch file that cannot be used; the message says why."""
+
+
+class BatchStale(BatchInvalid):
+    """A sound batch file of another size: the run's sample count changed since it was written."""
 
 
 @dataclass
@@ -285,23 +291,38 @@ def load_batch(path: Path, expected: BatchHeader) -> dict:
     if meta.get("batch") != str(expected.batch):
         raise BatchInvalid(f"holds batch {meta.get('batch')}, not {expected.batch}")
     if expected.n is not None and meta.get("n") != str(expected.n):
-        raise BatchInvalid(f"holds {meta.get('n')} samples where this run needs {expected.n}")
+        raise BatchStale(f"holds {meta.get('n')} samples where this run needs {expected.n}")
     return record
 
 
-def check_batches(out: Path, expected: list[BatchHeader], report) -> list[int]:
-    """Indices of batches that must be (re)computed; each unusable existing file is reported
-    through ``report(message)`` and moved out of the way."""
-    todo = []
+def check_batches(out: Path, expected: list[BatchHeader],
+                  validate=None) -> tuple[list[int], list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """``(batches to compute, damaged files with why, stale files with why)``: a batch is to compute
+    when its file is missing, damaged (unreadable, changed, from another run, or refused by
+    ``validate(record, header)``, which returns a reason or None) or stale (of another size: the
+    sample count changed). Nothing is moved or deleted."""
+    todo, damaged, stale = [], [], []
     for header in expected:
         path = batch_path(out, header.batch)
         if not path.exists():
             todo.append(header.batch)
             continue
         try:
-            load_batch(path, header)
-        except BatchInvalid as why:
-            report(f"{path}: {why}; recomputing it")
-            os.replace(path, path.with_name(f".{path.name}.invalid.tmp"))
+            record = load_batch(path, header)
+            why = validate(record, header) if validate is not None else None
+            if why:
+                raise BatchInvalid(why)
+        except BatchStale as why:
+            stale.append((path, str(why)))
             todo.append(header.batch)
-    return todo
+        except BatchInvalid as why:
+            damaged.append((path, str(why)))
+            todo.append(header.batch)
+    return todo, damaged, stale
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged batch file out of the way (kept beside the others, never deleted)."""
+    target = path.with_name(f".{path.name}.invalid.tmp")
+    os.replace(path, target)
+    return target

@@ -206,6 +206,12 @@ def _foreign_batch(f: Path) -> list[str]:
     return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
 
 
+def _batch_kept(f: Path) -> bool:
+    """The damaged batch is where it was, untouched: nothing is set aside or overwritten unasked."""
+    batches = f / "run" / "batches"
+    return not any(p.name.endswith(".invalid.tmp") for p in batches.iterdir())
+
+
 def _corrupt_run_json(f: Path) -> list[str]:
     out = unfinished_run(f)
     (out / "run.json").write_text("{not json")
@@ -670,9 +676,17 @@ CASES: list[Case] = [
     Case("--overwrite with a missing taxonomy", "rundir", _overwrite_with_missing_taxonomy, check=run_kept),
     Case("--resume after the taxonomy file changed", "rundir", _resume_edited_taxonomy, needle="taxonomy"),
     Case("--resume with another seed", "rundir", _resume_other_seed, needle="seed"),
-    Case("--resume over a crafted pickle batch", "rundir", _pickle_batch, expect="ok", check=_no_code_ran),
-    Case("--resume over a corrupt batch", "rundir", _corrupt_batch, expect="ok"),
-    Case("--resume over another run's batch", "rundir", _foreign_batch, expect="ok"),
+    Case("--resume over a crafted pickle batch", "rundir", _pickle_batch, check=_no_code_ran,
+         needle="batch_00000.safetensors"),
+    Case("--resume over a corrupt batch", "rundir", _corrupt_batch, needle="batch_0000", check=_batch_kept),
+    Case("--resume over another run's batch", "rundir", _foreign_batch, needle="batch_00001", check=_batch_kept),
+    Case("--resume --recompute-damaged over a corrupt batch", "rundir",
+         lambda f: [*_corrupt_batch(f), "--recompute-damaged"], expect="ok"),
+    Case("--resume --recompute-damaged over another run's batch", "rundir",
+         lambda f: [*_foreign_batch(f), "--recompute-damaged"], expect="ok"),
+    Case("--recompute-damaged without --resume", "rundir",
+         lambda f: ["run", recipe(f), "--out", str(f / "o"), "--recompute-damaged", "--quiet"],
+         needle="--recompute-damaged"),
     Case("--resume over a corrupt run.json", "rundir", _corrupt_run_json, expect="ok"),
     Case("--resume with more samples", "rundir", _grown_sample_count, expect="ok", check=_grown_has_32),
     Case("--resume an empty directory", "rundir", _resume_empty),

@@ -41,6 +41,8 @@ def _record(pipe, call):
         sigma, x, x0 = read_step(pipe.scheduler, kind, rows(model_output), timestep, rows(sample))
         reference = None
         if type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler":
+            if pipe.scheduler.step_index is None:  # what step() does first; the reference needs it now
+                pipe.scheduler._init_step_index(timestep)
             reference = pipe.scheduler.convert_model_output(model_output, sample=sample)
         result = original(model_output, timestep, sample, *args, **kwargs)
         if reference is None:

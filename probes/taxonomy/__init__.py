@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probes.errors import ProbesError
+from probes.errors import ProbesError, os_errors_named
 from probes.resources import TAXONOMIES, find_shipped, is_bare_name, shipped_names
 from probes.taxonomy.export import (
     from_newick,
@@ -53,6 +53,7 @@ def shipped_taxonomies() -> list[str]:
     return shipped_names(TAXONOMIES)
 
 
+@os_errors_named()
 def load_taxonomy(source) -> Taxonomy:
     """A taxonomy from a path, a shipped name, a ``wordnet:`` spec or a Taxonomy (see above)."""
     if isinstance(source, Taxonomy):

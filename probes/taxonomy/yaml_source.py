@@ -74,6 +74,19 @@ def _construct_str(loader, node):
     return value
 
 
+class _Int(int):
+    """An integer that remembers how it was written (``+5`` and ``5`` are one number, not one name)."""
+
+    text = ""
+    line = None
+
+
+def _construct_int(loader, node):
+    value = _Int(loader.construct_yaml_int(node))
+    value.text, value.line = str(node.value), _line(node)
+    return value
+
+
 def _construct_seq(loader, node):
     value = _List(loader.construct_object(child, deep=True) for child in node.value)
     value.line = _line(node)
@@ -99,6 +112,7 @@ def _construct_map(loader, node):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
@@ -111,6 +125,8 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
     return value
 
 
@@ -193,7 +209,11 @@ def _name(value, line, what="node name"):
     if isinstance(value, float):
         raise _Problem(line, f"{what} {value!r} is read by YAML as a number; quote it")
     if isinstance(value, int):
-        return str(value)
+        written = getattr(value, "text", str(value))
+        if written != str(int(value)):  # +5 would become the name "5"
+            raise _Problem(getattr(value, "line", None) or line, f"{what} {written!r} is read by YAML as the "
+                           f"number {int(value)}; quote it")
+        return str(int(value))
     if not isinstance(value, str):
         raise _Problem(line, f"{what} must be a string, got {type(value).__name__}")
     text = str(value).strip()
