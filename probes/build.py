@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from probes.classifiers.base import CheckedClassifier
 from probes.denoisers.base import Denoiser, FiniteCheck, GuidedDenoiser
 from probes.errors import ProbesError
 from probes.estimators.base import ProbeContext
@@ -34,11 +36,15 @@ def build(plan: Plan) -> ProbeContext:
     spec = BuildSpec(model=plan.model, classifier=plan.classifier, taxonomy=plan.taxonomy, device=plan.device,
                      prior=plan.prior, needs_unconditional=plan.needs_unconditional)
     model = plan.family.build(spec)
+    for note in plan.notes:  # said once the model is there (a model that fails to load says only that)
+        print(f"probes: note: {note}", file=sys.stderr)
     prior = model.prior if plan.prior is None else plan.prior
     generator = _generator(s, model.denoiser, model.guidance_base)
     checked = FiniteCheck(model.denoiser)
+    classifier = None if model.classifier is None else CheckedClassifier(model.classifier, len(plan.taxonomy.leaves))
     ctx = model.replace(
         prior=prior, denoiser=checked, cond_denoiser=checked, guided_denoiser=FiniteCheck(generator),
+        classifier=classifier,
         sampler=s.method, batch_size=s.batch_size,
         outside_mass=0.0 if plan.samples_from_taxonomy else model.outside_mass,
         inside_weighted=not plan.samples_from_taxonomy)

@@ -29,6 +29,7 @@ from probes.entropy.difference import (
     shared_subtree,
 )
 from probes.errors import ProbesError, os_errors_named
+from probes.report.compare_plots import plot_decision_trees
 from probes.report.html import write_compare_report
 from probes.report.plots import plot_comparison
 from probes.report.rundir import GUIDED_SUFFIX, atomic_write_text, format_float, write_csv
@@ -114,7 +115,8 @@ class Comparison:
     @os_errors_named()
     def save(self, out, label_a="A", label_b="B") -> Path:
         """``compare.csv`` (levels), ``compare_nodes.csv``, ``compare_shifts.csv`` (decision shifts),
-        ``compare.json``, ``compare.png`` and ``report.html`` in ``out`` (new, empty or an earlier
+        ``compare.json``, ``compare.png``, ``trees.png`` (both decision-time trees on the shared log-SNR
+        axis; PDF copies beside both) and ``report.html`` in ``out`` (new, empty or an earlier
         comparison); returns ``out``."""
         out = Path(out)
         check_out(out)
@@ -136,6 +138,8 @@ class Comparison:
         payload = {"a": str(label_a), "b": str(label_b), **self.to_dict()}
         atomic_write_text(out / "compare.json", json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
         plot_comparison(out / "compare.png", self)
+        if self.taxonomy is not None:
+            plot_decision_trees(out / "trees.png", self, str(label_a), str(label_b))
         write_compare_report(out, self, label_a, label_b)
         return out
 
@@ -151,7 +155,8 @@ def _describe_shift(shift, pct: str) -> str:
     return text
 
 
-COMPARE_FILES = ("compare.csv", "compare_nodes.csv", "compare_shifts.csv", "compare.json", "compare.png", "report.html")
+COMPARE_FILES = ("compare.csv", "compare_nodes.csv", "compare_shifts.csv", "compare.json", "compare.png", "compare.pdf",
+                 "trees.png", "trees.pdf", "report.html")
 
 
 def check_out(out: Path) -> None:

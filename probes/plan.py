@@ -16,7 +16,6 @@ Functions below take the parts of a plan they need, never the whole recipe.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from probes.classifiers.sections import IMAGE_CLASSIFIERS
 from probes.errors import ProbesError
 from probes.estimators import Estimator, build_estimator
 from probes.families import Family
-from probes.recipe import PATH_FIELDS, Recipe, load_recipe
+from probes.recipe import PATH_FIELDS, Recipe, load_recipe, recipe_from_dict
 from probes.schema import leaf_weights
 from probes.taxonomy import Taxonomy, load_taxonomy
 
@@ -98,6 +97,8 @@ def resolve(recipe: Recipe | str | Path, overrides: list[str] | None = None) -> 
         recipe = load_recipe(recipe, overrides=overrides)
     elif overrides:
         raise ProbesError("overrides apply to a recipe file; pass them to load_recipe")
+    else:
+        recipe = revalidated(recipe)
     family = recipe.family
     device = resolve_device(recipe.device)
     notes = []
@@ -129,9 +130,15 @@ def resolve(recipe: Recipe | str | Path, overrides: list[str] | None = None) -> 
                 prior=_prior(recipe.prior, taxonomy), estimators=estimators, grid=grid,
                 quality_reference=None if reference is None else recipe.resolve_path(reference),
                 paths=recipe.resolved_paths(), notes=tuple(notes))
-    for note in notes:
-        print(f"probes: note: {note}", file=sys.stderr)
     return plan
+
+
+def revalidated(recipe: Recipe) -> Recipe:
+    """A recipe object checked again: fields changed in code after it was loaded (``recipe.sampling.
+    samples = 0``) are held to the schema like the file's own, with one line naming the field."""
+    fresh = recipe_from_dict(recipe.model_dump(mode="python"), source=str(recipe.source or "recipe"))
+    fresh._source, fresh._base_dir = recipe._source, recipe._base_dir
+    return fresh
 
 
 def _check_classifier(family: Family, recipe: Recipe) -> None:

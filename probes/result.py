@@ -28,8 +28,15 @@ from probes.estimators.base import EstimatorOutput
 from probes.fileio import read_text
 from probes.kept_samples import KeptSamples
 from probes.report import plots
-from probes.report.files import POSTERIORS_FILE, RESULT_FILES, TAXONOMY_FILE, write_result_files
-from probes.report.rundir import format_decision_tree, name_in_files
+from probes.report.files import (
+    CURVES_FILE,
+    DECISIONS_FILE,
+    POSTERIORS_FILE,
+    RESULT_FILES,
+    TAXONOMY_FILE,
+    write_result_files,
+)
+from probes.report.rundir import CURVES_COLUMNS, DECISIONS_COLUMNS, format_decision_tree, name_in_files
 from probes.report.samples import read_samples
 from probes.store import MARKER, BatchInvalid, read_record, run_json_if_readable
 from probes.taxonomy import Taxonomy
@@ -277,6 +284,8 @@ def load(directory) -> ProbeResult:
         raise ProbesError(f"{path / TAXONOMY_FILE}: not valid JSON{rewrite}") from None
     taxonomy = from_node_link(taxonomy_data, source=str(path / TAXONOMY_FILE))
     estimates, prior, primary = _estimates_of(data, taxonomy, path / POSTERIORS_FILE)
+    for name, columns in ((CURVES_FILE, CURVES_COLUMNS), (DECISIONS_FILE, DECISIONS_COLUMNS)):
+        _check_table(path / name, columns, rewrite or "; save the result again to rewrite it")
     meta = dict(state.get("meta") or {}) if isinstance(state.get("meta"), dict) else {}
     if run:
         meta.update(_run_meta(state, list(estimates)))
@@ -294,6 +303,16 @@ def load(directory) -> ProbeResult:
                        inside_weighted=inside_weighted, samples=read_samples(path), leaf=leaf,
                        commit_threshold=analysis[2], record=record, n_boot=analysis[0], seed=analysis[1],
                        directory=path)
+
+
+def _check_table(path: Path, columns: list[str], fix: str) -> None:
+    """A result directory's table is there and is the table it says (its header row): a run whose
+    files were damaged is said to be damaged, even where the posteriors alone would do."""
+    if not path.is_file():
+        raise ProbesError(f"{path}: missing, so the directory is incomplete{fix}")
+    first = read_text(path, path.name).split("\n", 1)[0].strip()
+    if first.split(",")[: len(columns)] != columns:
+        raise ProbesError(f"{path}: not a probes {path.stem} table (its first line is {first[:60]!r}){fix}")
 
 
 def _analysis_of(state: dict) -> tuple[int, int, float]:

@@ -507,6 +507,137 @@ def _api_probe_single_leaf(f: Path):
     return lambda: probe(object(), from_nested(["only"]))
 
 
+# --- the classes of hostile input found in the third sweep ------------------------------------
+
+
+def _resume_over(damage: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    """--resume over an unfinished run whose first batch file was damaged by ``damage(path)``."""
+    def build(f: Path) -> list[str]:
+        out = unfinished_run(f)
+        damage(next((out / "batches").glob("batch_*.safetensors")))
+        return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+    return build
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(os.urandom(4096))
+
+
+def _other_leaf_count_batch(f: Path) -> list[str]:
+    """A batch of a run over five leaves dropped into a run over four (same file name)."""
+    other = f / "other"
+    other.mkdir()
+    recipe(other, taxonomy="tree:\n  left: [a, b]\n  right: [c, d, e]\n")
+    import probes.runner as runner
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        runner.run(str(other / "recipe.yaml"), other / "run", progress=False, stop_after_batches=1)
+    out = unfinished_run(f)
+    shutil.copy(other / "run" / "batches" / "batch_00000.safetensors", out / "batches" / "batch_00000.safetensors")
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _resume_without_run_json(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    (out / "run.json").unlink()
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _resume_run_json_a_list(f: Path) -> list[str]:
+    out = unfinished_run(f)
+    (out / "run.json").write_text("[1, 2, 3]")
+    return ["run", str(f / "recipe.yaml"), "--out", str(out), "--resume", "--quiet"]
+
+
+def _table_damaged(command: str, name: str, damage: str | None) -> Callable[[Path], list[str]]:
+    """``compare`` or ``interval`` on a finished run whose table ``name`` is missing (None) or garbage."""
+    def build(f: Path) -> list[str]:
+        out = finished_run(f)
+        if damage is None:
+            (out / name).unlink()
+        else:
+            (out / name).write_text(damage)
+        return ["compare", str(out), str(out)] if command == "compare" else ["interval", str(out)]
+
+    return build
+
+
+def _yaml_name_case(name: str) -> Callable[[Path], list[str]]:
+    return lambda f: ["taxonomy", "show", str(write(f, "t.yaml", f"tree:\n  left: [{name}, b]\n  right: [c, d]\n"))]
+
+
+def _long_component_out(f: Path) -> list[str]:
+    return ["run", recipe(f), "--out", str(f / ("x" * 300) / "run"), "--quiet"]
+
+
+def _taxonomy_symlink_loop(f: Path) -> list[str]:
+    (f / "loop.yaml").symlink_to(f / "loop.yaml")
+    return ["run", recipe(f, edit(RECIPE, "taxonomy: tax.yaml", "taxonomy: loop.yaml")), "--out", str(f / "o"),
+            "--quiet"]
+
+
+def _overwrite_a_link_to_a_run(f: Path) -> list[str]:
+    finished_run(f)
+    (f / "link").symlink_to(f / "run", target_is_directory=True)
+    return ["run", recipe(f), "--out", str(f / "link"), "--overwrite", "--quiet"]
+
+
+def _api_run_progress_text(f: Path):
+    import probes
+
+    return lambda: probes.run(recipe(f), f / "o", progress="yes")
+
+
+def _api_recipe_changed_after_loading(f: Path):
+    import probes
+
+    loaded = probes.load_recipe(recipe(f))
+    loaded.sampling.samples = 0
+    return lambda: probes.run(loaded, f / "o", progress=False)
+
+
+def _api_estimator_option_text(f: Path):
+    from probes.estimators import build_estimator
+
+    return lambda: build_estimator("rollout", k="8")
+
+
+def _poisoned_run(f: Path, poison: str):
+    """A run whose model misbehaves: ``poison`` names how (a classifier of all -inf, a denoiser of
+    1e300, a denoiser of another shape)."""
+    import torch
+
+    import probes.runner as runner
+    from probes.denoisers.base import FiniteCheck
+
+    build = runner.build
+
+    def poisoned(plan):
+        ctx = build(plan)
+        if poison == "classifier -inf":
+            return ctx.replace(classifier=lambda x: torch.full((x.shape[0], len(ctx.taxonomy.leaves)), -float("inf")))
+        inner = ctx.guided_denoiser
+        if poison == "denoiser 1e300":
+            return ctx.replace(guided_denoiser=FiniteCheck(lambda x, s, c=None: inner(x, s, c) * 0 + 1e300))
+        return ctx.replace(guided_denoiser=FiniteCheck(lambda x, s, c=None: inner(x, s, c)[:, :1]))
+
+    def call():
+        original = runner.build
+        runner.build = poisoned
+        try:
+            runner.run(recipe(f, edit(edit(RECIPE, "source: data", "source: model"), "estimators: [exact]",
+                                      "estimators: [plugin]")), f / "o", progress=False)
+        finally:
+            runner.build = original
+
+    return call
+
+
 CASES: list[Case] = [
     # taxonomy files
     Case("taxonomy missing", "taxonomy", lambda f: ["taxonomy", "show", str(f / "nope.yaml")], needle="nope.yaml"),
@@ -746,8 +877,47 @@ CASES: list[Case] = [
     Case("save onto a run directory", "api", _api_save_onto_run, check=run_kept, needle="run"),
     Case("save onto a file", "api", _api_save_onto_file, check=kept((Path("notes.txt"), "precious"))),
     Case("probe over a single-leaf taxonomy", "api", _api_probe_single_leaf, needle="single leaf"),
+    # the third sweep: one case or more per class of hostile input
+    Case("--resume over a truncated batch", "rundir", _resume_over(_truncate), needle="batch_00000", check=_batch_kept),
+    Case("--resume over an emptied batch", "rundir", _resume_over(lambda p: p.write_bytes(b"")), needle="batch_00000",
+         check=_batch_kept),
+    Case("--resume over a batch of random bytes", "rundir", _resume_over(_random_bytes), needle="batch_00000",
+         check=_batch_kept),
+    Case("--resume over a batch of another leaf count", "rundir", _other_leaf_count_batch, needle="batch_00000",
+         check=_batch_kept),
+    Case("--resume without run.json", "rundir", _resume_without_run_json, expect="ok"),
+    Case("--resume over a run.json that is a list", "rundir", _resume_run_json_a_list, expect="ok"),
+    Case("compare without curves.csv", "compare", _table_damaged("compare", "curves.csv", None), needle="curves.csv"),
+    Case("compare over a garbage decisions.csv", "compare", _table_damaged("compare", "decisions.csv", "a,b\n1,2\n"),
+         needle="decisions.csv"),
+    Case("interval without decisions.csv", "compare", _table_damaged("interval", "decisions.csv", None),
+         needle="decisions.csv"),
+    Case("interval over a garbage curves.csv", "compare", _table_damaged("interval", "curves.csv", "\x00\x01"),
+         needle="curves.csv"),
+    Case("a leaf named yes", "taxonomy", _yaml_name_case("yes"), expect="ok"),
+    Case("a leaf named 010", "taxonomy", _yaml_name_case("010"), expect="ok"),
+    Case("a leaf named 0x1F", "taxonomy", _yaml_name_case("0x1F"), expect="ok"),
+    Case("a leaf named 1:20", "taxonomy", _yaml_name_case("1:20"), expect="ok"),
+    Case("a leaf named 1_000", "taxonomy", _yaml_name_case("1_000"), expect="ok"),
+    Case("a leaf named 2001-12-14", "taxonomy", _yaml_name_case("2001-12-14"), expect="ok"),
+    Case("a leaf named +5", "taxonomy", _yaml_name_case("+5"), needle="+5"),
+    Case("a leaf named true", "taxonomy", _yaml_name_case("true"), needle="boolean"),
+    Case("--out with a 300-character folder name", "rundir", _long_component_out, needle="x" * 20),
+    Case("taxonomy path that is a symbolic link to itself", "rundir", _taxonomy_symlink_loop, needle="loop.yaml"),
+    Case("--overwrite a symbolic link to a run", "rundir", _overwrite_a_link_to_a_run, check=run_kept,
+         needle="symbolic link"),
+    Case("recipe weights of 1e308", "recipe", _run_with(edit(RECIPE, "  std: 0.5\n",
+         "  std: 0.5\n  weights: {a: 1e308, b: 1e308, c: 1e308, d: 1e308}\n")), needle="weights"),
+    Case("recipe sigma_stride given as text", "recipe", _run_with(edit(RECIPE, "estimators: [exact]",
+         "estimators: [{name: exact, sigma_stride: '2'}]")), needle="sigma_stride"),
+    Case("run(progress='yes')", "api", _api_run_progress_text, needle="progress"),
+    Case("a recipe changed after loading", "api", _api_recipe_changed_after_loading, needle="sampling.samples"),
+    Case("an estimator option given as text", "api", _api_estimator_option_text, needle="'k'"),
+    Case("a classifier of all -inf", "api", lambda f: _poisoned_run(f, "classifier -inf"),
+         needle="no mass on any leaf"),
+    Case("a denoiser of 1e300", "api", lambda f: _poisoned_run(f, "denoiser 1e300"), needle="beyond"),
+    Case("a denoiser of another shape", "api", lambda f: _poisoned_run(f, "denoiser shape"), needle="returned"),
 ]
-
 
 # --- the runner --------------------------------------------------------------------------------
 

@@ -181,7 +181,8 @@ def _recipe(tmp_path, pickles, **model):
 
 def test_run_end_to_end_on_a_tiny_pickle(tmp_path, pickles):
     recipe = _recipe(tmp_path, pickles, uncond_path=str(pickles[1]))
-    state = runner.run(recipe, tmp_path / "run", progress=False)
+    runner.run(recipe, tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["status"] == "complete" and set(state["estimators"]) == {"plugin", "bayes"}
     for name in ["run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png",
                  "tree.png", "rates.png"]:
@@ -208,8 +209,7 @@ def test_bayes_alone_needs_no_unconditional_network(tmp_path, pickles):
     data["estimators"] = ["bayes"]
     del data["classifier"]
     recipe.write_text(yaml.safe_dump(data))
-    state = runner.run(recipe, tmp_path / "run", progress=False)
-    assert state["status"] == "complete"
+    assert runner.run(recipe, tmp_path / "run", progress=False).record["status"] == "complete"
 
 
 def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
@@ -217,6 +217,7 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
 
     from probes.build import build
     from probes.models.stable_diffusion import DecodedClassifier
+    from probes.families import BuildSpec
     from probes.plan import resolve
 
     torch.manual_seed(0)
@@ -230,12 +231,18 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     data["estimators"] = ["bayes"]
     recipe.write_text(yaml.safe_dump(data))
     parts = build(resolve(load_recipe(recipe)))
-    assert parts.shape == (4, 8, 8) and isinstance(parts.classifier, DecodedClassifier)
+    assert parts.shape == (4, 8, 8) and isinstance(parts.classifier.inner, DecodedClassifier)
     torch.testing.assert_close(parts.classifier.decoder.scale.flatten(), torch.from_numpy(encoder.scale))
     lp = parts.classifier(torch.randn(2, 4, 8, 8))
     # 13 leaves of ImageNet's 1000 classes: the rest of the classifier's mass is outside the taxonomy
     assert lp.shape == (2, 13) and (lp.exp().sum(-1) < 1).all()
-    assert parts.partial_taxonomy and parts.outside_mass == pytest.approx(1 - 13 / 1000)
+    # leaf-conditional samples come from the taxonomy: the run filters no outside cell, though the
+    # model's world (its 1000 classes) is larger than the taxonomy
+    assert parts.partial_taxonomy and parts.outside_mass == 0.0
+    plan = resolve(load_recipe(recipe))
+    model = plan.family.build(BuildSpec(model=plan.model, classifier=plan.classifier, taxonomy=plan.taxonomy,
+                                        device=plan.device))
+    assert model.outside_mass == pytest.approx(1 - 13 / 1000)
     # Without model.vae the pickle's encoder decodes (and is initialised when the run is built).
     data["model"].pop("vae")
     recipe.write_text(yaml.safe_dump(data))

@@ -189,8 +189,7 @@ def test_conditional_trajectories_are_read_with_the_unconditional_model():
         conds.append(cond)
         return GMM4.denoiser()(x, sigma, cond)
 
-    ctx = context(TAX4, GMM4, GRID4)
-    ctx.denoiser = spy
+    ctx = context(TAX4, GMM4, GRID4).replace(denoiser=spy)
     y = torch.arange(4).repeat(8)
     noise = float(GRID4[0]) * torch.randn(32, 8, generator=gen(), dtype=torch.float64)
     traj = sample(GMM4.denoiser(), noise, GRID4, "ancestral", cond=y, generator=gen(), leaf=y)
@@ -263,7 +262,7 @@ def test_immse_matches_exact_levels_and_nodes(reference4):
 def test_immse_leaf_only_conditioner_leaves_coarse_levels_nan():
     ctx = context(TAX4, GMM4, GRID4[::4])
     full = run("immse", None, ctx, n_pairs=50)
-    ctx.conditioner = ClassLabelConditioner({leaf: i for i, leaf in enumerate(TAX4.leaves)})
+    ctx = ctx.replace(conditioner=ClassLabelConditioner({leaf: i for i, leaf in enumerate(TAX4.leaves)}))
     leaf_only = run("immse", None, ctx, n_pairs=50)
     assert torch.isnan(leaf_only.levels[..., 0]).all() and torch.isnan(leaf_only.nodes).all()
     torch.testing.assert_close(leaf_only.levels[..., 1], full.levels[..., 1])  # same seed, same pairs
@@ -336,7 +335,7 @@ def test_registry_and_options():
 def test_missing_requirements_are_named(name, missing, options, match):
     ctx = context(TAX2, GMM2, GRID2[:5])
     if missing:
-        setattr(ctx, missing, None)
+        ctx = ctx.replace(**{missing: None})
     with pytest.raises(ProbesError, match=match):
         run(name, data_paths(GMM2, GRID2[:5], 3), ctx, **options)
 

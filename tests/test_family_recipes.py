@@ -53,8 +53,7 @@ def test_a_saved_tiny_dit_runs_the_dit_recipe(tmp_path):
     data["sampling"].update(samples=2, batch_size=2, steps=3)
     path = tmp_path / "dit.yaml"
     path.write_text(yaml.safe_dump(data))
-    state = runner.run(path, tmp_path / "run", progress=False)
-    assert state["status"] == "complete"
+    assert runner.run(path, tmp_path / "run", progress=False).record["status"] == "complete"
     assert (tmp_path / "run" / "tree.json").is_file()
 
 

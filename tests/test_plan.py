@@ -31,7 +31,7 @@ def test_leaf_prompt_without_a_curated_prompt_fills_the_label_with_the_right_art
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
 @pytest.mark.parametrize("recipe", ["sd15", "sdxl", "pixart"])
-def test_a_float16_recipe_runs_in_float32_on_a_machine_without_a_gpu_and_says_so_once(recipe, monkeypatch, capsys):
+def test_a_float16_recipe_runs_in_float32_on_a_machine_without_a_gpu(recipe, monkeypatch, capsys):
     import probes.families.base as base
 
     seen = {}
@@ -44,12 +44,23 @@ def test_a_float16_recipe_runs_in_float32_on_a_machine_without_a_gpu_and_says_so
     loaded = load_recipe(recipe)
     assert loaded.device == "auto" and loaded.model.dtype == "float16"
     plan = resolve(loaded)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "float16" in err and "float32" in err
-    assert plan.model.dtype == "float32"
+    assert plan.model.dtype == "float32" and len(plan.notes) == 1 and "float16" in plan.notes[0]
     with pytest.raises(ProbesError, match="stop here"):
         build(plan)
     assert seen == {"model": loaded.model.model, "dtype": "float32", "device": "cpu"}
+    assert capsys.readouterr().err == ""  # a model that fails to load says only that
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
+def test_the_float32_fallback_is_said_once_in_one_line_when_the_model_loads(monkeypatch, capsys):
+    import probes.families.base as base
+    from probes.models.tiny_sd import build_tiny_pipeline
+
+    monkeypatch.setattr(base, "load_pipeline", lambda model, dtype, device, pipeline: build_tiny_pipeline())
+    tiny_clip = ["classifier.model=probes-tiny-clip", "classifier.pretrained=null"]  # no weights to download
+    build(resolve(load_recipe("sd15", overrides=tiny_clip)))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("probes: note: model.dtype float16") and "float32" in err
 
 
 def test_bfloat16_stays_as_asked(tmp_path, capsys):

@@ -91,3 +91,25 @@ class Classifier(torch.nn.Module):
         opt.step(closure)
         self.temperature = float(log_t.exp())
         return self.temperature
+
+
+class CheckedClassifier:
+    """A classifier whose every answer is checked: ``[B, L]`` log-probabilities for a batch of B
+    (a wrong shape is one line naming the classifier, not a broadcast or an index error deep in
+    the estimators). Other attributes are the classifier's own (features for quality measures)."""
+
+    def __init__(self, classifier, n_leaves: int):
+        self.inner, self.n_leaves = classifier, n_leaves
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], self.n_leaves):
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ProbesError(f"classifier: returned {shape} for {x.shape[0]} inputs; expected log-probabilities "
+                              f"[{x.shape[0]}, {self.n_leaves}] over the taxonomy's leaves")
+        return out
+
+    def __getattr__(self, name):
+        if name in ("inner", "n_leaves"):  # not yet set (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)

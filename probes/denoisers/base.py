@@ -104,8 +104,15 @@ def _pair(cond):
     raise TypeError(f"cannot build unconditional pair for conditioning of type {type(cond).__name__}")
 
 
+#: A clean estimate beyond this magnitude is no image or data point of any model (pixels and
+#: latents are O(1), mixtures' means O(1e6) at most): it would overflow squares in the filters and
+#: the distances of the quality measures long before it meant anything.
+MAX_PREDICTION = 1e30
+
+
 class FiniteCheck:
-    """Calls a denoiser and stops at the first NaN or inf it returns, naming that call's sigma.
+    """Calls a denoiser and stops at the first output that is not a clean estimate of its input:
+    another shape, NaN or inf, or beyond :data:`MAX_PREDICTION`, naming that call's sigma.
 
     Checking outputs where they are produced (not the states a step later) puts the blame on
     the right noise level, and catches every consumer alike: samplers and all estimators.
@@ -121,9 +128,15 @@ class FiniteCheck:
 
     def __call__(self, x: torch.Tensor, sigma, cond: Any = None) -> torch.Tensor:
         out = self.denoiser(x, sigma, cond)
-        if not bool(torch.isfinite(out).all()):
-            rows = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
-            bad = float(batch_sigma(sigma, x)[rows.nonzero()[0, 0]])
-            raise ProbesError(f"{self.what} returned NaN/inf at sigma={bad:.4g}; finished batches are kept "
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ProbesError(f"{self.what} returned {shape} for inputs {list(x.shape)} at sigma="
+                              f"{float(batch_sigma(sigma, x)[0]):.4g}; a denoiser returns one clean estimate per input")
+        bad = ~torch.isfinite(out) | (out.abs() > MAX_PREDICTION)
+        if bool(bad.any()):
+            rows = bad.reshape(out.shape[0], -1).any(1)
+            at = float(batch_sigma(sigma, x)[rows.nonzero()[0, 0]])
+            what = "NaN/inf" if not bool(torch.isfinite(out).all()) else f"values beyond {MAX_PREDICTION:g}"
+            raise ProbesError(f"{self.what} returned {what} at sigma={at:.4g}; finished batches are kept "
                               "(fix the model or recipe, then --resume)")
         return out

@@ -59,8 +59,9 @@ def build_estimator(name: str, **options) -> Estimator:
 
 
 def _typed_options(name: str, cls: type, options: dict) -> dict:
-    """Options checked against the constructor's annotations (``k: four`` or ``k: .nan`` is one
-    line naming the option, not a traceback from deep inside the estimator)."""
+    """Options checked against the constructor's annotations, strictly (``k: four``, ``k: "8"`` or
+    ``k: .nan`` is one line naming the option, not a traceback from deep inside the estimator nor a
+    silent conversion)."""
     import typing
 
     from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -72,7 +73,8 @@ def _typed_options(name: str, cls: type, options: dict) -> dict:
         if isinstance(value, bool) and hint is not bool:
             raise ProbesError(f"estimator {name!r}: option {key!r} must be {_type_name(hint)}, got {value!r}")
         try:
-            checked[key] = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(value)
+            # strict: "2" is not the number 2 (a quoted option is a typo, not an intention)
+            checked[key] = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False, strict=True)).validate_python(value)
         except ValidationError as err:
             raise ProbesError(f"estimator {name!r}: option {key!r} must be {_type_name(hint)}, got {value!r} "
                               f"({err.errors()[0]['msg'].lower()})") from None

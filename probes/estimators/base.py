@@ -244,8 +244,10 @@ def chunks(n: int, size: int):
 
 
 def check_posteriors(out: EstimatorOutput, leaves, what: str, then: str = "") -> None:
-    """One line naming the leaf and sigma where an estimator's log-posteriors are NaN or +inf
-    (``-inf`` is zero mass, which is valid); ``then`` is appended (what is kept, how to go on)."""
+    """One line naming the leaf and sigma where an estimator's log-posteriors are NaN or +inf, or
+    where not one sample of the batch has mass on any leaf (``-inf`` is zero mass, valid for one
+    sample whose class lies outside the taxonomy, never for all of them at once); ``then`` is
+    appended (what is kept, how to go on)."""
     lp = out.log_probs
     if lp is None:
         return
@@ -254,3 +256,8 @@ def check_posteriors(out: EstimatorOutput, leaves, what: str, then: str = "") ->
         i, j, k = (int(v) for v in bad.nonzero()[0])
         raise ProbesError(f"{what}: NaN/inf for leaf {leaves[k]!r} at sigma={float(out.sigmas[j]):.4g} (sample {i}); "
                           f"the classifier or model returned non-finite values{then}")
+    empty = (lp == float("-inf")).all(-1).all(0)  # [S]: no sample has mass on any leaf
+    if empty.any():
+        j = int(empty.nonzero()[0])
+        raise ProbesError(f"{what}: no mass on any leaf for any sample at sigma={float(out.sigmas[j]):.4g} (all "
+                          f"log-probabilities -inf); the classifier or model returned no probabilities{then}")

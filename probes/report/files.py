@@ -31,6 +31,8 @@ from probes.taxonomy.export import to_node_link
 
 POSTERIORS_FILE = "posteriors.safetensors"
 TAXONOMY_FILE = "taxonomy.json"
+CURVES_FILE = "curves.csv"
+DECISIONS_FILE = "decisions.csv"
 #: Files every saved result and finished run directory holds (``docs/outputs.md``).
 RESULT_FILES = ("run.json", "summary.txt", "curves.csv", "decisions.csv", "commitments.csv", "tree.json",
                 "tree.graphml", "tree.nwk", "curves.png", "rates.png", "tree.png", POSTERIORS_FILE, TAXONOMY_FILE,
