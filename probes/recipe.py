@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from probes.classifiers.sections import IMAGE_CLASSIFIERS
 from probes.entropy.commitments import COMMIT_THRESHOLD
 from probes.entropy.decisions import MAX_BOOT
-from probes.errors import ProbesError, os_errors_named
+from probes.errors import ProbesError, os_errors_named, quote_library_error
 from probes.families import classifier_models, family_of_kind, recipe_kinds, recipe_models
 from probes.resources import RECIPES, find_shipped, is_bare_name, shipped_names
 from probes.schema import MAX_SEED, NUMBER_EXPECTED, Strict
@@ -197,7 +197,10 @@ class Recipe(Strict):
         path = Path(value).expanduser()
         if path.is_absolute():
             return str(path)
-        beside = (self._base_dir / path).resolve()
+        try:
+            beside = (self._base_dir / path).resolve()
+        except (RuntimeError, OSError) as err:  # a symbolic link that loops back onto itself
+            raise ProbesError(f"{self._base_dir / path}: cannot be resolved ({quote_library_error(err)})") from None
         if beside.exists() or _reads_as_path(value):
             return str(beside)
         return value

@@ -532,7 +532,7 @@ def _other_leaf_count_batch(f: Path) -> list[str]:
     """A batch of a run over five leaves dropped into a run over four (same file name)."""
     other = f / "other"
     other.mkdir()
-    recipe(other, taxonomy="tree:\n  left: [a, b]\n  right: [c, d, e]\n")
+    recipe(other, edit(RECIPE, "dim: 3", "dim: 5"), taxonomy="tree:\n  left: [a, b]\n  right: [c, d, e]\n")
     import probes.runner as runner
 
     with contextlib.redirect_stderr(io.StringIO()):

@@ -216,8 +216,8 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     from diffusers import AutoencoderKL
 
     from probes.build import build
-    from probes.models.stable_diffusion import DecodedClassifier
     from probes.families import BuildSpec
+    from probes.models.stable_diffusion import DecodedClassifier
     from probes.plan import resolve
 
     torch.manual_seed(0)
