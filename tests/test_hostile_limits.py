@@ -59,12 +59,12 @@ def test_a_union_names_the_field_of_the_section_given(tmp_path):
 
 
 def test_compare_out_may_replace_an_earlier_comparison(tmp_path, one_thread):
+    import probes
     import probes.runner as runner
-    from probes.comparison import compare_runs
 
     runner.run(recipe(tmp_path, RECIPE), tmp_path / "run", progress=False)
     for _ in range(2):  # the second call finds only compare's own files there
-        compare_runs(tmp_path / "run", tmp_path / "run", out=tmp_path / "cmp", n_boot=0)
+        probes.compare(tmp_path / "run", tmp_path / "run", n_boot=0).save(tmp_path / "cmp")
     assert (tmp_path / "cmp" / "compare.json").is_file()
 
 
