@@ -107,6 +107,17 @@ def _pre_order_leaves(children: Mapping[str, Sequence[str]], root: str) -> list[
     return out
 
 
+def tree_extent(sigmas: Sequence[float], leaf_sigma: float) -> tuple[float, float]:
+    """The vertical range ``(floor, top)`` in sigma of a tree drawing whose nodes and windows span
+    ``sigmas``: a little below the lowest (never below the leaves' sigma), and above the highest
+    with headroom for labels that find no room beside their node. The leaves' row is the floor:
+    the drawing spans the decisions, not the whole grid."""
+    spots = [s for s in sigmas if s > leaf_sigma]
+    if not spots:
+        return leaf_sigma, leaf_sigma * 10
+    return max(leaf_sigma, min(spots) / 10**0.2), max(spots) * 10**0.3
+
+
 # --------------------------------------------------------------------------------------------
 # Ticks
 # --------------------------------------------------------------------------------------------
@@ -124,13 +135,25 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 7) -> list[float]:
         ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
         if len(ticks) <= max_ticks:
             # fewer than two round values on a narrow axis: linear round values read better there
-            return ticks if len(ticks) >= 2 else linear_ticks(lo, hi, max_ticks)
+            return ticks if len(ticks) >= 2 else linear_ticks(lo, hi, min(max_ticks, 5))
     step = 2
     while True:  # long axes: every step-th decade
         ticks = [_round(10.0**e) for e in range(e0, e1 + 1) if e % step == 0 and lo <= 10.0**e <= hi]
         if len(ticks) <= max_ticks:
             return ticks
         step += 1
+
+
+def named_log_ticks(lo: float, hi: float, named: Mapping[float, str], max_ticks: int = 7) -> list[tuple[float, str]]:
+    """``(value, text)`` ticks for a log axis: the round values of :func:`log_ticks` and the named
+    values given (e.g. ``{floor: "leaves"}``), round ones too close to a named one (within 6% of
+    the axis) left out so their texts do not collide."""
+    span = math.log10(max(hi, lo) / min(hi, lo)) or 1.0
+    ticks = {t: tick_label(t) for t in log_ticks(lo, hi, max_ticks)}
+    for value in named:
+        ticks = {t: text for t, text in ticks.items() if abs(math.log10(t / value)) > 0.06 * span}
+    ticks.update(named)
+    return sorted(ticks.items())
 
 
 def linear_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
@@ -216,9 +239,9 @@ class _BoxIndex:
     def hits(self, b: Box) -> bool:
         for k in self._keys(b):
             for o, segment in self.cells.get(k, ()):
-                if b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]:
-                    if segment is None or _crosses(segment, b):
-                        return True
+                overlap = b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]
+                if overlap and (segment is None or _crosses(segment, b)):
+                    return True
         return False
 
     def segment_hits(self, x0: float, y0: float, x1: float, y1: float) -> bool:
@@ -275,7 +298,7 @@ def place_clear_labels(sizes: Sequence[tuple[float, float]], anchors: Sequence[t
     """
     order = list(range(len(sizes)))
     best = None
-    for attempt in range(retries + 1):
+    for _ in range(retries + 1):
         placed = _place_in_order([sizes[i] for i in order], [anchors[i] for i in order], obstacles, bounds, gap,
                                  max_shift)
         result: list = [None] * len(sizes)

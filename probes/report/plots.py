@@ -32,9 +32,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.font_manager import FontProperties
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
-from matplotlib.textpath import TextToPath
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from matplotlib.transforms import offset_copy
 
@@ -47,11 +47,12 @@ from probes.report.layout import (
     INVERSION_COLOR,
     NODE_COLOR,
     inverted_edges,
-    log_ticks,
+    named_log_ticks,
     place_clear_labels,
     segment_box,
     series_style,
     tick_label,
+    tree_extent,
     tree_x,
 )
 from probes.report.rundir import split_decisions, tree_heights
@@ -75,12 +76,13 @@ METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
 
 def check_formats(formats) -> tuple[str, ...]:
     """``formats`` as a tuple of known file formats, or one line naming the bad one."""
+    given = formats
     if isinstance(formats, str):
         formats = (formats,)
     out = tuple(str(f).lower().lstrip(".") for f in formats or ())
     bad = [f for f in out if f not in KNOWN_FORMATS]
     if not out or bad:
-        raise ProbesError(f"formats: expected one or more of {', '.join(KNOWN_FORMATS)}, got {formats!r}")
+        raise ProbesError(f"formats: expected one or more of {', '.join(KNOWN_FORMATS)}, got {given!r}")
     return out
 
 
@@ -91,7 +93,8 @@ def _save(fig, path, formats=FORMATS):
     Saved with a tight bounding box: the canvas grows to hold legends beside the axes, and nothing
     moves relative to anything else (tree labels were placed in points on the final layout)."""
     if path is None:
-        plt.close(fig)  # detached from pyplot's state; still drawable and savable
+        plt.close(fig)  # detached from pyplot's state
+        FigureCanvasAgg(fig)  # still drawable and savable
         return fig
     formats = check_formats(formats)
     path = Path(path)
@@ -112,17 +115,12 @@ def literal(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _round_log_axis(axis, lo: float, hi: float, max_ticks: int = 7, extra: Mapping[float, str] | None = None):
+def _round_log_axis(axis, lo: float, hi: float, max_ticks: int = 7, named: Mapping[float, str] | None = None):
     """Round tick values (1-2-5 style, plain numbers) on a log ``axis`` (``ax.xaxis``/``ax.yaxis``)
-    from ``lo`` to ``hi``; ``extra`` adds named ticks (dropping round ones too close to them)."""
-    ticks = log_ticks(lo, hi, max_ticks)
-    names = {t: tick_label(t) for t in ticks}
-    for value, name in (extra or {}).items():
-        names = {t: s for t, s in names.items() if abs(math.log10(t / value)) > 0.06 * math.log10(hi / lo)}
-        names[value] = name
-    values = sorted(names)
-    axis.set_major_locator(FixedLocator(values))
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: names.get(v, tick_label(v))))
+    from ``lo`` to ``hi``, with the named ticks given (``layout.named_log_ticks``)."""
+    ticks = dict(named_log_ticks(lo, hi, named or {}, max_ticks))
+    axis.set_major_locator(FixedLocator(sorted(ticks)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: ticks.get(v, tick_label(v))))
     axis.set_minor_locator(NullLocator())
 
 
@@ -234,14 +232,9 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
     decided = [n for n in internal if nodes.get(n) is not None]
     leaf_sigma = 10.0 ** log_height[leaves[0]]
 
-    # The vertical extent: the decisions and their windows, with a margin; leaves on the bottom row.
-    spots = [10.0 ** log_height[n] for n in internal if 10.0 ** log_height[n] > leaf_sigma]
-    spots += [v for n in decided for v in nodes[n].window]
-    if spots:
-        # headroom above the highest window: where labels go that find no room beside their node
-        top, floor = max(spots) * 10**0.3, max(leaf_sigma, min(spots) / 10**0.2)
-    else:
-        top, floor = leaf_sigma * 10, leaf_sigma
+    # The vertical extent: the decisions and their windows; leaves on the bottom row.
+    floor, top = tree_extent([10.0 ** log_height[n] for n in internal] + [v for n in decided for v in nodes[n].window],
+                             leaf_sigma)
     y = {n: max(10.0 ** log_height[n], floor) for n in taxonomy.nodes}
 
     L = len(leaves)
@@ -256,32 +249,34 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
     ax.set_yscale("log")
     ax.set_ylim(floor / 10**0.04, top)
     ax.set_xlim(-0.8, L - 0.2)
-    _round_log_axis(ax.yaxis, floor, top, max_ticks=6, extra={floor: "leaves"})
+    _round_log_axis(ax.yaxis, floor, top, max_ticks=6, named={floor: "leaves"})
     ax.set_ylabel("decision noise level σ (log scale)\nclean ← → noise")
     ax.grid(True, axis="y", which="major", alpha=0.25, lw=0.5)
     lw = 0.4 if big else 1.0
 
     segments = []  # (x0, y0, x1, y1[, shift in points]) in data coordinates: what labels must keep off
+    elbows = {False: [], True: []}  # child -> parent's height -> parent; by inversion
     for p in internal:
         for c in children[p]:
-            xs, ys = [xpos[c], xpos[c], xpos[p]], [y[c], y[p], y[p]]
-            if (p, c) in inverted:
-                ax.plot(xs, ys, color=INVERSION_COLOR, lw=max(lw, 0.8), ls=(0, (3, 1.5)), gid="inverted-edge",
-                        zorder=2)
-            else:
-                ax.plot(xs, ys, color="0.45", lw=lw, solid_capstyle="butt", gid="edge", zorder=1)
-            segments += [(xs[0], ys[0], xs[1], ys[1]), (xs[1], ys[1], xs[2], ys[2])]
+            path = [(xpos[c], y[c]), (xpos[c], y[p]), (xpos[p], y[p])]
+            elbows[(p, c) in inverted].append(path)
+            segments += [(*path[0], *path[1]), (*path[1], *path[2])]
+    ax.add_collection(LineCollection(elbows[False], colors="0.45", linewidths=lw, capstyle="butt", zorder=1,
+                                     gid="edges"))
+    ax.add_collection(LineCollection(elbows[True], colors=INVERSION_COLOR, linewidths=max(lw, 0.8),
+                                     linestyles=[(0, (3, 1.5))], zorder=2, gid="inverted-edges"))
     ms = 3 if big else 5
     if decided:
         xs = np.array([xpos[n] for n in decided])
         own = np.array([nodes[n].decision_sigma for n in decided])
-        lo = np.array([nodes[n].window[0] for n in decided])
+        lo = np.maximum([nodes[n].window[0] for n in decided], floor)
         hi = np.array([nodes[n].window[1] for n in decided])
         # Thin brackets a few points left of each node, so they never hide its edges.
         beside = offset_copy(ax.transData, fig=fig, x=-WINDOW_OFFSET, y=0, units="points")
-        for x, a, b in zip(xs, lo, hi):
-            ax.plot([x, x], [a, b], color=NODE_COLOR, lw=0.6, marker="_", ms=3 if big else 4, mew=0.6,
-                    transform=beside, zorder=3, gid="window")
+        ax.add_collection(LineCollection([[(x, a), (x, b)] for x, a, b in zip(xs, lo, hi)], colors=NODE_COLOR,
+                                         linewidths=0.6, transform=beside, zorder=3, gid="windows"))
+        ax.plot(np.repeat(xs, 2), np.stack([lo, hi], 1).ravel(), "_", color=NODE_COLOR, ms=3 if big else 4, mew=0.6,
+                transform=beside, zorder=3, gid="window-caps")
         segments += [(x, a, x, b, -WINDOW_OFFSET) for x, a, b in zip(xs, lo, hi)]
         edge = np.array([bool(nodes[n].at_edge) for n in decided])
         ax.plot(xs[~edge], own[~edge], "o", ms=ms, color=NODE_COLOR, mec="white", mew=0.5, zorder=4,
@@ -296,7 +291,9 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
 
     if not big:
         ax.set_xticks(range(L))
-        ax.set_xticklabels([_label(taxonomy, n) for n in leaves], rotation=60, ha="right", fontsize=7)
+        names = [_label(taxonomy, n) for n in leaves]
+        slanted = max(len(n) for n in names) > 3  # short names stand upright
+        ax.set_xticklabels(names, rotation=60 if slanted else 0, ha="right" if slanted else "center", fontsize=7)
         ax.tick_params(axis="x", length=0)
     else:
         ax.set_xticks([])
@@ -313,7 +310,8 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
                label=f"child decides before its parent: {k} {'edge' if k == 1 else 'edges'}"),
     ]
     if decided and any(nodes[n].at_edge for n in decided):
-        handles.append(Line2D([], [], marker="^", ls="none", ms=6, color=EDGE_NODE_COLOR, label="peak at the grid's edge"))
+        handles.append(Line2D([], [], marker="^", ls="none", ms=6, color=EDGE_NODE_COLOR,
+                              label="peak at the grid's edge"))
     if undecided:
         handles.append(Line2D([], [], marker="o", ls="none", ms=5, mfc="white", mec="0.15",
                               label="undecided (at its highest child)"))
@@ -321,7 +319,7 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
     if omitted:
         notes.append(f"{omitted} of {len(internal)} node labels omitted (no room)")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False,
-                       title="each internal node at its own\ndecision σ (log scale)", title_fontsize=7, alignment="left")
+              title="each internal node at its own\ndecision σ (log scale)", title_fontsize=7, alignment="left")
     ax.text(1.01, 0.0, "\n".join(notes), transform=ax.transAxes, fontsize=6.5, va="bottom", ha="left", color="0.25")
     return fig
 
@@ -395,8 +393,9 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
             ax.plot(s, r[index[n]], color=color, lw=1.2, dashes=dashes, label=literal(_node_text(n, d, lines=1)))
             half = 0.5 * float(np.interp(math.log(d.decision_sigma), np.log(s), r[index[n]])) \
                 if d.axis != "log_sigma" else 0.5 * d.peak_rate
-            ax.errorbar([d.decision_sigma], [half], xerr=[[d.decision_sigma - d.window[0]], [d.window[1] - d.decision_sigma]],
-                        fmt="none", ecolor=color, elinewidth=0.7, capsize=2.5, capthick=0.7, gid=f"window:{n}")
+            ax.add_collection(LineCollection([[(d.window[0], half), (d.window[1], half)]], colors=color,
+                                             linewidths=0.7, gid=f"window:{n}"))
+            ax.plot(d.window, [half, half], "|", color=color, ms=4, mew=0.7, gid=f"window-caps:{n}")
             ax.plot([d.decision_sigma], [2 * half], "o", color=color, ms=3.5, mec="white", mew=0.4, gid=f"peak:{n}")
         ax.axhline(0, color="0.5", lw=0.5)
         _sigma_axis(ax, s)

@@ -372,7 +372,8 @@ def format_decision_tree(taxonomy, decisions: dict, title: str = "") -> str:
             return name
         d = nodes.get(n)
         if d is None or d.decision_sigma is None:
-            text = f"{name}: undecided ({reasons.get(str(n), 'undecided')})"
+            reason = reasons.get(str(n), "undecided")
+            text = f"{name}: undecided" + (f" ({reason})" if reason != "undecided" else "")
         else:
             edge = "  (peak at grid edge)" if getattr(d, "at_edge", False) else ""
             interval = f" ({d.interval[0]:.3g}-{d.interval[1]:.3g})" if d.interval is not None else ""
