@@ -224,6 +224,7 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
 
     many = len(leaves) > 40
     width = max(560, min(1100, 64 * len(leaves) + 160))
+    # Only the y axis is used (log sigma); x places leaves evenly.
     ax = _Axis([1.0, 10.0], [floor, top], width=width, height=440, left=72, right=14, top=14,
                bottom=24 if many else 70, log_y=True)
     span = width - ax.l - ax.r - 28

@@ -211,8 +211,8 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
 
     The convention of ``layout.drawn_heights``: a child that decides before its parent is drawn
     above it, and that edge (an inversion: the parent decides after its child) is drawn dashed in
-    vermillion and counted in the legend. Each node's half-peak window is a thin bracket through
-    it; each node is labelled with its name, decision sigma and window where there is room beside
+    vermillion and counted in the legend. Each node's half-peak window is a thin bracket just left
+    of it; each node is labelled with its name, decision sigma and window where there is room beside
     it (the note under the legend counts the labels left out). Undecided nodes are hollow, at their
     highest child's height; peaks on the grid's edge are triangles. Leaf names are drawn for trees
     of up to 40 leaves. The vertical axis spans the decisions and their windows, not the whole
