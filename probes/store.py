@@ -40,8 +40,8 @@ BATCH_DIR = "batches"
 BATCH_SUFFIX = ".safetensors"
 # Everything probes writes into a run directory; anything else makes --overwrite refuse.
 OUTPUT_PATTERNS = (MARKER, "run.json", "curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk",
-                   "*.png", "report.html", "samples.csv", "previews", "strips", "compare.csv", "posteriors.safetensors",
-                   "taxonomy.json", "summary.txt", ".*.tmp", BATCH_DIR)
+                   "*.png", "*.pdf", "*.svg", "report.html", "samples.csv", "previews", "strips", "compare.csv",
+                   "posteriors.safetensors", "taxonomy.json", "summary.txt", ".*.tmp", BATCH_DIR)
 BATCH_PATTERNS = ("batch_*" + BATCH_SUFFIX, "batch_*.pt", ".*.tmp")
 # Model files above this size are fingerprinted by size and modification time, not content.
 HASH_LIMIT = 64 << 20
