@@ -223,10 +223,12 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
     floor, top = tree_extent([10.0 ** log_height[n] for n in internal] + windows, leaf_sigma)
 
     many = len(leaves) > 40
+    names = {leaf: str(nodes[leaf].get("label", leaf)) for leaf in leaves}
+    slanted = max(len(v) for v in names.values()) > 3  # short leaf names stand upright
     width = max(560, min(1100, 64 * len(leaves) + 160))
     # Only the y axis is used (log sigma); x places leaves evenly.
-    ax = _Axis([1.0, 10.0], [floor, top], width=width, height=440, left=72, right=14, top=14,
-               bottom=24 if many else 70, log_y=True)
+    ax = _Axis([1.0, 10.0], [floor, top], width=width, height=440 if slanted and not many else 400, left=72,
+               right=14, top=14, bottom=70 if slanted and not many else 30, log_y=True)
     span = width - ax.l - ax.r - 28
     xpos = {n: ax.l + 14 + order[n] * span / max(1, len(leaves) - 1) for n in order}
     ypos = {n: ax.y(max(10.0 ** log_height[n], floor)) for n in nodes}
@@ -287,8 +289,7 @@ def tree_svg(tree: dict, sigmas: list[float]) -> str:
                      f'y="{box[1] + LABEL_LINE_PX:.1f}">{html.escape(name)}<tspan x="{box[0] + 1:.1f}" '
                      f'dy="{LABEL_LINE_PX}">{html.escape(value)}</tspan></text>')
     if not many:
-        names = {leaf: str(nodes[leaf].get("label", leaf)) for leaf in leaves}
-        slant = ' rotate(50)' if max(len(v) for v in names.values()) > 3 else ""  # short names stand upright
+        slant = ' rotate(50)' if slanted else ""
         anchor = "" if slant else ' text-anchor="middle"'
         for leaf, label in names.items():
             parts.append(f'<text class="leaf" transform="translate({xpos[leaf]:.1f},{ax.h - ax.b + 14}){slant}"'

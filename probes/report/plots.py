@@ -242,7 +242,9 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
     # Inches per leaf: room for two-line node labels between the leaves' lines on small trees.
     width = 0.9 + (min(14.0, max(6.0, 0.05 * L)) if big else max(4.0, L * (0.5 if L <= 16 else 0.3)))
     fig = plt.figure(figsize=(width + 2.2, 4.6))
-    bottom = 0.9 if not big else 0.45  # inches: room for rotated leaf names
+    names = [_label(taxonomy, n) for n in leaves]
+    slanted = not big and max(len(n) for n in names) > 3  # short leaf names stand upright
+    bottom = 0.9 if slanted else 0.45  # inches: room for the leaf names or the note
     fig.subplots_adjust(left=0.8 / (width + 2.2), right=(width - 0.1) / (width + 2.2), top=1 - 0.35 / 4.6,
                         bottom=bottom / 4.6)
     ax = fig.add_subplot()
@@ -291,8 +293,6 @@ def _tree_figure(taxonomy, decisions, sigma_min, title):
 
     if not big:
         ax.set_xticks(range(L))
-        names = [_label(taxonomy, n) for n in leaves]
-        slanted = max(len(n) for n in names) > 3  # short names stand upright
         ax.set_xticklabels(names, rotation=60 if slanted else 0, ha="right" if slanted else "center", fontsize=7)
         ax.tick_params(axis="x", length=0)
     else:
