@@ -309,11 +309,11 @@ def test_each_plot_writes_300_dpi_png_and_a_vector_copy(tmp_path, small_run):
         assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
         svg = (tmp_path / f"{name}.svg").read_text()
         assert "<svg" in svg and "<text" in svg  # text kept as text
-    assert plots.plot_tree(tmp_path / "again.png", tax, decisions) == tmp_path / "again.png"
-    assert (tmp_path / "again.pdf").is_file()  # the default: PNG and PDF
-    again = plots.plot_tree(tmp_path / "again2.png", tax, decisions)
-    assert again.read_bytes() == (tmp_path / "again.png").read_bytes()
-    assert (tmp_path / "again2.pdf").read_bytes() == (tmp_path / "again.pdf").read_bytes()  # no dates inside
+    again = tmp_path / "again" / "tree.png"
+    assert plots.plot_tree(again, tax, decisions) == again  # the default: PNG and PDF
+    assert sorted(p.name for p in again.parent.iterdir()) == ["tree.pdf", "tree.png"]
+    assert again.read_bytes() == (tmp_path / "tree.png").read_bytes()
+    assert again.with_suffix(".pdf").read_bytes() == (tmp_path / "tree.pdf").read_bytes()  # no dates inside
     with pytest.raises(ProbesError, match="formats: expected one or more of png, pdf, svg, got 'jpg'"):
         plots.plot_curves(tmp_path / "x", {"plugin": curves}, formats="jpg")
 
