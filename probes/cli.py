@@ -166,11 +166,8 @@ def _cmd_plot(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     curves = {n: result.entropy(n) for n in result.estimates}
     decisions = result.decisions(estimator=name, kind="both")
-    written = []
-    for fmt in args.formats or ["png"]:
-        written.append(plots.plot_curves(out / f"curves.{fmt}", curves))
-        written.append(plots.plot_rates(out / f"rates.{fmt}", curves[name], decisions))
-        written.append(plots.plot_tree(out / f"tree.{fmt}", result.taxonomy, decisions))
+    written = plots.write_figures(out, result.taxonomy, curves, decisions, primary=name,
+                                  formats=tuple(args.formats or ["png"]))
     if args.out is None:
         written.append(write_run_report(out / "report.html", result, curves, {name: decisions}))
     print("\n".join(str(p) for p in written))

@@ -20,7 +20,7 @@ from probes.report import (
     write_run_json,
     write_tree,
 )
-from probes.report.rundir import CURVES_COLUMNS, DECISIONS_COLUMNS
+from probes.report.rundir import CURVES_COLUMNS, DECISIONS_COLUMNS, newick_heights
 
 SPEC = {
     "animal": {"dog": ["terrier", "poodle"], "cat": ["tabby", "siamese"]},
@@ -178,8 +178,8 @@ def test_plot_tree_large_tree(tmp_path):
 
 def test_child_deciding_before_parent_gives_no_negative_branch(tmp_path, run):
     """Swap decisions so 'dog' decides at a larger sigma than 'animal' and 'root': every Newick
-    branch stays >= 0, the child sits at its lowest-deciding ancestor's height, and tree.json's
-    tree_sigma agrees with the Newick heights (exactly: both come from one height table)."""
+    branch stays >= 0 (the child sits at its lowest-deciding ancestor's height in tree.nwk only),
+    and tree.json's tree_sigma is the drawn height, the node's own decision sigma."""
     from dataclasses import replace
 
     from probes.taxonomy.export import from_newick
@@ -195,10 +195,12 @@ def test_child_deciding_before_parent_gives_no_negative_branch(tmp_path, run):
     assert parsed.graph.edges["animal", "dog"]["branch_length"] == pytest.approx(0.0, abs=1e-12)
     g = nx.node_link_graph(json.loads((tmp_path / "tree.json").read_text()), edges="edges")
     assert g.nodes["dog"]["decision_sigma"] == pytest.approx(nodes["dog"].decision_sigma)  # kept
-    assert g.nodes["dog"]["tree_sigma"] == pytest.approx(g.nodes["animal"]["tree_sigma"])
-    h = tree_heights(tax, early, float(sigmas.min()))
+    assert g.nodes["dog"]["tree_sigma"] == pytest.approx(nodes["dog"].decision_sigma)  # drawn where it decides
+    drawn = tree_heights(tax, early, float(sigmas.min()))
     for n in tax.internal_nodes:
-        assert math.log10(g.nodes[n]["tree_sigma"]) == pytest.approx(h[n])
+        assert math.log10(g.nodes[n]["tree_sigma"]) == pytest.approx(drawn[n])
+    h = newick_heights(tax, early, float(sigmas.min()))
+    assert h["dog"] == pytest.approx(h["animal"]) and h["dog"] < drawn["dog"]
     # path lengths root -> leaf all equal the root's height above the leaves (an ultrametric tree)
     depth = nx.shortest_path_length(parsed.graph, "root", weight="branch_length")
     for leaf in tax.leaves:

@@ -15,8 +15,23 @@ deciding between n's children.
   samples with replacement (``n_boot`` multinomial weight vectors applied to the per-sample curves
   in one matrix product; percentiles taken in log sigma).
 
-The same is done for level cuts with the rate of ``H_l``. Nodes whose curve is flat (peak rate not
-above ``flat_tol``) or has fewer than three finite points get no decision (``None``).
+The same is done for level cuts with the rate of ``H_l``.
+
+**Undecided.** A node (or level) gets no decision (``None``) when
+
+* its mean curve has fewer than three finite points;
+* it is **flat** relative to its own scale: at its fastest, the curve falls between neighbouring
+  grid points by no more than ``flat_rtol`` (default ``FLAT_RTOL = 1e-6``) of its largest magnitude
+  ``max |C_n|`` on the grid (``peak rate * grid step at the peak <= flat_rtol * max |C_n|``; a rate
+  that is not positive at any grid point is flat too). The test is relative, so a real transition
+  in a curve of small magnitude (a node of small prior mass) is decided and float rounding in a
+  curve of any magnitude is not;
+* its refined peak lies **outside its own half-peak window** (a window narrower than the grid step,
+  on a noisy rate): the grid cannot place the peak.
+
+So every reported decision lies inside its reported window. Each family's mapping (``decide()[
+"nodes"]``, ``decide()["levels"]``) is a :class:`DecisionMap`, a dict whose ``reasons`` attribute
+says why each ``None`` entry is undecided; :func:`undecided_reasons` reads it from any mapping.
 
 **Axes.** The peak of a rate depends on the variable differentiated against. ``decide(axis=...)``
 takes the rate against ``log_sigma`` (the default), ``vp_time`` (``t = 0.5 log(1 + sigma^2)``) or
@@ -78,7 +93,9 @@ def check_seed(seed, what: str = "seed") -> int | None:
     return value
 
 
-FLAT_TOL = 1e-9
+# Undecided below this fraction of the curve's magnitude per grid step: a few float32 rounding steps
+# (2**-23 = 1.2e-7 relative), far below any change a sample mean can resolve.
+FLAT_RTOL = 1e-6
 AXES = ("log_sigma", "vp_time", "log_snr")
 MIN_POINTS_PER_HALF_WIDTH = 3.0
 
@@ -200,8 +217,11 @@ def _refine(x: np.ndarray, r: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np
     return np.where(inner, xv, x[i]), np.where(inner, yv, edge_y)
 
 
-def _peaks(x: np.ndarray, r: np.ndarray, flat_tol: float):
-    """Vectorised peak of ``r [..., S]``: (x_peak, r_peak, argmax); x_peak NaN if flat/NaN."""
+def _peaks(x: np.ndarray, r: np.ndarray, flat_tol):
+    """Vectorised peak of ``r [..., S]``: (x_peak, r_peak, argmax); x_peak NaN if flat/NaN.
+
+    ``flat_tol`` (a number, or one per curve: shape ``r.shape[:-1]``) is the rate a peak must
+    exceed, at the refined vertex and at its grid point."""
     bad = ~np.all(np.isfinite(r), axis=-1)
     rr = np.where(np.isfinite(r), r, -np.inf)
     i = np.argmax(rr, axis=-1)
@@ -211,6 +231,43 @@ def _peaks(x: np.ndarray, r: np.ndarray, flat_tol: float):
     top = np.take_along_axis(rr, i[..., None], -1)[..., 0]
     flat = bad | ~(yp > flat_tol) | ~(top > flat_tol)
     return np.where(flat, np.nan, xp), np.where(flat, np.nan, yp), i
+
+
+def _step_at(x: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The grid step at index ``i`` of ``x [S]`` (S >= 3): the mean of its two neighbouring steps,
+    those of the nearest inner point at the grid's ends."""
+    ic = np.clip(i, 1, len(x) - 2)
+    return (x[ic + 1] - x[ic - 1]) / 2
+
+
+def _relative_peaks(x: np.ndarray, values: np.ndarray, flat_rtol: float):
+    """:func:`_peaks` of the rate of ``values [..., S]`` (S >= 3) with the flat test relative to
+    each curve's magnitude: flat where ``rate * step <= flat_rtol * max |value|`` at the peak.
+    Returns (x_peak, r_peak, argmax, rate)."""
+    r = np.gradient(values, x, axis=-1)
+    with np.errstate(invalid="ignore"):
+        scale = np.max(np.where(np.isfinite(values), np.abs(values), 0.0), axis=-1)
+        i = np.argmax(np.where(np.isfinite(r), r, -np.inf), axis=-1)
+        tol = flat_rtol * scale / _step_at(x, i)
+    xp, yp, i = _peaks(x, r, tol)
+    return xp, yp, i, r
+
+
+def _outside_window(x: np.ndarray, r: np.ndarray, i: np.ndarray, xp: np.ndarray, yp: np.ndarray) -> np.ndarray:
+    """Where the refined peak ``xp`` (of ``r [..., S]`` at grid index ``i``) lies outside its
+    half-peak window, vectorised; the window edges are computed exactly as :func:`_window` does
+    (same expressions), so this agrees with the window reported. NaN peaks are not outside."""
+    S = len(x)
+    take = lambda j: np.take_along_axis(r, np.clip(j, 0, S - 1)[..., None], -1)[..., 0]
+    ri, rl, rr = take(i), take(i - 1), take(i + 1)
+    half = np.where(0.5 * yp < ri, 0.5 * yp, 0.5 * ri)
+    xi, xl, xr = x[i], x[np.clip(i - 1, 0, S - 1)], x[np.clip(i + 1, 0, S - 1)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hi = xi + ((ri - half) / (ri - rr)) * (xr - xi)
+        lo = xl + ((half - rl) / (ri - rl)) * (xi - xl)
+        right = (xp > xi) & (i < S - 1) & ~(rr > half) & ~(xp <= hi)
+        left = (xp < xi) & (i > 0) & ~(rl > half) & ~(xp >= lo)
+    return right | left
 
 
 def _window(x: np.ndarray, r: np.ndarray, i: int, half: float) -> tuple[float, float, bool]:
@@ -252,6 +309,59 @@ def _half_peak_window(x: np.ndarray, r: np.ndarray, i: int, peak: float) -> tupl
 # --------------------------------------------------------------------------------------------
 
 
+class DecisionMap(dict):
+    """``{name: Decision | None}`` as :func:`decide` returns each family; ``reasons`` maps every
+    name whose entry is ``None`` to a sentence saying why it is undecided (a plain ``dict(...)``
+    copy drops it; :func:`undecided_reasons` reads it back from any mapping)."""
+
+    def __init__(self, *args, reasons: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reasons: dict[str, str] = dict(reasons or {})
+
+
+def undecided_reasons(decisions) -> dict:
+    """Why each undecided entry of ``decisions`` is undecided: ``{name: reason}`` for a family
+    mapping (``decide()["nodes"]``), ``{"nodes": {...}, "levels": {...}}`` for a whole
+    :func:`decide` result. Entries of a mapping that carries no reasons (a plain dict) read
+    ``"undecided"``."""
+    if isinstance(decisions, dict) and set(decisions) <= {"nodes", "levels"} and decisions and \
+            all(isinstance(v, dict) for v in decisions.values()):
+        return {k: undecided_reasons(v) for k, v in decisions.items()}
+    known = getattr(decisions, "reasons", {})
+    return {str(n): known.get(n, known.get(str(n), "undecided")) for n, d in decisions.items() if d is None}
+
+
+def _flat_reason(top: float, peak_step: float, scale: float, flat_rtol: float) -> str:
+    if not top > 0:
+        return "flat: the rate is not positive at any grid point (no information gained as sigma falls)"
+    return (f"flat: at its fastest the curve changes by {peak_step:.2g} per grid step, not above "
+            f"{flat_rtol:g} of its magnitude {scale:.3g}")
+
+
+def _group_decisions(x: np.ndarray, m: np.ndarray, flat_rtol: float):
+    """Point decisions for the mean curves ``m [G, P]`` on coordinates ``x [P]`` (P >= 3): per
+    curve ``(x_peak, r_peak, argmax, (lo, hi, clipped))``, or a reason string where undecided.
+    The rule of the module docstring; shared by :func:`decide` and :func:`decision_replicates`."""
+    xp, yp, idx, r = _relative_peaks(x, m, flat_rtol)
+    outside = _outside_window(x, r, idx, xp, yp)
+    out: list = []
+    for g in range(m.shape[0]):
+        i = int(idx[g])
+        if not np.isfinite(xp[g]):
+            rate = r[g][np.isfinite(r[g])]
+            top = float(rate.max()) if rate.size else math.nan
+            scale = float(np.nanmax(np.abs(m[g])))
+            out.append(_flat_reason(top, top * float(_step_at(x, np.array(i))), scale, flat_rtol))
+            continue
+        lo, hi, clipped = _half_peak_window(x, r[g], i, yp[g])
+        if outside[g]:
+            out.append("unresolved: the refined peak lies outside its own half-peak window (the rate "
+                       "is narrower than the grid step there, or noisy)")
+            continue
+        out.append((float(xp[g]), float(yp[g]), i, (lo, hi, clipped)))
+    return out
+
+
 def _means(per_sample: np.ndarray, weights: np.ndarray | None, sample_weight: np.ndarray | None):
     """The mean ``[S, K]`` of ``per_sample [N, S, K]`` over its finite entries, each sample weighted
     by ``sample_weight [N, S]`` (inside mass) or equally, and the same mean under each bootstrap
@@ -284,12 +394,17 @@ def _usable_groups(mean: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
     return [(np.flatnonzero(usable[:, ks[0]]), ks) for ks in groups.values()]
 
 
-def _replicate_peaks(x: np.ndarray, boot: np.ndarray, pts: np.ndarray, ks: list[int], flat_tol: float) -> np.ndarray:
+def _replicate_peaks(x: np.ndarray, boot: np.ndarray, pts: np.ndarray, ks: list[int], flat_rtol: float) -> np.ndarray:
     """Peak coordinates ``[B, G]`` of the replicate means ``boot [B, S, K]`` for the curves ``ks``
-    on the points ``pts`` (``x`` = their coordinates); NaN where a replicate's rate is flat."""
+    on the points ``pts`` (``x`` = their coordinates); NaN where the replicate's mean curve is
+    undecided by the rule :func:`decide` applies (flat relative to its magnitude, or a peak outside
+    its window)."""
     bm = np.transpose(boot[:, pts][:, :, ks], (0, 2, 1))  # [B, G, P]
-    bxp, _, _ = _peaks(x, np.gradient(bm, x, axis=-1), flat_tol)
-    return bxp
+    bxp, byp, bi, br = _relative_peaks(x, bm, flat_rtol)
+    return np.where(_outside_window(x, br, bi, bxp, byp), np.nan, bxp)
+
+
+TOO_FEW_POINTS = "too few points: the mean curve has fewer than three finite points"
 
 
 def _decide_family(
@@ -298,34 +413,32 @@ def _decide_family(
     x_all: np.ndarray,
     per_sample: np.ndarray,
     weights: np.ndarray | None,
-    flat_tol: float,
+    flat_rtol: float,
     ci: float,
     axis: str = "log_sigma",
     sample_weight: np.ndarray | None = None,
-) -> dict:
+) -> DecisionMap:
     """Decisions for ``per_sample [N, S, K]`` (sigma ascending, x_all = the axis coordinate);
     ``sample_weight [N, S]`` weights the samples in every mean (inside mass), else equal."""
     to_sigma = lambda v: float(sigma_of_coordinate(axis, v))
     mean, boot = _means(per_sample, weights, sample_weight)
 
     out: dict = {}
+    reasons: dict = {}
     for pts, ks in _usable_groups(mean):
         if len(pts) < 3:
             for k in ks:
-                out[names[k]] = None
+                out[names[k]], reasons[names[k]] = None, TOO_FEW_POINTS
             continue
         x = x_all[pts]
-        m = mean[pts][:, ks].T  # [G, P]
-        r = np.gradient(m, x, axis=-1)
-        xp, yp, idx = _peaks(x, r, flat_tol)
+        found = _group_decisions(x, mean[pts][:, ks].T, flat_rtol)
         if boot is not None:
-            bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
+            bxp = _replicate_peaks(x, boot, pts, ks, flat_rtol)
         for g, k in enumerate(ks):
-            if not np.isfinite(xp[g]):
-                out[names[k]] = None
+            if isinstance(found[g], str):
+                out[names[k]], reasons[names[k]] = None, found[g]
                 continue
-            i = int(idx[g])
-            lo, hi, clipped = _half_peak_window(x, r[g], i, yp[g])
+            xp, yp, i, (lo, hi, clipped) = found[g]
             interval, n_valid = None, 0
             if boot is not None:
                 vals = bxp[:, g]
@@ -335,9 +448,8 @@ def _decide_family(
                     q = 100 * (1 - ci) / 2
                     a, b = np.percentile(vals, [q, 100 - q])
                     interval = (to_sigma(a), to_sigma(b))
-            sigma = to_sigma(xp[g])
-            ic = min(max(i, 1), len(x) - 2)
-            spacing = (x[ic + 1] - x[ic - 1]) / 2 if len(x) >= 3 else float("inf")
+            sigma = to_sigma(xp)
+            spacing = float(_step_at(x, np.array(i)))
             per_half = 0.5 * (hi - lo) / spacing
             out[names[k]] = Decision(
                 name=str(names[k]),
@@ -345,7 +457,7 @@ def _decide_family(
                 decision_sigma=sigma,
                 window=(to_sigma(lo), to_sigma(hi)),
                 interval=interval,
-                peak_rate=float(yp[g]),
+                peak_rate=yp,
                 at_edge=bool(i == 0 or i == len(x) - 1),
                 window_clipped=bool(clipped),
                 vp_time=float(noise.vp_time(sigma)),
@@ -357,7 +469,7 @@ def _decide_family(
                 # a clipped window's width is a lower bound: flag it only if even that is too narrow
                 under_resolved=bool(per_half < MIN_POINTS_PER_HALF_WIDTH),
             )
-    return {n: out[n] for n in names}
+    return DecisionMap({n: out[n] for n in names}, reasons={n: reasons[n] for n in names if n in reasons})
 
 
 def decide(
@@ -365,18 +477,22 @@ def decide(
     n_boot: int = 200,
     seed: int = 0,
     ci: float = 0.95,
-    flat_tol: float = FLAT_TOL,
+    flat_rtol: float = FLAT_RTOL,
     axis: str = "log_sigma",
 ) -> dict:
     """Decision sigma, half-peak window and bootstrap interval for every internal node and level.
 
     Returns ``{"nodes": {node: Decision | None}, "levels": {depth: Decision | None}}`` in the
-    order of ``curves.node_names`` and ``curves.level_names``. Rates are ``d/d axis`` of the
+    order of ``curves.node_names`` and ``curves.level_names``; each family is a
+    :class:`DecisionMap` whose ``reasons`` say why each ``None`` is undecided (the rule is in the
+    module docstring; ``flat_rtol`` is its flatness threshold). Rates are ``d/d axis`` of the
     sample-mean curves (``axis``: ``log_sigma``, ``vp_time`` or ``log_snr``, see the module
     docstring); ``n_boot=0`` skips the bootstrap (intervals are then None).
     """
     if not 0 < ci < 1:
         raise ProbesError(f"decide: ci must be in (0, 1); got {ci}")
+    if not (isinstance(flat_rtol, numbers.Real) and 0 <= flat_rtol < 1):
+        raise ProbesError(f"decide: flat_rtol must be a number in [0, 1); got {flat_rtol!r}")
     n_boot = check_n_boot(n_boot)
     seed = check_seed(seed)
     order = _ascending(curves.sigmas)
@@ -390,16 +506,16 @@ def decide(
     if sample_weight is not None:
         sample_weight = sample_weight[:, order]
     nodes = _decide_family(
-        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_tol, ci, axis, sample_weight
+        "node", list(curves.node_names), x, curves.nodes[:, order], weights, flat_rtol, ci, axis, sample_weight
     )
     levels = _decide_family(
-        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_tol, ci, axis, sample_weight
+        "level", list(curves.level_names), x, curves.levels[:, order], weights, flat_rtol, ci, axis, sample_weight
     )
     return {"nodes": nodes, "levels": levels}
 
 
 def decision_replicates(curves: EntropyCurves, weights: np.ndarray, axes=AXES,
-                        flat_tol: float = FLAT_TOL) -> dict:
+                        flat_rtol: float = FLAT_RTOL) -> dict:
     """Each internal node's decision sigma under each bootstrap replicate, on each axis:
     ``{axis: {node: [B]}}`` (NaN where a replicate's rate is flat or the node gets no decision),
     for sample counts ``weights [B, N]`` supplied by the caller (so two sets of curves can share or
@@ -429,10 +545,10 @@ def decision_replicates(curves: EntropyCurves, weights: np.ndarray, axes=AXES,
                 continue
             x = x_all[pts]
             # a node the full sample does not decide gets no decision, whatever its replicates say
-            _, yp, _ = _peaks(x, np.gradient(mean[pts][:, ks].T, x, axis=-1), flat_tol)
-            bxp = _replicate_peaks(x, boot, pts, ks, flat_tol)
+            found = _group_decisions(x, mean[pts][:, ks].T, flat_rtol)
+            bxp = _replicate_peaks(x, boot, pts, ks, flat_rtol)
             for g, k in enumerate(ks):
-                if np.isfinite(yp[g]):
+                if not isinstance(found[g], str):
                     out[axis][str(names[k])] = sigma_of_coordinate(axis, bxp[:, g])
     return out
 

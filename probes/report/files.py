@@ -35,8 +35,8 @@ CURVES_FILE = "curves.csv"
 DECISIONS_FILE = "decisions.csv"
 #: Files every saved result and finished run directory holds (``docs/outputs.md``).
 RESULT_FILES = ("run.json", "summary.txt", "curves.csv", "decisions.csv", "commitments.csv", "tree.json",
-                "tree.graphml", "tree.nwk", "curves.png", "rates.png", "tree.png", POSTERIORS_FILE, TAXONOMY_FILE,
-                "report.html")
+                "tree.graphml", "tree.nwk", "curves.png", "curves.pdf", "rates.png", "rates.pdf", "tree.png",
+                "tree.pdf", POSTERIORS_FILE, TAXONOMY_FILE, "report.html")
 #: Files written where the result kept samples (image models: previews; x0 strips where predictions were kept).
 SAMPLE_FILES = ("samples.csv", "previews", "strips")
 
@@ -57,9 +57,7 @@ def write_result_files(result, out: Path, status: str = "complete") -> list[str]
     write_curves_csv(out / "curves.csv", {names[n]: c for n, c in curves.items()})
     write_decisions_csv(out / "decisions.csv", {names[n]: d for n, d in by_axis.items()})
     write_tree(out, result.taxonomy, decisions[primary])
-    plots.plot_curves(out / "curves.png", curves)
-    plots.plot_tree(out / "tree.png", result.taxonomy, decisions[primary])
-    plots.plot_rates(out / "rates.png", curves[primary], decisions[primary])
+    plots.write_figures(out, result.taxonomy, curves, decisions[primary], primary=primary)
     atomic_write_text(out / TAXONOMY_FILE, json.dumps(to_node_link(result.taxonomy), indent=1) + "\n")
     # safetensors, not pickle: loading a result directory can never run code.
     write_record(out / POSTERIORS_FILE, {"estimates": {n: vars(e) for n, e in result.estimates.items()},

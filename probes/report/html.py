@@ -20,13 +20,31 @@ import yaml
 
 from probes.entropy.decisions import rates
 from probes.report.commitment_plots import plot_commitment_ecdf, plot_commitment_pairs
-from probes.report.layout import place_labels
+from probes.report.layout import (
+    EDGE_NODE_COLOR,
+    INVERSION_COLOR,
+    NODE_COLOR,
+    PALETTE,
+    drawn_heights,
+    inverted_edges,
+    leader_point,
+    linear_ticks,
+    log_ticks,
+    named_log_ticks,
+    place_clear_labels,
+    segment_box,
+    series_style,
+    tick_label,
+    tree_extent,
+    tree_x,
+)
 from probes.report.rundir import atomic_write_text, decision_tree
 from probes.report.samples import png_bytes, strip_picture
 from probes.taxonomy.export import to_node_link
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+SIGMA_AXIS = "noise level σ (log scale), noise → clean"
+LABEL_CHAR_PX = 6.4  # generous width of one character of a tree label at 11px
+LABEL_LINE_PX = 13  # line height of tree labels
 MAX_SAMPLE_PREVIEWS = 200
 
 STYLE = """
@@ -39,6 +57,7 @@ table{border-collapse:collapse;font-size:13px} td,th{padding:3px 10px;border-bot
 .legend{font-size:12px;list-style:none;padding:0;margin:0;min-width:150px}
 .legend span{display:inline-block;width:14px;height:3px;margin-right:6px;vertical-align:middle}
 svg text{font:11px system-ui,sans-serif;fill:#333} svg .node{cursor:pointer}
+svg text.label{fill:#111} svg text.caption{font-size:12px;fill:#444}
 svg .node:hover circle,svg .node.on circle{stroke:#000;stroke-width:2}
 #panel{position:sticky;top:8px;min-width:260px;max-width:300px;font-size:13px;background:#f4f7fb;
   border:1px solid #cfd8e3;border-radius:6px;padding:8px 12px}
@@ -74,7 +93,8 @@ def _data_uri(picture: np.ndarray) -> str:
 
 
 class _Axis:
-    """Log sigma on x (descending, sampling order) and a linear or log y, in pixels."""
+    """Log sigma on x (descending: noise -> clean, sampling order) and a linear or log y, in pixels;
+    ticks at round values (``layout.log_ticks`` / ``layout.linear_ticks``)."""
 
     def __init__(self, sigmas, ys, width=620, height=300, left=56, right=12, top=12, bottom=40, log_y=False):
         self.w, self.h, self.l, self.r, self.t, self.b = width, height, left, right, top, bottom
@@ -99,19 +119,22 @@ class _Axis:
         f = (v - self.y0) / (self.y1 - self.y0 or 1.0)
         return self.t + (1 - f) * (self.h - self.t - self.b)
 
-    def frame(self, ylabel: str, xlabel: str = "noise level σ (log; sampling runs left to right)") -> str:
+    def y_ticks(self, named: dict | None = None) -> list[tuple[float, str]]:
+        if self.log_y:
+            return named_log_ticks(10.0**self.y0, 10.0**self.y1, named or {}, max_ticks=6)
+        return [(v, tick_label(v)) for v in linear_ticks(self.y0, self.y1, 6)]
+
+    def frame(self, ylabel: str, xlabel: str = SIGMA_AXIS) -> str:
         out = [f'<rect x="{self.l}" y="{self.t}" width="{self.w - self.l - self.r}" '
                f'height="{self.h - self.t - self.b}" fill="none" stroke="#999"/>']
-        for e in range(math.floor(self.x1), math.ceil(self.x0) + 1):
-            s = 10.0**e
-            if min(self.x0, self.x1) - 1e-9 <= e <= max(self.x0, self.x1) + 1e-9:
-                px = self.x(s)
-                out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.t}" y2="{self.h - self.b}" stroke="#eee"/>'
-                           f'<text x="{px:.1f}" y="{self.h - self.b + 14}" text-anchor="middle">{s:g}</text>')
-        for v in np.linspace(self.y0, self.y1, 5):
-            val = 10.0**v if self.log_y else v
+        for s in log_ticks(10.0**self.x1, 10.0**self.x0):
+            px = self.x(s)
+            out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.t}" y2="{self.h - self.b}" stroke="#eee"/>'
+                       f'<text class="xtick" x="{px:.1f}" y="{self.h - self.b + 14}" text-anchor="middle">'
+                       f'{tick_label(s)}</text>')
+        for val, text in self.y_ticks():
             py = self.y(val)
-            out.append(f'<text x="{self.l - 4}" y="{py + 4:.1f}" text-anchor="end">{val:.2g}</text>')
+            out.append(f'<text class="ytick" x="{self.l - 4}" y="{py + 4:.1f}" text-anchor="end">{text}</text>')
         out.append(f'<text x="{(self.l + self.w - self.r) / 2}" y="{self.h - 6}" text-anchor="middle">'
                    f'{html.escape(xlabel)}</text>')
         out.append(f'<text transform="translate(12,{(self.t + self.h - self.b) / 2}) rotate(-90)" '
@@ -120,7 +143,9 @@ class _Axis:
 
 
 def line_chart(series: list[tuple[str, np.ndarray, np.ndarray]], ylabel: str, shade: list | None = None) -> str:
-    """An SVG chart of ``(name, sigma, value)`` series with the legend beside it (never over it)."""
+    """An SVG chart of ``(name, sigma, value)`` series with the legend beside it (never over it);
+    Okabe-Ito colours, dashed once the eight colours run out. ``shade`` lists ``(lo, hi, colour)``
+    sigma bands to tint."""
     if not series:
         return "<p>no curves</p>"
     ax = _Axis(np.concatenate([s for _, s, _ in series]), np.concatenate([v for _, _, v in series]))
@@ -130,95 +155,141 @@ def line_chart(series: list[tuple[str, np.ndarray, np.ndarray]], ylabel: str, sh
                      f'height="{ax.h - ax.t - ax.b}" fill="{color}" opacity="0.08"/>')
     legend = []
     for k, (name, s, v) in enumerate(series):
-        color = PALETTE[k % len(PALETTE)]
+        color, dashes = series_style(k)
+        dash = f' stroke-dasharray="{",".join(f"{1.6 * d:g}" for d in dashes)}"' if dashes else ""
         pts = " ".join(f"{ax.x(a):.1f},{ax.y(b):.1f}" for a, b in zip(s, v) if math.isfinite(b))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.6">'
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.6"{dash}>'
                      f'<title>{html.escape(name)}</title></polyline>')
         legend.append(f'<li><span style="background:{color}"></span>{html.escape(name)}</li>')
     parts.append("</svg>")
     return f'<div class="row">{"".join(parts)}<ul class="legend">{"".join(legend)}</ul></div>'
 
 
-def tree_svg(tree: dict, sigmas: list[float]) -> str:
-    """The decision-time tree: internal nodes at their decision sigma (log y), leaves at the bottom;
-    hovering a node fills the side panel with its decision sigma, window and interval."""
+def _tree_structure(tree: dict) -> tuple[dict, dict, str]:
+    """(nodes by id, children by parent in edge order, root) of a node-link tree."""
     nodes = {n["id"]: n for n in tree["nodes"]}
     children: dict[str, list[str]] = {}
     for e in tree.get("edges", tree.get("links", [])):
         children.setdefault(e["source"], []).append(e["target"])
-    root = tree["graph"].get("root") or next(iter(nodes))
-    leaves: list[str] = []
+    root = tree["graph"].get("root") or next(n for n in nodes if all(n not in k for k in children.values()))
+    return nodes, children, root
 
-    def walk(n):
-        if n not in children:
-            leaves.append(n)
-        for c in children.get(n, []):
-            walk(c)
 
-    walk(root)
-    leaf_sigma = float(tree["graph"].get("leaf_sigma") or min(sigmas))
-    height: dict[str, float] = {}
-
-    def h(n):
-        if n in children:
-            below = max(h(c) for c in children[n])
-            d = nodes[n].get("decision_sigma")
-            height[n] = max(float(d), below) if d else below
-        else:
-            height[n] = leaf_sigma
-        return height[n]
-
-    h(root)
-    many = len(leaves) > 40
-    width = max(560, min(1100, 56 * len(leaves) + 140))
-    # Up to three times the highest decision (not the whole grid), so close decisions stay apart.
-    top_sigma = min(max(sigmas), 3 * max(height.values())) if len(height) > len(leaves) else max(sigmas)
-    top_sigma = max(top_sigma, max(height.values()) * 1.2)
-    ax = _Axis([top_sigma, leaf_sigma], [top_sigma, leaf_sigma], width=width, height=420, bottom=70, log_y=True)
-    xpos = {leaf: ax.l + 14 + i * (width - ax.l - 40) / max(1, len(leaves) - 1) for i, leaf in enumerate(leaves)}
-    for n in height:  # post-order: children are placed before their parent
-        if n in children:
-            xs = [xpos[c] for c in children[n]]
-            xpos[n] = 0.5 * (min(xs) + max(xs))
-    parts = [f'<svg width="{width}" height="{ax.h}" role="img" aria-label="decision-time tree">']
-    for v in np.linspace(ax.y0, ax.y1, 6):
-        py = ax.y(10.0**v)
-        parts.append(f'<line x1="{ax.l}" x2="{width - 10}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>'
-                     f'<text x="{ax.l - 4}" y="{py + 4:.1f}" text-anchor="end">{10.0**v:.2g}</text>')
-    parts.append(f'<text transform="translate(12,{ax.h / 2 - 30}) rotate(-90)" text-anchor="middle">'
-                 'decision noise level σ (log)</text>')
-    for p, kids in children.items():
-        for c in kids:
-            parts.append(f'<polyline points="{xpos[c]:.1f},{ax.y(height[c]):.1f} {xpos[c]:.1f},{ax.y(height[p]):.1f} '
-                         f'{xpos[p]:.1f},{ax.y(height[p]):.1f}" fill="none" stroke="#777" stroke-width="1.2"/>')
-    anchors = []
-    for n, attrs in nodes.items():
-        if n not in children:
-            continue
-        label = str(attrs.get("label", n))
-        d = attrs.get("decision_sigma")
-        x, y = xpos[n], ax.y(height[n])
-        if d:
-            lo, hi = attrs["window"]
-            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ax.y(hi):.1f}" y2="{ax.y(max(lo, leaf_sigma)):.1f}" '
-                         'stroke="#1f77b4" stroke-opacity="0.35" stroke-width="5"/>')
-        interval = attrs.get("interval")
-        info = (f"<b>{html.escape(label)}</b> ({html.escape(n)})<br>" + (
-            f"decision σ = {_g(d)}<br>half-peak window [{_g(attrs['window'][0])}, {_g(attrs['window'][1])}]<br>"
+def _node_info(label: str, n: str, attrs: dict) -> str:
+    """The hover panel's text for one node."""
+    d = attrs.get("decision_sigma")
+    if not d:
+        return f"<b>{html.escape(label)}</b> ({html.escape(n)})<br>undecided"
+    interval = attrs.get("interval")
+    return (f"<b>{html.escape(label)}</b> ({html.escape(n)})<br>decision σ = {_g(d)}<br>half-peak window "
+            f"[{_g(attrs['window'][0])}, {_g(attrs['window'][1])}]<br>"
             + (f"95% bootstrap interval [{_g(interval[0])}, {_g(interval[1])}]<br>" if interval else "")
             + f"peak rate {_g(attrs.get('peak_rate'))} nats per unit log σ"
-            + ("<br>peak at the grid's edge" if attrs.get("at_edge") else "") if d else "undecided"))
-        fill = "#1f77b4" if d and not attrs.get("at_edge") else ("#ff7f0e" if d else "#fff")
-        parts.append(f'<g class="node" data-info="{html.escape(info)}"><circle cx="{x:.1f}" cy="{y:.1f}" r="5" '
-                     f'fill="{fill}" stroke="#333"/><title>{html.escape(label)}: σ={_g(d)}</title></g>')
-        anchors.append((label, x, y))
+            + ("<br>peak at the grid's edge" if attrs.get("at_edge") else ""))
+
+
+def tree_svg(tree: dict, sigmas: list[float]) -> str:
+    """The decision-time tree as SVG, by the convention of ``layout.drawn_heights`` (the same as
+    ``tree.png``): every internal node at its own decision sigma on a log axis (noise at the top,
+    clean at the bottom), a child that decides before its parent drawn above it with a dashed
+    vermillion edge (counted in the caption), windows as thin brackets beside the nodes, each node
+    labelled with its name, decision sigma and window where there is room (the caption counts
+    the labels left out), leaves on the bottom row. Hovering a node fills the side panel with its
+    numbers and bootstrap interval.
+
+    ``tree`` is node-link data as in ``tree.json`` (decisions read from ``decision_sigma`` and
+    ``window``), ``sigmas`` the run's grid (the leaves' sigma where the tree records none)."""
+    nodes, children, root = _tree_structure(tree)
+    leaf_sigma = float(tree["graph"].get("leaf_sigma") or min(sigmas))
+    decision = {n: (float(a["decision_sigma"]) if a.get("decision_sigma") else None) for n, a in nodes.items()}
+    log_height = drawn_heights(children, root, decision, leaf_sigma)
+    inverted = set(inverted_edges(children, log_height))
+    leaves, order = tree_x(children, root)
+    internal = [n for n in nodes if children.get(n)]
+    windows = [v for n in internal if decision[n] for v in nodes[n]["window"]]
+    floor, top = tree_extent([10.0 ** log_height[n] for n in internal] + windows, leaf_sigma)
+
+    many = len(leaves) > 40
+    names = {leaf: str(nodes[leaf].get("label", leaf)) for leaf in leaves}
+    slanted = max(len(v) for v in names.values()) > 3  # short leaf names stand upright
+    width = max(560, min(1100, 64 * len(leaves) + 160))
+    # Only the y axis is used (log sigma); x places leaves evenly.
+    ax = _Axis([1.0, 10.0], [floor, top], width=width, height=440 if slanted and not many else 400, left=72,
+               right=14, top=14, bottom=70 if slanted and not many else 30, log_y=True)
+    span = width - ax.l - ax.r - 28
+    xpos = {n: ax.l + 14 + order[n] * span / max(1, len(leaves) - 1) for n in order}
+    ypos = {n: ax.y(max(10.0 ** log_height[n], floor)) for n in nodes}
+
+    parts = [f'<svg width="{width}" height="{ax.h + 64}" role="img" aria-label="decision-time tree">']
+    for val, text in ax.y_ticks({floor: "leaves"}):
+        py = ax.y(val)
+        parts.append(f'<line x1="{ax.l}" x2="{width - ax.r}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>'
+                     f'<text class="ytick" data-value="{val:.6g}" x="{ax.l - 4}" y="{py + 4:.1f}" '
+                     f'text-anchor="end">{html.escape(text)}</text>')
+    parts.append(f'<text transform="translate(14,{(ax.t + ax.h - ax.b) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                 "decision noise level σ (log scale): clean ← → noise</text>")
+    segments = []
+    for p in internal:
+        for c in children[p]:
+            pts = [(xpos[c], ypos[c]), (xpos[c], ypos[p]), (xpos[p], ypos[p])]
+            segments += [(*pts[0], *pts[1]), (*pts[1], *pts[2])]
+            style = (f'stroke="{INVERSION_COLOR}" stroke-width="1.4" stroke-dasharray="5,3"' if (p, c) in inverted
+                     else 'stroke="#777" stroke-width="1.2"')
+            parts.append(f'<polyline class="edge{" inverted" if (p, c) in inverted else ""}" data-parent='
+                         f'"{html.escape(p)}" data-child="{html.escape(c)}" points="'
+                         + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + f'" fill="none" {style}/>')
+    for n in internal:  # thin brackets beside each node: its half-peak window
+        if decision[n]:
+            lo, hi = nodes[n]["window"]
+            bx, y_lo, y_hi = xpos[n] - 5, ax.y(max(lo, floor)), ax.y(hi)
+            parts.append(f'<path class="window" d="M{bx - 2.5:.1f},{y_hi:.1f}h5M{bx:.1f},{y_hi:.1f}V{y_lo:.1f}'
+                         f'M{bx - 2.5:.1f},{y_lo:.1f}h5" stroke="{NODE_COLOR}" stroke-width="1" fill="none"/>')
+            segments.append((bx - 2.5, y_hi, bx + 2.5, y_lo))
+    for n in internal:
+        attrs, d = nodes[n], decision[n]
+        label = str(attrs.get("label", n))
+        fill = "#fff" if not d else (EDGE_NODE_COLOR if attrs.get("at_edge") else NODE_COLOR)
+        info = html.escape(_node_info(label, n, attrs))
+        parts.append(f'<g class="node" data-node="{html.escape(n)}" data-info="{info}">'
+                     f'<circle cx="{xpos[n]:.1f}" cy="{ypos[n]:.1f}" r="4.5" fill="{fill}" stroke="#333"/>'
+                     f'<title>{html.escape(label)}: σ={_g(d)}</title></g>')
+    # Labels: two lines (name; sigma and window) at a free spot beside each node, root first.
+    texts = [(str(nodes[n].get("label", n)), "undecided" if not decision[n] else
+              f"σ={decision[n]:.3g} [{nodes[n]['window'][0]:.2g}–{nodes[n]['window'][1]:.2g}]") for n in internal]
+    sizes = [(LABEL_CHAR_PX * max(len(a), len(b)) + 2, 2 * LABEL_LINE_PX + 3) for a, b in texts]
+    obstacles = [segment_box(*seg) for seg in segments]
+    obstacles += [(xpos[n] - 5.5, ypos[n] - 5.5, xpos[n] + 5.5, ypos[n] + 5.5) for n in internal]
+    bounds = (ax.l + 1, ax.t + 1, width - ax.r - 1, ax.h - ax.b - 1)
+    spots = place_clear_labels(sizes, [(xpos[n], ypos[n]) for n in internal], obstacles, bounds, gap=4.0,
+                               max_shift=24)
+    omitted = 0
+    for n, (name, value), spot in zip(internal, texts, spots):
+        if spot is None:
+            omitted += 1
+            continue
+        box, leader = spot
+        if leader:
+            lx, ly = leader_point(box, leader)
+            parts.append(f'<line class="leader" x1="{lx:.1f}" y1="{ly:.1f}" x2="{xpos[n]:.1f}" y2="{ypos[n]:.1f}" '
+                         'stroke="#999" stroke-width="0.6"/>')
+        parts.append(f'<text class="label" data-node="{html.escape(n)}" x="{box[0] + 1:.1f}" '
+                     f'y="{box[1] + LABEL_LINE_PX:.1f}">{html.escape(name)}<tspan x="{box[0] + 1:.1f}" '
+                     f'dy="{LABEL_LINE_PX}">{html.escape(value)}</tspan></text>')
     if not many:
-        for (label, _, _), (lx, ly) in zip(anchors, place_labels(anchors, height=15.0)):
-            parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}">{html.escape(label)}</text>')
-        for leaf in leaves:
-            label = str(nodes[leaf].get("label", leaf))
-            parts.append(f'<text transform="translate({xpos[leaf]:.1f},{ax.h - ax.b + 12}) rotate(50)">'
-                         f'{html.escape(label)}</text>')
+        slant = ' rotate(50)' if slanted else ""
+        anchor = "" if slant else ' text-anchor="middle"'
+        for leaf, label in names.items():
+            parts.append(f'<text class="leaf" transform="translate({xpos[leaf]:.1f},{ax.h - ax.b + 14}){slant}"'
+                         f'{anchor}>{html.escape(label)}</text>')
+    k = len(inverted)
+    caption = ["Each internal node at its own decision σ (log scale); bracket: its half-peak window.",
+               f"Dashed vermillion: the child decides before its parent ({k} {'edge' if k == 1 else 'edges'}). "
+               "Hollow: undecided, drawn at its highest child.",
+               f"Leaves: bottom row (the grid ends at σ = {_g(leaf_sigma)})"
+               + (f"; {len(leaves)} leaf names omitted" if many else "")
+               + (f"; {omitted} of {len(internal)} node labels omitted (no room)" if omitted else "") + "."]
+    for i, line in enumerate(caption):
+        parts.append(f'<text class="caption" x="{ax.l}" y="{ax.h + 18 + 16 * i}">{html.escape(line)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 import probes.noise as noise
-from probes.entropy.decisions import AXES, Decision
+from probes.entropy.decisions import AXES, Decision, undecided_reasons
 from probes.entropy.engine import EntropyCurves
 from probes.fileio import atomic_path, atomic_write_text
+from probes.report.layout import drawn_heights, inverted_edges
 from probes.taxonomy.export import write_taxonomy
 
 CURVES_COLUMNS = [
@@ -215,30 +216,43 @@ def _leaf_sigma(decisions: Mapping[str, Decision | None], sigma_min: float | Non
     return min(vals) if vals else 1.0
 
 
-def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[str, float]:
-    """Height of every node in log10 sigma, as drawn and as used for Newick branch lengths.
+def _children_map(taxonomy) -> dict[str, list[str]]:
+    return {n: taxonomy.children(n) for n in taxonomy.nodes}
 
-    Decided internal nodes sit at ``log10(decision_sigma)``; leaves at ``log10(sigma_min)`` (by
-    default the grid's smallest sigma, as recorded in the decisions); an undecided internal node at
-    its highest child's height. A node is never drawn above its parent: one that decides before
-    its parent (at a larger sigma) is drawn at the parent's height, a zero-length branch, so
-    every Newick branch length is >= 0; its own decision stays in ``decision_sigma``.
+
+def _decision_sigmas(nodes: Mapping) -> dict[str, float | None]:
+    return {n: (None if d is None else d.decision_sigma) for n, d in nodes.items()}
+
+
+def tree_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[str, float]:
+    """Height of every node in log10 sigma as the figures draw it (``tree.png``, ``report.html``,
+    the ``tree_sigma`` of ``tree.json``): each decided internal node at ``log10(decision_sigma)``,
+    also where a child decides earlier (the child is then drawn above its parent, an inversion);
+    an undecided internal node at its highest child's height; leaves at ``log10(sigma_min)`` (by
+    default the grid's smallest sigma, as recorded in the decisions). The rule lives in
+    :func:`probes.report.layout.drawn_heights`; ``tree.nwk`` uses :func:`newick_heights`.
     """
     _, nodes = split_decisions(decisions)
-    base = math.log10(_leaf_sigma(nodes, sigma_min))
-    order = taxonomy.nodes if hasattr(taxonomy, "nodes") else list(taxonomy.graph)
-    height: dict[str, float] = {}
-    for n in reversed(order):  # children before parents
-        kids = taxonomy.children(n)
-        if not kids:
-            height[n] = base
-            continue
-        d = nodes.get(n)
-        height[n] = math.log10(d.decision_sigma) if d is not None else max(height[c] for c in kids)
-    for n in order:  # parents before children: clamp each node to at most its parent's height
+    return drawn_heights(_children_map(taxonomy), taxonomy.root, _decision_sigmas(nodes),
+                         _leaf_sigma(nodes, sigma_min))
+
+
+def newick_heights(taxonomy, decisions, sigma_min: float | None = None) -> dict[str, float]:
+    """The heights of :func:`tree_heights` clamped for the Newick format, whose branch lengths must
+    not be negative: a node is never placed above its parent, so one that decides before its parent
+    sits at the parent's height (a zero-length branch). Used for ``tree.nwk`` only; the figures and
+    ``tree_sigma`` show the unclamped heights."""
+    height = tree_heights(taxonomy, decisions, sigma_min)
+    for n in taxonomy.nodes:  # pre-order: parents before children
         for c in taxonomy.children(n):
             height[c] = min(height[c], height[n])
     return height
+
+
+def decision_inversions(taxonomy, decisions, sigma_min: float | None = None) -> list[tuple[str, str]]:
+    """Edges ``(parent, child)`` drawn inverted: the child (or, for an undecided child, a node
+    below it) decides before the parent, at a larger sigma."""
+    return inverted_edges(_children_map(taxonomy), tree_heights(taxonomy, decisions, sigma_min))
 
 
 def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
@@ -247,8 +261,8 @@ def decision_tree(taxonomy, decisions, sigma_min: float | None = None):
     Attributes: ``decision_sigma``, ``window`` ``[lo, hi]``, ``interval`` ``[lo, hi]`` (absent
     without a bootstrap), ``decision_vp_time``, ``decision_log_snr``, ``peak_rate``, ``at_edge``.
     Undecided nodes carry none of them. Every internal node gets ``tree_sigma``, the sigma it is
-    drawn at (``10 ** height`` of :func:`tree_heights`; below ``decision_sigma`` where the node
-    decides before its parent). The graph also records ``leaf_sigma``.
+    drawn at (``10 ** height`` of :func:`tree_heights`: its decision sigma where decided). The
+    graph also records ``leaf_sigma``.
     """
     _, nodes = split_decisions(decisions)
     tax = taxonomy.copy()
@@ -276,16 +290,17 @@ def write_tree(out_dir, taxonomy, decisions, sigma_min: float | None = None) -> 
 
     ``decisions`` is a :func:`probes.entropy.decide` result (or ``{node: Decision}``);
     ``sigma_min`` is where leaves sit in the Newick tree (default: the grid's smallest sigma, as
-    recorded in the decisions). Newick branch
-    lengths are ``log10(sigma_parent) - log10(sigma_child)`` with the heights of
-    :func:`tree_heights` (never negative: a child that decides before its parent is drawn at the
-    parent's height).
+    recorded in the decisions). Newick branch lengths are ``log10(sigma_parent) -
+    log10(sigma_child)`` with the heights of :func:`newick_heights`: clamped for the file format
+    only, so that none is negative (a child that decides before its parent gets a zero-length
+    branch there); ``tree.json`` and ``tree.graphml`` keep every ``decision_sigma`` and record the
+    drawn, unclamped height as ``tree_sigma``.
     Returns ``{"json": path, "graphml": path, "newick": path}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tax = decision_tree(taxonomy, decisions, sigma_min)
-    height = tree_heights(taxonomy, decisions, sigma_min)
+    height = newick_heights(taxonomy, decisions, sigma_min)
     paths = {}
     for fmt, name in (("json", "tree.json"), ("graphml", "tree.graphml"), ("newick", "tree.nwk")):
         final = out_dir / name
@@ -359,22 +374,43 @@ def write_run_json(path, payload: Mapping) -> Path:
 
 def format_decision_tree(taxonomy, decisions: dict, title: str = "") -> str:
     """``summary.txt``: the taxonomy as text, each internal node with its decision sigma, window and
-    interval (``decisions``: ``{"nodes": ..., "levels": ...}`` of one estimator)."""
+    interval (``decisions``: ``{"nodes": ..., "levels": ...}`` of one estimator).
+
+    The same convention as the figures: every node is stated at its own decision sigma, and a node
+    that decides before its parent (at a larger sigma, drawn above it) is marked ``^`` with its
+    parent's sigma; the header counts them. Undecided nodes say why (:func:`undecided_reasons`)."""
     nodes = decisions["nodes"]
+    reasons = undecided_reasons(nodes)
+    inverted = {c: p for p, c in decision_inversions(taxonomy, decisions)}
     lines = [title] if title else []
-    lines.append("node: decision sigma [half-peak window] (95% bootstrap interval)")
+    lines.append("node: decision sigma [half-peak window] (95% bootstrap interval); each node at its own "
+                 "decision sigma")
+    if inverted:
+        k = len(inverted)
+        lines.append(f"^ marks a node that decides before its parent (at a larger sigma): {k} "
+                     f"{'edge' if k == 1 else 'edges'} where the parent decides after its child")
+
+    def name_of(n: str) -> str:
+        label = taxonomy.node_attrs(n).get("label", n)
+        return n if str(label) == str(n) else f"{n} ({label})"
 
     def describe(n: str) -> str:
-        label = taxonomy.node_attrs(n).get("label", n)
-        name = n if str(label) == str(n) else f"{n} ({label})"
+        name = name_of(n)
         if taxonomy.is_leaf(n):
             return name
         d = nodes.get(n)
         if d is None or d.decision_sigma is None:
-            return f"{name}: undecided"
-        edge = "  (peak at grid edge)" if getattr(d, "at_edge", False) else ""
-        interval = f" ({d.interval[0]:.3g}-{d.interval[1]:.3g})" if d.interval is not None else ""
-        return f"{name}: sigma={d.decision_sigma:.3g} [{d.window[0]:.3g}, {d.window[1]:.3g}]{interval}{edge}"
+            reason = reasons.get(str(n), "undecided")
+            text = f"{name}: undecided" + (f" ({reason})" if reason != "undecided" else "")
+        else:
+            edge = "  (peak at grid edge)" if getattr(d, "at_edge", False) else ""
+            interval = f" ({d.interval[0]:.3g}-{d.interval[1]:.3g})" if d.interval is not None else ""
+            text = f"{name}: sigma={d.decision_sigma:.3g} [{d.window[0]:.3g}, {d.window[1]:.3g}]{interval}{edge}"
+        if n in inverted:
+            parent = nodes.get(inverted[n])
+            when = "is undecided" if parent is None else f"decides at sigma={parent.decision_sigma:.3g}"
+            text += f"  ^ before its parent {name_of(inverted[n])}, which {when}"
+        return text
 
     def walk(n: str, prefix: str, last: bool, top: bool) -> None:
         lines.append(describe(n) if top else f"{prefix}{'└── ' if last else '├── '}{describe(n)}")
