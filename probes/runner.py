@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from probes import store
+import probes.store as store
 from probes.build import build, leaf_of_sample, with_grid
 from probes.distributed import Group, current_group, env_int
 from probes.entropy import decide
