@@ -16,7 +16,8 @@ import torch
 
 from probes.classifiers.base import Classifier
 from probes.conditioning import Conditioner
-from probes.denoisers.base import Denoiser, GuidedDenoiser
+from probes.denoisers.base import Denoiser
+from probes.denoisers.generation import generation_denoiser
 from probes.errors import ProbesError
 from probes.recipe import Recipe
 from probes.taxonomy import Taxonomy, load_taxonomy
@@ -130,13 +131,12 @@ def uniform_prior(taxonomy: Taxonomy) -> torch.Tensor:
 def _generator(recipe: Recipe, parts: Components) -> Denoiser:
     guidance = recipe.sampling.guidance
     if recipe.sampling.condition == "none":
-        if guidance.scale != 1.0:
+        if guidance.guides:
             raise ProbesError("sampling.guidance: guidance needs conditional sampling (sampling.condition)")
         return parts.denoiser
     base = parts.guidance_base or parts.denoiser
-    if guidance.scale == 1.0 and guidance.interval is None:
-        return base
-    return GuidedDenoiser(base, guidance.scale, guidance.interval)
+    return generation_denoiser(base, parts.conditioner, parts.taxonomy, parts.prior, guidance,
+                               method=recipe.sampling.method, outside_mass=parts.outside_mass)
 
 
 def _generation_cond(recipe: Recipe, parts: Components) -> Callable[[torch.Tensor], Any]:
