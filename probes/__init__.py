@@ -28,13 +28,15 @@ _LAZY = {
     "load": ("probes.result", "load"),
     "ProbeResult": ("probes.result", "ProbeResult"),
     "merge_results": ("probes.merge", "merge_results"),
+    "guidance_window": ("probes.diffusers_guidance", "guidance_window"),
 }
 
-__all__ = ["ProbeResult", "ProbesError", "__version__", "load", "load_recipe", "load_taxonomy", "merge_results",
-           "probe", "run"]
+__all__ = ["ProbeResult", "ProbesError", "__version__", "guidance_window", "load", "load_recipe", "load_taxonomy",
+           "merge_results", "probe", "run"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes import run
+    from probes.diffusers_guidance import guidance_window
     from probes.errors import ProbesError
     from probes.merge import merge_results
     from probes.probing import probe

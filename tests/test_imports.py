@@ -108,8 +108,8 @@ def test_import_probes_is_light_and_the_top_level_api_resolves_lazily():
     first, second, third = out.splitlines()
     assert first == "False False"  # nothing heavy until a name is used
     assert second == "digits-shape digits"
-    assert third == ("True True ['ProbeResult', 'ProbesError', '__version__', 'load', 'load_recipe', 'load_taxonomy', "
-                     "'merge_results', 'probe', 'run']")
+    assert third == ("True True ['ProbeResult', 'ProbesError', '__version__', 'guidance_window', 'load', "
+                     "'load_recipe', 'load_taxonomy', 'merge_results', 'probe', 'run']")
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
