@@ -167,7 +167,7 @@ def test_calls_are_counted_per_extra_prediction(two_by_two):
     den(x, 20.0, ids(leaves))  # outside the window: the conditional model alone
     assert den.extra_evaluations == 0
     den(x, 4.0, ids(leaves))  # root: the unconditional call and the group's other leaf, per sample
-    assert den.extra_evaluations == 8 * 2
+    assert den.extra_evaluations == 8 * 2 and den.guided_evaluations.tolist() == [2] * 8
 
 
 # --- the recipe and the run --------------------------------------------------------------------------

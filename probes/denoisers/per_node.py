@@ -32,7 +32,8 @@ leaves, with the unconditional model standing in for the root (``root="unconditi
 
 ``extra_evaluations`` counts every evaluation beyond the one ``D(x; y)`` per sample and step (the
 unconditional, group and leaf predictions of the active contrasts; the filter adds none), as
-:class:`~probes.denoisers.base.GuidedDenoiser` counts its second branch.
+:class:`~probes.denoisers.base.GuidedDenoiser` counts its second branch; ``guided_evaluations``
+``[B]`` splits that count by sample for the trajectory followed last.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class PerNodeGuidedDenoiser(Denoiser):
                              if w.node in set(taxonomy.ancestors(leaf))] for leaf in self.leaves}
         self.memory = StepMemory()
         self._filters: dict[str, dict] = {}
+        self.guided_evaluations: torch.Tensor | None = None
 
     # --- how each group is predicted -------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class PerNodeGuidedDenoiser(Denoiser):
         sigma = batch_sigma(sigma, x)
         if not self.memory.follows(x, sigma):
             self._filters = {}
+            self.guided_evaluations = torch.zeros(x.shape[0], dtype=torch.long)
         target = self.lookup(cond)
         active = torch.stack([w.covers(sigma) for w in self.windows], 1).cpu()  # [B, windows]
         # Rows with the same target and the same active windows need the same predictions: a job.
@@ -200,6 +203,7 @@ class PerNodeGuidedDenoiser(Denoiser):
                              else self.conditioner([name] * len(rows)))
                 slots[(leaf, terms, name)] = slice(offset, offset + len(rows))
                 offset += len(rows)
+            self.guided_evaluations[rows] += len(names)
         both = self.inner(torch.cat(xs), torch.cat(sigmas), concat_conds(conds))
         self.extra_evaluations += offset - x.shape[0]
         own = both[: x.shape[0]]
