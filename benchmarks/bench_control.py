@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    # One BLAS thread: on a busy 2-core machine a threaded eigh of a 128 x 128 covariance (each
-    # bootstrap replicate's Frechet distance) runs about 100 times slower than a single-threaded one.
-    os.environ.setdefault(_var, "1")
+if __name__ == "__main__":  # before numpy loads its BLAS; importing this file changes nothing
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        # One BLAS thread: on a busy 2-core machine a threaded eigh of a 128 x 128 covariance (each
+        # bootstrap replicate's Frechet distance) ran about 100 times slower than a single-threaded one.
+        os.environ.setdefault(_var, "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
