@@ -28,6 +28,7 @@ _API = {
     "ProbeResult": "probes.api",
     "Comparison": "probes.api",
     "ProbesError": "probes.api",
+    "guidance_window": "probes.api",
 }
 
 __all__ = sorted([*_API, "__version__"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from probes.comparison import Comparison
+from probes.diffusers_guidance import guidance_window
 from probes.errors import ProbesError
 from probes.merge import merge_results
 from probes.probing import probe
@@ -13,8 +14,8 @@ from probes.result import ProbeResult, load
 from probes.runner import run
 from probes.taxonomy import load_taxonomy
 
-__all__ = ["Comparison", "ProbeResult", "ProbesError", "compare", "load", "load_recipe", "load_taxonomy",
-           "merge_results", "probe", "run"]
+__all__ = ["Comparison", "ProbeResult", "ProbesError", "compare", "guidance_window", "load", "load_recipe",
+           "load_taxonomy", "merge_results", "probe", "run"]
 
 
 def compare(a: ProbeResult | str | Path, b: ProbeResult | str | Path, *, estimator: str | None = None,

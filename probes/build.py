@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from probes.classifiers.base import CheckedClassifier
-from probes.denoisers.base import Denoiser, FiniteCheck, GuidedDenoiser
+from probes.denoisers.base import Denoiser, FiniteCheck
+from probes.denoisers.generation import generation_denoiser
 from probes.errors import ProbesError
 from probes.estimators.base import ProbeContext
 from probes.families import BuildSpec
@@ -39,7 +40,7 @@ def build(plan: Plan) -> ProbeContext:
     for note in plan.notes:  # said once the model is there (a model that fails to load says only that)
         print(f"probes: note: {note}", file=sys.stderr)
     prior = model.prior if plan.prior is None else plan.prior
-    generator = _generator(s, model.denoiser, model.guidance_base)
+    generator = _generator(s, model, prior)
     checked = FiniteCheck(model.denoiser)
     classifier = None if model.classifier is None else CheckedClassifier(model.classifier, len(plan.taxonomy.leaves))
     ctx = model.replace(
@@ -56,16 +57,14 @@ def with_grid(plan: Plan, ctx: ProbeContext, sigmas: torch.Tensor) -> ProbeConte
     return ctx.replace(sigmas=sigmas, sample_pairs=_pair_sampler(plan, ctx, sigmas))
 
 
-def _generator(sampling, plain: Denoiser, guidance_base: Denoiser | None) -> Denoiser:
-    """What draws the samples: the plain model for unconditional runs; else classifier-free
-    guidance around the guidance base (a negative prompt's denoiser, or the plain one)."""
-    guidance = sampling.guidance
+def _generator(sampling, model: ProbeContext, prior: torch.Tensor) -> Denoiser:
+    """What draws the samples: the plain model for unconditional runs; else the guidance the recipe
+    asks for (none, classifier-free in an interval, per node, stopping per sample) around the
+    guidance base (a negative prompt's denoiser, or the plain one)."""
     if sampling.condition == "none":
-        return plain
-    base = guidance_base or plain
-    if guidance.scale == 1.0 and guidance.interval is None:
-        return base
-    return GuidedDenoiser(base, guidance.scale, guidance.interval)
+        return model.denoiser
+    return generation_denoiser(model.guidance_base or model.denoiser, model.conditioner, model.taxonomy, prior,
+                               sampling.guidance, method=sampling.method, outside_mass=model.outside_mass)
 
 
 def _generation_cond(condition, ctx: ProbeContext) -> Callable[[torch.Tensor], Any]:

@@ -13,7 +13,11 @@ Two rules (the reasons are in ``docs/control.md``):
   level cut (``--level``, default the leaf level), i.e. where the model decides. Guiding there
   steers the decision itself and leaves the early (layout) and late (detail) phases alone.
 
-The last line printed is the recipe line ``sampling.guidance.interval: [lo, hi]``.
+The last line printed is the recipe line ``sampling.guidance.interval: [lo, hi]``. With
+``--for diffusers --steps N`` the lines before it give the same interval as the ``start``/``stop``
+fractions of diffusers' ``ClassifierFreeGuidance`` guider for the run's scheduler and N steps
+(:mod:`probes.diffusers_guidance`). ``--per-node`` derives a schedule instead (one window per
+decided node, ``sampling.guidance.schedule``; :mod:`probes.denoisers.per_node`).
 
 Runs and saved results (``ProbeResult.save``) load through :func:`probes.load`, which checks every
 file; the curves and decision windows are computed from the posteriors, as ``probes compare``
@@ -23,13 +27,19 @@ from what ``probes.probe`` recorded for saved results; what is not recorded is n
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from probes.comparison import estimator_name
+from probes.diffusers_guidance import guider_fractions, load_scheduler
 from probes.errors import ProbesError
+from probes.fileio import read_text
+from probes.models.tiny_sd import build_tiny_pipeline
+from probes.resources import shipped_path
 from probes.result import load
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
@@ -47,14 +57,47 @@ def add_interval_commands(sub) -> None:
     which.add_argument("--level", type=int, help="taxonomy level (depth of the cut; default: the leaf level)")
     which.add_argument("--node", help="internal node whose decision window to use (single-run rule)")
     p.add_argument("--estimator", help="estimator whose curves to read (default: the run's primary)")
+    p.add_argument("--per-node", action="store_true",
+                   help="derive a per-node schedule from RUN's decision windows (prints sampling.guidance.schedule)")
+    p.add_argument("--scale", type=float, help="guidance scale of each --per-node window (default: RUN's own scale)")
+    p.add_argument("--for", dest="target", choices=["diffusers"],
+                   help="also give the interval as diffusers' ClassifierFreeGuidance start/stop (needs --steps)")
+    p.add_argument("--steps", type=int, help="inference steps of the diffusers pipeline (--for diffusers)")
+    p.add_argument("--scheduler", metavar="DIR",
+                   help="diffusers scheduler folder for --for diffusers (default: RUN's model's own scheduler)")
     p.set_defaults(func=_cmd_interval)
 
 
 def _cmd_interval(args) -> int:
-    result = derive_interval(args.run, against=args.against, level=args.level, node=args.node,
-                             estimator=args.estimator)
+    _check_flags(args)
+    if args.per_node:
+        result = derive_schedule(load(Path(args.run)), args.run, scale=args.scale, estimator=args.estimator)
+    else:
+        result = derive_interval(args.run, against=args.against, level=args.level, node=args.node,
+                                 estimator=args.estimator)
+        if args.target == "diffusers":
+            lines = result["text"].splitlines()
+            extra = for_diffusers(load(Path(args.run)), args.run, result["interval"], args.steps,
+                                  scheduler=args.scheduler)
+            result["text"] = "\n".join(lines[:-1] + extra["text"].splitlines() + lines[-1:])
     print(result["text"])
     return 0
+
+
+def _check_flags(args) -> None:
+    """Flags that do not go together: one line, before any file is read."""
+    if args.per_node:
+        for flag, given in (("--against", args.against), ("--level", args.level), ("--node", args.node),
+                            ("--for", args.target)):
+            if given is not None:
+                raise ProbesError(f"{flag}: --per-node derives one window per node from one run; leave {flag} out")
+    elif args.scale is not None:
+        raise ProbesError("--scale: sets the scale of each --per-node window; add --per-node or leave it out")
+    if args.target == "diffusers" and args.steps is None:
+        raise ProbesError("--for diffusers: give the pipeline's number of inference steps with --steps N")
+    if args.target is None and (args.steps is not None or args.scheduler is not None):
+        flag = "--steps" if args.steps is not None else "--scheduler"
+        raise ProbesError(f"{flag}: converts the interval for diffusers; add --for diffusers")
 
 
 def _guidance(result) -> tuple[float | None, str | None]:
@@ -200,3 +243,108 @@ def _levels(result, estimator: str, source: Path) -> dict:
     order = np.argsort(-curves.sigmas, kind="stable")
     mutual_info = curves.mutual_information()[order]
     return {str(k): (curves.sigmas[order], mutual_info[:, j]) for j, k in enumerate(curves.level_names)}
+
+
+# --- a per-node schedule --------------------------------------------------------------------------
+
+
+def derive_schedule(result, run, scale: float | None = None, estimator: str | None = None) -> dict:
+    """``{"schedule": [{node, interval, scale}], "text": ...}`` from the half-peak decision window of
+    every decided internal node of ``result`` (loaded from ``run``); the text ends with the recipe
+    block ``sampling: guidance: schedule:``. ``scale`` defaults to the result's own guidance scale."""
+    run = Path(run)
+    recorded, condition = _guidance(result)
+    if condition == "none":
+        raise ProbesError(f"{run}: sampled without conditioning (sampling.condition: none); per-node guidance "
+                          "guides leaf-conditional samples: run the recipe with sampling.condition: leaf")
+    if scale is None:
+        if recorded is None or recorded == 1.0:
+            raise ProbesError(f"--per-node: {run} is not guided, so it has no scale to reuse; give one with --scale")
+        scale = recorded
+    if not scale > 0:
+        raise ProbesError(f"--scale: a guidance scale must be positive, got {scale:g}")
+    estimator = estimator or result.primary
+    name = _estimator(result, estimator, run)
+    decisions = result.decisions(estimator=name, n_boot=0, kind="nodes")
+    schedule, text, undecided = [], [], []
+    for node, decision in decisions.items():
+        if decision is None:
+            undecided.append(str(node))
+            continue
+        lo, hi = (float(f"{float(v):.3g}") for v in decision.window)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            undecided.append(str(node))
+            continue
+        schedule.append({"node": str(node), "interval": [lo, hi], "scale": float(scale)})
+        text.append(f"  {node}: decides at sigma={decision.decision_sigma:.3g}, window [{lo:g}, {hi:g}]")
+    if not schedule:
+        raise ProbesError(f"{run}: no node is decided in this run, so there are no windows to guide in")
+    text.insert(0, f"{run}: per-node decision windows ({estimator} estimator), guidance {scale:g} in each")
+    if undecided:
+        text.append(f"  undecided (no window, not guided): {', '.join(undecided)}")
+    text.append("rule: guide each decision in its own window (child of the node against the node)")
+    text += ["sampling:", "  guidance:", "    schedule:"]
+    text += [f"      - {{node: {_yaml_word(e['node'])}, interval: [{e['interval'][0]:g}, {e['interval'][1]:g}], "
+             f"scale: {e['scale']:g}}}" for e in schedule]
+    return {"schedule": schedule, "rule": "per-node-windows", "text": "\n".join(text)}
+
+
+def _yaml_word(text: str) -> str:
+    """A node name as a YAML flow scalar: bare when it reads back as the same string."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", text) and text.lower() not in (
+            "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"):
+        return text
+    return json.dumps(text)
+
+
+# --- the interval for diffusers -------------------------------------------------------------------
+
+
+def for_diffusers(result, run, interval: tuple[float, float], steps: int, scheduler=None) -> dict:
+    """The guided steps of ``interval`` for a diffusers pipeline with ``steps`` inference steps on
+    ``scheduler`` (a folder, a scheduler object, or ``None``: the run's model's own scheduler):
+    ``ClassifierFreeGuidance(start=, stop=)`` fractions, the callback, and the sigma interval those
+    steps cover. ``{"start", "stop", "sigma_interval", "text"}``."""
+    run = Path(run)
+    if scheduler is None:
+        scheduler = _run_scheduler(result, run)
+    elif isinstance(scheduler, (str, Path)):
+        scheduler = load_scheduler(scheduler)
+    lo, hi = interval
+    f = guider_fractions(lo, hi, scheduler, steps)
+    name = type(scheduler).__name__
+    if f["first"] == f["end"]:
+        raise ProbesError(f"--for diffusers: no step of {name} with {steps} steps has sigma in ({lo:g}, {hi:g}] "
+                          f"(its sigmas run from {f['sigmas'][0]:.3g} to {f['sigmas'][-1]:.3g}); take more steps")
+    below, top = f["sigma_interval"]
+    text = [f"for diffusers: {name} with {steps} steps guides steps {f['first']} to {f['end'] - 1} "
+            f"(of 0..{steps - 1}), sigma {top:.3g} down to {f['sigmas'][f['end'] - 1]:.3g}",
+            f"  modular pipelines: ClassifierFreeGuidance(start={f['start']:g}, stop={f['stop']:g})",
+            f"  standard pipelines: callback_on_step_end=probes.guidance_window({lo:g}, {hi:g}) (the first step "
+            "follows the call's guidance_scale)",
+            f"  the same steps on this schedule: sigma in ({below:.4g}, {top:.4g}]"]
+    return {"start": f["start"], "stop": f["stop"], "sigma_interval": f["sigma_interval"], "text": "\n".join(text)}
+
+
+def _run_scheduler(result, run: Path):
+    """The diffusers scheduler of the model a run sampled, or one line asking for --scheduler."""
+    ask = "give a scheduler folder with --scheduler DIR"
+    if result.meta.get("kind") != "run":
+        recorded = result.meta.get("scheduler")
+        what = f"records its scheduler's class ({recorded}) but not its configuration" if recorded else \
+            "records no scheduler"
+        raise ProbesError(f"{run}: {what}; {ask}")
+    state = json.loads(read_text(run / "run.json", "run.json"))
+    model = (state.get("recipe") or {}).get("model") or {}
+    paths = state.get("paths") or {}
+    kind = model.get("kind")
+    if kind == "digits":
+        folder = Path(paths["model.path"]) if paths.get("model.path") else shipped_path("data", "digits")
+        return load_scheduler(folder)
+    if kind == "tiny-stable-diffusion":
+        options = {k: model[k] for k in ("seed", "prediction_type", "sample_size") if model.get(k) is not None}
+        return build_tiny_pipeline(**options).scheduler
+    local = Path(str(paths.get("model.model") or paths.get("model.path") or ""))
+    if str(local) not in ("", ".") and (local / "scheduler" / "scheduler_config.json").is_file():
+        return load_scheduler(local)
+    raise ProbesError(f"{run}: its model ({kind}) has no local diffusers scheduler to read; {ask}")

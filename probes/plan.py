@@ -84,7 +84,7 @@ class Plan:
         readers = [e.name for e in self.estimators if e.name in UNCONDITIONAL_READERS]
         if s.condition == "none":
             return "sampling.condition: none samples unconditionally"
-        if s.guidance.scale != 1.0:
+        if s.guidance.guides:
             return "guidance mixes in the unconditional prediction"
         if readers:
             return f"estimator {readers[0]!r} reads posteriors with the unconditional model"
@@ -117,7 +117,7 @@ def resolve(recipe: Recipe | str | Path, overrides: list[str] | None = None) -> 
                           "it needs sampling.condition: leaf")
     if isinstance(s.condition, list) and family.conditioning != "text":
         raise ProbesError("sampling.condition: prompt lists need a text-conditional model")
-    if s.condition == "none" and s.guidance.scale != 1.0:
+    if s.condition == "none" and s.guidance.guides:
         raise ProbesError("sampling.guidance: guidance needs conditional sampling (sampling.condition)")
     estimators = tuple(build_estimator(spec.name, **spec.options) for spec in recipe.estimators)
     for est in estimators:  # every grid has sampling.steps sigmas: checked before the model is loaded

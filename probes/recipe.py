@@ -46,11 +46,46 @@ ClassifierConfig = Annotated[Union[CLASSIFIER_SECTIONS], Field(discriminator="ki
 # --- sampling, estimators, analysis ------------------------------------------------------------
 
 
+class GuidanceWindow(Strict):
+    """One node's contrast in a per-node schedule: weight ``scale`` for sigma in ``interval``."""
+
+    node: str = Field(min_length=1)
+    interval: tuple[float, float]
+    scale: float
+
+    @field_validator("interval")
+    @classmethod
+    def _ordered(cls, v):
+        if not (0 <= v[0] < v[1]):
+            raise ValueError("interval must be [lo, hi] with 0 <= lo < hi")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _positive(cls, v):
+        if not v > 0:
+            raise ValueError(f"scale must be positive, got {v:g}")
+        return v
+
+
+class GuidanceStop(Strict):
+    """Per-sample stopping: guide a sample until its filtered posterior of its leaf reaches ``threshold``."""
+
+    threshold: float = Field(0.9, gt=0, lt=1)
+
+
 class Guidance(Strict):
-    """Classifier-free guidance ``D_u + scale (D_c - D_u)``, only for sigma in ``interval`` if set."""
+    """Classifier-free guidance ``D_u + scale (D_c - D_u)``, only for sigma in ``interval`` if set;
+    with ``stop``, per sample until it commits to its leaf. Or, instead of ``scale``, a per-node
+    ``schedule``: one contrast per node on the path to the leaf, each in its own window
+    (``probes.denoisers.per_node``; ``group_weights`` and ``root`` say how a group is predicted)."""
 
     scale: float = 1.0
     interval: tuple[float, float] | None = None
+    schedule: list[GuidanceWindow] | None = None
+    group_weights: Literal["filter", "prior"] = "filter"
+    root: Literal["unconditional", "group"] = "unconditional"
+    stop: GuidanceStop | None = None
 
     @field_validator("interval")
     @classmethod
@@ -58,6 +93,31 @@ class Guidance(Strict):
         if v is not None and not (0 <= v[0] < v[1]):
             raise ValueError("interval must be [lo, hi] with 0 <= lo < hi")
         return v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.schedule is not None:
+            if not self.schedule:
+                raise ValueError("schedule: give at least one {node, interval, scale} entry, or leave it out")
+            if self.scale != 1.0 or self.interval is not None:
+                raise ValueError("schedule: give either scale (and interval) or a per-node schedule, not both")
+            if self.stop is not None:
+                raise ValueError("stop: per-sample stopping works with scale (and interval), not with a schedule")
+            by_node: dict[str, list] = {}
+            for entry in self.schedule:
+                for lo, hi in by_node.get(entry.node, []):
+                    if entry.interval[0] < hi and lo < entry.interval[1]:
+                        raise ValueError(f"schedule: node {entry.node!r} has overlapping windows [{lo:g}, {hi:g}] and "
+                                         f"[{entry.interval[0]:g}, {entry.interval[1]:g}]")
+                by_node.setdefault(entry.node, []).append(entry.interval)
+        elif self.stop is not None and self.scale == 1.0:
+            raise ValueError("stop: stopping guidance needs guidance (a scale other than 1)")
+        return self
+
+    @property
+    def guides(self) -> bool:
+        """Whether these settings change the conditional model's predictions."""
+        return self.scale != 1.0 or bool(self.schedule)
 
 
 class GridFromRun(Strict):
@@ -97,9 +157,12 @@ class Sampling(Strict):
     def _guidance_needs_a_sampler(self):
         # source: data noises clean data forward: no sampler runs, so guidance would be silently
         # ignored (and the guided estimator would bound the entropy of a process never sampled).
-        if self.source == "data" and (self.guidance.scale != 1.0 or self.guidance.interval is not None):
+        if self.source == "data" and (self.guidance.guides or self.guidance.interval is not None):
             raise ValueError("guidance needs source: model (with source: data no sampler runs, "
                              "so the samples would not be guided)")
+        if (self.guidance.schedule or self.guidance.stop) and self.condition != "leaf":
+            what = "a per-node schedule" if self.guidance.schedule else "per-sample stopping"
+            raise ValueError(f"guidance: {what} guides each sample toward its own leaf; it needs condition: leaf")
         return self
 
 
@@ -345,7 +408,8 @@ def _sections() -> tuple:
     annotations = [f.annotation for m in recipe_models() for f in m.model_fields.values()]
     nested = {a for ann in annotations for a in (ann, *getattr(ann, "__args__", ()))
               if isinstance(a, type) and issubclass(a, Strict)}
-    return (Recipe, Sampling, GridFromRun, Guidance, Analysis, Quality, *nested, *recipe_models(), *CLASSIFIER_SECTIONS)
+    return (Recipe, Sampling, GridFromRun, Guidance, GuidanceWindow, GuidanceStop, Analysis, Quality, *nested,
+            *recipe_models(), *CLASSIFIER_SECTIONS)
 
 
 def _section_names() -> set[str]:

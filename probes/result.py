@@ -356,7 +356,8 @@ def _run_meta(state: dict, estimators: list[str]) -> dict:
     meta = {"kind": "run", "name": state.get("name"), "seed": state.get("seed"),
             "condition": sampling.get("condition", "none"), "guidance_scale": _guidance_scale(scale),
             "guidance_interval": guidance.get("interval"),
-            "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale) for n in estimators}}
+            "names_in_files": {n: name_in_files(n, sampling.get("condition"), scale, guidance.get("schedule"))
+                               for n in estimators}}
     if state.get("seed") is not None and sampling.get("batch_size") is not None:
         # Batch b draws from seed (recipe seed, b): the seed and the batch size fix every sample's draws.
         meta["sample_seeds"] = f"recipe seed {state['seed']}, batches of {sampling['batch_size']}"

@@ -206,17 +206,23 @@ def sampling_grid(plan: Plan, ctx: ProbeContext) -> torch.Tensor:
     hi, lo = s.sigma_max or ctx.sigma_max, s.sigma_min or ctx.sigma_min
     if isinstance(plan.grid, str):
         return make_grid(plan.grid, hi, lo, s.steps)
-    field = "sampling.grid.from_run"
+    return grid_from_run(plan.grid.from_run, hi, lo, s.steps, plan.grid.uniform_share)
+
+
+def grid_from_run(run_dir, sigma_max: float, sigma_min: float, steps: int, uniform_share: float = 0.5,
+                  field: str = "sampling.grid.from_run") -> torch.Tensor:
+    """:func:`probes.noise.entropic_grid` from a finished run's leaf-level entropy (its primary
+    estimator), read with the checked loader compare uses."""
     try:
-        curves = load(plan.grid.from_run).entropy()  # the checked loader compare uses
+        curves = load(run_dir).entropy()
     except ProbesError as err:
         raise ProbesError(f"{field}: {err}") from None
     leaf = curves.level_mean()[:, -1]
     keep = np.isfinite(leaf)
     if keep.sum() < 2:
-        raise ProbesError(f"{field}: {plan.grid.from_run} has no leaf-level entropy curve to place steps by")
+        raise ProbesError(f"{field}: {run_dir} has no leaf-level entropy curve to place steps by")
     return entropic_grid(torch.tensor(curves.sigmas[keep], dtype=torch.float64),
-                         torch.tensor(leaf[keep], dtype=torch.float64), hi, lo, s.steps, plan.grid.uniform_share)
+                         torch.tensor(leaf[keep], dtype=torch.float64), sigma_max, sigma_min, steps, uniform_share)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -400,7 +406,7 @@ def _result(plan: Plan, ctx: ProbeContext, batches: list[dict], payload: dict) -
     s = plan.sampling
     meta = {"kind": "run", "name": plan.name, "seed": plan.seed, "condition": s.condition,
             "guidance_scale": float(s.guidance.scale), "guidance_interval": s.guidance.interval,
-            "names_in_files": {n: name_in_files(n, s.condition, s.guidance.scale) for n in names},
+            "names_in_files": {n: name_in_files(n, s.condition, s.guidance.scale, s.guidance.schedule) for n in names},
             "sample_seeds": f"recipe seed {plan.seed}, batches of {s.batch_size}"}
     record = dict(payload, status="complete", n_samples=sum(b["n"] for b in batches), n_batches=len(batches))
     record["estimators"] = {n: {"seconds": round(sum(b["estimators"][n]["seconds"] for b in batches), 3)}

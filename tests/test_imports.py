@@ -195,8 +195,8 @@ def test_import_probes_is_light_and_exports_only_its_api():
                  "inspect.isfunction(probes.probe))")
     first, second, third, fourth = out.splitlines()
     assert first == "False False"  # nothing heavy until a name is used
-    assert second == ("['Comparison', 'ProbeResult', 'ProbesError', '__version__', 'compare', 'load', 'load_recipe', "
-                      "'load_taxonomy', 'merge_results', 'probe', 'run']")
+    assert second == ("['Comparison', 'ProbeResult', 'ProbesError', '__version__', 'compare', 'guidance_window', "
+                      "'load', 'load_recipe', 'load_taxonomy', 'merge_results', 'probe', 'run']")
     assert third == "digits-shape digits"
     assert fourth == "True True True"  # no submodule import replaces a function of the API
 

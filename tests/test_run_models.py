@@ -76,21 +76,24 @@ def test_model_recipes_point_at_shipped_taxonomies(recipe):
 
 
 def test_negative_prompt_shapes_generation_but_not_the_reading(tmp_path):
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
 
-    parts = build_components(load_recipe(ROOT / "recipes" / "sd15-tiny.yaml"))
-    assert parts.denoiser.negative_prompt is None  # posteriors: the empty-prompt prediction
-    assert parts.generator.inner.negative_prompt == "blurry"  # guidance's unconditional branch
-    assert parts.generator.inner.pipe is parts.denoiser.pipe  # one pipeline, loaded once
+    ctx = build(resolve(load_recipe(ROOT / "recipes" / "sd15-tiny.yaml")))
+    plain, guided = ctx.denoiser.denoiser, ctx.guided_denoiser.denoiser  # inside the runs' finiteness checks
+    assert plain.negative_prompt is None  # posteriors: the empty-prompt prediction
+    assert guided.inner.negative_prompt == "blurry"  # guidance's unconditional branch
+    assert guided.inner.pipe is plain.pipe  # one pipeline, loaded once
 
 
 def test_digits_classifier_temperature_calibrates_on_held_out_digits(tmp_path):
-    from probes.components import build_components
+    from probes.build import build
+    from probes.plan import resolve
 
     recipe = small_copy(tmp_path, "digits.yaml")
     data = yaml.safe_load(recipe.read_text())
     data["classifier"]["temperature"] = "calibrate"
     recipe.write_text(yaml.safe_dump(data))
-    parts = build_components(load_recipe(recipe))
+    parts = build(resolve(load_recipe(recipe)))
     # A well-trained classifier is close to calibrated, but the fit moves it off exactly 1.
     assert 0.3 < parts.classifier.temperature < 3.0 and parts.classifier.temperature != 1.0

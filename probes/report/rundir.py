@@ -57,11 +57,11 @@ VERSION_PACKAGES = {
 GUIDED_SUFFIX = ":unguided_posterior"
 
 
-def name_in_files(name: str, condition, guidance_scale) -> str:
+def name_in_files(name: str, condition, guidance_scale, schedule=None) -> str:
     """An estimator's name in curves.csv / decisions.csv given how the run sampled: in guided
     leaf-conditional runs only ``guided`` measures the entropy of the run's own process; the others
     are named for what they read (``<name>:unguided_posterior``)."""
-    guided_run = condition == "leaf" and guidance_scale != 1.0
+    guided_run = condition == "leaf" and (guidance_scale != 1.0 or bool(schedule))
     if guided_run and name != "guided":
         return f"{name}{GUIDED_SUFFIX}"
     return name
