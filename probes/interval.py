@@ -38,8 +38,7 @@ from probes.comparison import estimator_name
 from probes.diffusers_guidance import guider_fractions, load_scheduler
 from probes.errors import ProbesError
 from probes.fileio import read_text
-from probes.models.tiny_sd import build_tiny_pipeline
-from probes.resources import shipped_path
+from probes.recipe import recipe_from_dict
 from probes.result import load
 
 HALF = 0.5  # band threshold: the same half-peak convention as decision windows
@@ -335,16 +334,12 @@ def _run_scheduler(result, run: Path):
             "records no scheduler"
         raise ProbesError(f"{run}: {what}; {ask}")
     state = json.loads(read_text(run / "run.json", "run.json"))
-    model = (state.get("recipe") or {}).get("model") or {}
-    paths = state.get("paths") or {}
-    kind = model.get("kind")
-    if kind == "digits":
-        folder = Path(paths["model.path"]) if paths.get("model.path") else shipped_path("data", "digits")
-        return load_scheduler(folder)
-    if kind == "tiny-stable-diffusion":
-        options = {k: model[k] for k in ("seed", "prediction_type", "sample_size") if model.get(k) is not None}
-        return build_tiny_pipeline(**options).scheduler
-    local = Path(str(paths.get("model.model") or paths.get("model.path") or ""))
-    if str(local) not in ("", ".") and (local / "scheduler" / "scheduler_config.json").is_file():
-        return load_scheduler(local)
+    recipe = recipe_from_dict(state.get("recipe"), source=str(run / "run.json"))
+    paths = state.get("paths") if isinstance(state.get("paths"), dict) else {}
+    resolved = {field.split(".", 1)[1]: value for field, value in paths.items() if field.startswith("model.")}
+    model = recipe.model.model_copy(update={k: v for k, v in resolved.items() if k in type(recipe.model).model_fields})
+    kind = recipe.model.kind
+    scheduler = recipe.family.scheduler(model)
+    if scheduler is not None:
+        return scheduler
     raise ProbesError(f"{run}: its model ({kind}) has no local diffusers scheduler to read; {ask}")

@@ -376,11 +376,15 @@ def batch_problem(record: dict, header: store.BatchHeader, plan: Plan, sigmas: t
         if not isinstance(got, torch.Tensor) or got.shape != grid.shape or not torch.allclose(got.double(), grid,
                                                                                             rtol=1e-12, atol=0):
             return f"estimator {est.name!r} is on another sigma grid"
-        shapes = {"log_probs": (n, len(grid), leaves), "levels": (n, len(grid), depth), "nodes": (n, len(grid), nodes)}
+        # posteriors have one row per sample; entropies one per draw (immse's rows are its data pairs)
+        shapes = {"log_probs": (n, len(grid), leaves), "levels": (None, len(grid), depth),
+                  "nodes": (None, len(grid), nodes)}
         for key, shape in shapes.items():
             value = out.get(key)
-            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != shape):
-                return f"estimator {est.name!r}'s {key} is not {list(shape)} (samples, sigmas, leaves or levels)"
+            if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3 or any(
+                    want is not None and got != want for got, want in zip(value.shape, shape))):
+                wanted = ["rows" if w is None else w for w in shape]
+                return f"estimator {est.name!r}'s {key} is not {wanted} (samples, sigmas, leaves or levels)"
         if out.get("log_probs") is None and out.get("levels") is None:
             return f"estimator {est.name!r} has neither posteriors nor entropies"
     x0 = record.get("x0")

@@ -23,7 +23,7 @@ LAYERS = [
     ("models", ["probes.denoisers", "probes.conditioning", "probes.classifiers", "probes.sampling", "probes.models",
                 "probes.quality"]),
     ("estimators", ["probes.estimators"]),
-    ("families", ["probes.families", "probes.schedulers"]),
+    ("families", ["probes.families", "probes.schedulers", "probes.diffusers_guidance"]),
     ("recipe and plan", ["probes.recipe", "probes.plan", "probes.build"]),
     ("results", ["probes.store", "probes.kept_samples", "probes.report", "probes.comparison", "probes.result",
                  "probes.merge", "probes.interval"]),

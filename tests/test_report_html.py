@@ -98,3 +98,39 @@ def test_image_runs_keep_previews_and_x0_strips(tmp_path):
     assert back.rows == kept.rows and np.array_equal(back.previews, kept.previews)
     assert back.strip_sigmas == kept.strip_sigmas and all(
         np.array_equal(a.frames, b.frames) and a.index == b.index for a, b in zip(back.strips, kept.strips))
+
+
+VISIBILITY = """<script>
+// appended by the test: every node label of the tree, with whether it is drawn where a reader sees it
+var labels = [];
+document.querySelectorAll('text.label').forEach(function(t){
+  var r = t.getBoundingClientRect(), style = getComputedStyle(t);
+  var visible = r.width > 0 && r.height > 0 && style.visibility !== 'hidden' && style.display !== 'none'
+      && parseFloat(style.opacity || '1') > 0 && r.left >= 0 && r.right <= document.documentElement.scrollWidth;
+  labels.push([t.getAttribute('data-node'), t.textContent, visible]);
+});
+document.body.setAttribute('data-labels', JSON.stringify(labels));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup.sh installs it as root)")
+def test_every_node_label_is_visible_text_with_its_decision_sigma(runs, tmp_path):
+    """In Chromium, each internal node of the tree has a label drawn as text (not only a hover
+    title), on the page, naming the node and its decision sigma as decisions.csv has it."""
+    import html as html_module
+
+    page = (runs / "w3" / "report.html").read_text().replace("</body>", VISIBILITY + "</body>")
+    (tmp_path / "page.html").write_text(page)
+    dom = _chromium(["--dump-dom"], (tmp_path / "page.html").as_uri()).stdout
+    found = re.search(r'data-labels="([^"]*)"', dom)
+    assert found, "the page did not run to its end"
+    labels = {node: (text, visible) for node, text, visible in json.loads(html_module.unescape(found.group(1)))}
+    tree = json.loads((runs / "w3" / "tree.json").read_text())  # written from the same decisions
+    attrs = {n["id"]: n for n in tree["nodes"]}
+    internal = {e["source"] for e in tree["edges"]}
+    assert set(labels) == internal
+    for node, (text, visible) in labels.items():
+        assert visible, f"label of {node} is not visible"
+        assert str(attrs[node].get("label", node)) in text
+        if attrs[node].get("decision_sigma"):  # the value is on the page: three significant digits
+            assert f"σ={attrs[node]['decision_sigma']:.3g}" in text, (node, text)

@@ -26,9 +26,9 @@ def small_copy(tmp_path, recipe: str, **sampling) -> Path:
 
 def test_digits_recipe_runs_end_to_end(tmp_path):
     recipe = small_copy(tmp_path, "digits.yaml", samples=32, batch_size=16, steps=16)
-    state = runner.run(recipe, tmp_path / "run", progress=False)
-    assert state["status"] == "complete"
-    assert set(state["estimators"]) == {"plugin", "bayes"}
+    result = runner.run(recipe, tmp_path / "run", progress=False)
+    assert result.record["status"] == "complete"
+    assert set(result.estimates) == {"plugin", "bayes"}
     tree = nx.node_link_graph(json.loads((tmp_path / "run" / "tree.json").read_text()), edges="edges")
     assert sorted(n for n in tree if tree.out_degree(n) == 0) == [str(d) for d in range(10)]
     root = tree.graph["root"]
@@ -38,8 +38,8 @@ def test_digits_recipe_runs_end_to_end(tmp_path):
 def test_tiny_stable_diffusion_runs_end_to_end_and_reproduces(tmp_path):
     recipe = ROOT / "recipes" / "sd15-tiny.yaml"
     first = runner.run(recipe, tmp_path / "a", progress=False)
-    assert set(first["estimators"]) == {"plugin", "rollout"}
-    assert first["estimators"]["plugin"]["classifier_calls"] == 8 * 6  # every 2nd of 12 grid points
+    assert set(first.estimates) == {"plugin", "rollout"}
+    assert first.estimates["plugin"].classifier_calls == 8 * 6  # every 2nd of 12 grid points
     for name in ["curves.csv", "decisions.csv", "tree.json", "tree.graphml", "tree.nwk", "curves.png", "tree.png"]:
         assert (tmp_path / "a" / name).stat().st_size > 0
     runner.run(recipe, tmp_path / "b", progress=False)

@@ -8,12 +8,12 @@ import pytest
 import torch
 from gmm_runs import gmm_recipe
 
+import probes.runner as runner
 from probes.denoisers.base import GuidedDenoiser
 from probes.denoisers.stopping import FeedbackGuidedDenoiser, StoppingGuidedDenoiser, fbg_parameters
 from probes.errors import ProbesError
 from probes.models.gmm import GaussianMixture
 from probes.noise import geometric_grid
-from probes.run import run_recipe
 from probes.sampling import sample
 from probes.taxonomy import load_taxonomy
 
@@ -154,7 +154,7 @@ def test_feedback_guidance_scale_and_parameters_follow_the_paper():
 
 
 def test_a_stopping_run_spends_fewer_guided_calls(tmp_path, guidance_runs):
-    run_recipe(gmm_recipe(tmp_path, "stop", guidance={"scale": 3.0, "stop": {"threshold": 0.9}}), tmp_path / "stop",
+    runner.run(gmm_recipe(tmp_path, "stop", guidance={"scale": 3.0, "stop": {"threshold": 0.9}}), tmp_path / "stop",
                progress=False)
     calls = json.loads((tmp_path / "stop" / "run.json").read_text())["calls"]["guided_denoiser"]
     everywhere = json.loads((guidance_runs / "w3" / "run.json").read_text())["calls"]["guided_denoiser"]
@@ -164,6 +164,6 @@ def test_a_stopping_run_spends_fewer_guided_calls(tmp_path, guidance_runs):
 def test_stopping_needs_ancestral_steps(tmp_path):
     path = gmm_recipe(tmp_path, "bad", method="euler", guidance={"scale": 3.0, "stop": {"threshold": 0.9}})
     with pytest.raises(ProbesError) as err:
-        run_recipe(path, tmp_path / "bad", progress=False)
+        runner.run(path, tmp_path / "bad", progress=False)
     assert str(err.value).startswith("sampling.guidance.stop: the stopping filter reads ancestral steps")
     assert not (tmp_path / "bad").exists()

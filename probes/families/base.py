@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,6 +29,7 @@ from pydantic import Field
 
 from probes.classifiers.sections import build_image_classifier
 from probes.denoisers.base import Denoiser
+from probes.diffusers_guidance import load_scheduler
 from probes.estimators.base import ProbeContext
 from probes.models.stable_diffusion import DecodedClassifier, LatentDecoder, load_pipeline, prompt_conditioner
 from probes.schema import Strict
@@ -103,6 +105,16 @@ class Family:
             if section is not None:
                 walk(section.model_dump(mode="json"))
         return sorted(set(found))
+
+    def scheduler(self, model):
+        """The diffusers scheduler of the model a recipe section names, where it is on disk (a
+        diffusers folder with ``scheduler/``), else None: what ``probes interval --for diffusers``
+        converts sigmas to steps with."""
+        for field in ("model", "path"):
+            folder = getattr(model, field, None)
+            if isinstance(folder, str) and (Path(folder) / "scheduler" / "scheduler_config.json").is_file():
+                return load_scheduler(Path(folder))
+        return None
 
     def add_commands(self, train_commands) -> None:
         """Register family-specific subcommands under ``probes train`` (none by default)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import torch
 from pydantic import Field
 
+from probes.diffusers_guidance import load_scheduler
 from probes.estimators.base import ProbeContext
 from probes.families.base import BuildSpec, Family, uniform_prior
 from probes.models import digits
@@ -78,6 +80,9 @@ class Digits(Family):
 
     def model_files(self, model, classifier) -> list[str]:
         return sorted(set(super().model_files(model, classifier)) | {str(digits.DEFAULT_DIR)})
+
+    def scheduler(self, model):
+        return load_scheduler(Path(model.path) if model.path else digits.DEFAULT_DIR)
 
     def add_commands(self, train_commands) -> None:
         add_train_command(train_commands, self.name)

@@ -49,5 +49,11 @@ class StableDiffusion(Family):
             pipe = build_tiny_pipeline(seed=cfg.seed, prediction_type=cfg.prediction_type, sample_size=cfg.sample_size)
         return build_pipeline(self, spec, pipe)
 
+    def scheduler(self, model):
+        if isinstance(model, TinyStableDiffusionModel):
+            return build_tiny_pipeline(seed=model.seed, prediction_type=model.prediction_type,
+                                       sample_size=model.sample_size).scheduler
+        return super().scheduler(model)
+
     def denoiser(self, pipe, negative_prompt: str | None = None, **options):
         return StableDiffusionDenoiser(pipe, negative_prompt=negative_prompt, **options)
