@@ -40,7 +40,7 @@ from probes.noise import geometric_grid  # noqa: E402
 from probes.sampling import sample  # noqa: E402
 from probes.taxonomy import from_nested  # noqa: E402
 
-TWO = (["minus", "plus"], [-1.5, 1.5], [0.5, 0.5], 30.0)
+TWO = (["minus", "plus"], [-1.5, 1.5], [0.5, 0.5], 30.0)  # (tree, means, prior, sigma_max)
 LINE = ({"left": ["left-a", "left-b"], "right": ["right-a", "right-b"]}, [-4.5, -1.5, 1.5, 4.5],
         [0.1, 0.2, 0.3, 0.4], 40.0)
 CASES = [  # (label, (tree, means, prior, sigma_max), guidance, interval)
