@@ -38,7 +38,8 @@ def test_band_is_each_mean_widened_and_holds_the_point():
     """Per-sample bounds of 400 samples at 3 sigmas on a 4-leaf, two-level taxonomy: the band is
     mean -/+ (4 standard errors + 16/3 * log(cells) / N) per end, then widened to the point
     estimate. At the last sigma the lower bound's mean is far above the upper's (crossed means),
-    and the band still holds the point; with a single sample only the range term is left."""
+    and the band still holds the point; with a single sample only the range term is left.
+    M = log(cells): 2 cells at level 1, 4 at level 2."""
     tax = from_nested(LINE, name="line")
     gen = np.random.default_rng(0)
     lo = gen.uniform(0.0, 0.5, size=(400, 3, 2))
@@ -67,6 +68,12 @@ def test_band_is_each_mean_widened_and_holds_the_point():
     single_lo, single_hi = one.level_bounds()
     np.testing.assert_allclose(single_lo[0], np.minimum(lo[0, 0] - 16 / 3 * cells, point[0, 0]), rtol=1e-12)
     np.testing.assert_allclose(single_hi[0], hi[0, 0] + 16 / 3 * cells, rtol=1e-12)
+    # without the taxonomy's index the range is the curve's largest per-sample lower bound
+    bare = EntropyCurves(sigmas=[3.0, 2.0, 1.0], level_names=[1, 2], node_names=curves.node_names, levels=point,
+                         nodes=0.5 * (nodes_lo + nodes_hi), prior_levels=None, bounds=bounds)
+    largest = lo.max(axis=(0, 1))
+    np.testing.assert_allclose(bare.level_bounds()[1], np.maximum(
+        hi.mean(0) + 4 * hi.std(0, ddof=1) / math.sqrt(400) + 16 / 3 * largest / 400, mean_point), rtol=1e-12)
 
 
 def guided_recipe(tmp_path, scale, four_leaves):

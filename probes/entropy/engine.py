@@ -57,7 +57,8 @@ _AUTO_CHUNK_ELEMENTS = 2**24  # float64 elements per chunk for the node table (~
 BOUND_KEYS = ("levels_lo", "levels_hi", "nodes_lo", "nodes_hi")
 # A band's ends are means over samples, each with its own sampling error. Each moves outward by
 # Bernstein's deviation for a mean of N values of range M at this z: z standard errors plus
-# z^2 / 3 * M / N (exceeded with probability at most exp(-z^2 / 2) = 3.4e-4 per end and point).
+# z^2 / 3 * M / N (with the true standard deviation, exceeded with probability at most
+# exp(-z^2 / 2) = 3.4e-4 per end and point; the sample's standard error stands in for it).
 BAND_Z = 4.0
 
 
@@ -225,7 +226,8 @@ class EntropyCurves:
         without the taxonomy's index, the largest per-sample lower bound of the curve."""
         if self._index is None:
             values = self.bounds[f"{kind}_lo"]
-            return np.nan_to_num(np.nanmax(np.where(np.isfinite(values), values, np.nan), axis=(0, 1)), nan=0.0)
+            largest = np.max(np.where(np.isfinite(values), values, -np.inf), axis=(0, 1), initial=-np.inf)
+            return np.where(np.isfinite(largest), largest, 0.0)
         if kind == "levels":
             return np.log([len(cells) for cells in self._index.level_cells])
         return np.log([len(self._index.children[n]) for n in self.node_names])
