@@ -11,6 +11,7 @@ from the N-path exact curves, i.e. the Monte-Carlo floor at this N.
     .venv/bin/python benchmarks/bench_estimators.py --leaf-conditional [--paths 4096]
     .venv/bin/python benchmarks/bench_estimators.py --partial [--paths 4096]
     .venv/bin/python benchmarks/bench_estimators.py --digits-partial [--paths 128]
+    .venv/bin/python benchmarks/bench_estimators.py --rollout-accuracy [--paths 2048]
 
 ``--digits-rollout`` times ``rollout`` (k = 8, every 8th of 48 points, as ``recipes/digits.yaml``)
 on the shipped digits model: completions on the run's grid tail without bias correction (the
@@ -22,11 +23,18 @@ former default) against completions on their own short grid with the jackknife.
 inside entropy ``H(Y | x_sigma, Y in T)`` and against the mean inside mass ``P(T) = 0.6``.
 ``--digits-partial`` reads the inside mass of the shipped digits model's unconditional samples
 under a three-digit taxonomy (0, 8 | 1) with ``plugin`` and with ``bayes`` and each outside kernel.
+
+``--rollout-accuracy`` prints rollout's error per level and k on two 4-leaf mixtures (the mean over
+the paths of rollout minus ``exact`` on the same states, its worst grid point and that point's
+standard error), as shipped and with exact completions (``x0`` drawn from the mixture's
+``p(x0 | x_sigma)``: the jackknife's residual alone), and the jackknife's exact residual where the
+clean classifier is certain (the completions' labels are then multinomial counts).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 
@@ -38,7 +46,7 @@ from probes.entropy.engine import tree_entropy
 from probes.estimators import ProbeContext, build_estimator
 from probes.models.gmm import GaussianMixture
 from probes.noise import geometric_grid
-from probes.sampling import forward_path
+from probes.sampling import Trajectory, forward_path
 from probes.taxonomy.tree import Taxonomy
 
 SETTINGS = [  # (label, estimator, options)
@@ -174,8 +182,8 @@ def guided_and_prior(paths: int, seed: int) -> None:
             mid = c.level_mean()[:, 0]
             print(f"| guidance 3 | guided | band width max {np.max(hi - lo):.4f}, mean {np.mean(hi - lo):.4f} | "
                   f"{out.denoiser_calls:,} | {wall:.2f} |")
-            print(f"| guidance 3 | exact (unguided posterior) | max above the band's middle {np.max(old - mid):.3f} "
-                  f"(at sigma {float(grid[int(np.argmax(old - mid))]):.3g}) | 0 | |")
+            print(f"| guidance 3 | exact (unguided posterior) | max above guided's point estimate "
+                  f"{np.max(old - mid):.3f} (at sigma {float(grid[int(np.argmax(old - mid))]):.3g}) | 0 | |")
             continue
         truth = []
         for s_ in np.sqrt(0.25 + grid.numpy() ** 2):
@@ -281,12 +289,116 @@ def digits_partial(paths: int, seed: int) -> None:
         print(f"| {label} | " + " | ".join(f"{float(mass[i]):.3f}" for i in shown) + f" | {wall:.1f} |")
 
 
+class PosteriorDraw:
+    """A "denoiser" that returns a draw of ``x0 ~ p(x0 | x_sigma)`` of a Gaussian mixture instead of
+    its mean: completions from ``x_sigma`` in one exact step (leaf ``y ~ p(y | x)``, then
+    ``x0 ~ N(m_y + c (x - m_y), c sigma^2)`` with ``c = s0^2 / (s0^2 + sigma^2)``)."""
+
+    def __init__(self, gmm: GaussianMixture, generator: torch.Generator):
+        self.gmm, self.generator = gmm, generator
+
+    def __call__(self, x, sigma, cond=None):
+        post = self.gmm.log_posterior(x, sigma).exp()
+        y = torch.multinomial(post, 1, generator=self.generator)[:, 0]
+        c = self.gmm.std**2 / (self.gmm.std**2 + sigma**2)
+        mean = self.gmm.means[y] + c * (x - self.gmm.means[y])
+        return mean + math.sqrt(c) * sigma * torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+
+
+def rollout_with_exact_completions(k: int, traj, ctx, gmm, seed: int):
+    """Rollout's jackknifed level entropies ``[N, S, D]`` with every completion an exact posterior draw:
+    each grid point is handed to the estimator as a one-point trajectory, whose completion is the
+    single final step ``x0 = D(x)``, here the draw."""
+    gen = torch.Generator().manual_seed(seed)
+    draw = ProbeContext(ctx.taxonomy, denoiser=PosteriorDraw(gmm, gen), classifier=ctx.classifier)
+    est = build_estimator("rollout", k=k)
+    levels = []
+    for i in range(len(traj.sigmas)):
+        point = Trajectory(sigmas=traj.sigmas[i:i + 1], states=traj.states[i:i + 1], denoised=None,
+                           x0=traj.x0, method="forward")
+        levels.append(est.estimate(point, draw, gen).levels)
+    return torch.cat(levels, 1).numpy()
+
+
+def jackknife_multinomial_bias(k: int, mu: np.ndarray) -> np.ndarray:
+    """Exact bias of rollout's jackknifed entropy when every completion's classifier output is
+    one-hot: the K labels are then i.i.d. draws from ``mu = p(. | x_sigma)`` and each leaf's count is
+    Binomial(K, mu_y). The jackknife of the plug-in entropy of counts is a sum over leaves of
+    ``psi(n_y) = K f_K(n) - (K - 1) [n/K f_{K-1}(n - 1) + (1 - n/K) f_{K-1}(n)]`` with
+    ``f_m(n) = -(n/m) log(n/m)`` (leaving out one completion changes its own leaf's count only),
+    so its expectation is ``sum_y E psi(n_y)``. ``mu`` ``[P, L]``; returns the bias ``[P]``."""
+    from scipy.stats import binom
+
+    def f(n, m):
+        n = np.asarray(n, dtype=np.float64)
+        return -np.where(n > 0, n / m * np.log(np.where(n > 0, n / m, 1.0)), 0.0)
+
+    n = np.arange(k + 1)
+    psi = k * f(n, k) - (k - 1) * (n / k * f(n - 1, k - 1) + (1 - n / k) * f(n, k - 1))
+    pmf = binom.pmf(n[None, None, :], k, mu[..., None])  # [P, L, K + 1]
+    return (pmf @ psi).sum(-1) - f(mu, 1).sum(-1)
+
+
+def rollout_accuracy(paths: int, seed: int) -> None:
+    """Rollout's error per level and k on 4-leaf mixtures, against ``exact`` on the same forward paths."""
+    four = taxonomy([("root", "A"), ("root", "B"), ("A", "a1"), ("A", "a2"), ("B", "b1"), ("B", "b2")])
+    cases = [
+        ("4-leaf hierarchy, d=16, s0 = 1, separations 3.0 / 1.5 (the table above)",
+         GaussianMixture.hierarchical(four, 16, separations=[3.0, 1.5], std=1.0)),
+        ("recipes/gmm-hierarchy's mixture: d=8, s0 = 0.5, separations 6 / 2 (a near-certain clean classifier)",
+         GaussianMixture.hierarchical(four, 8, separations=[6.0, 2.0], std=0.5, axis_aligned=True,
+                                      share_level_axes=True)),
+    ]
+    for label, gmm in cases:
+        grid = geometric_grid(20 * math.sqrt(gmm.largest_eigenvalue()), 0.02, 40)
+        gen = torch.Generator().manual_seed(seed)
+        x0, y = gmm.sample(paths, gen)
+        traj = forward_path(x0, grid, gen, leaf=y)
+        ctx = ProbeContext(four, sigmas=grid, denoiser=gmm.denoiser(), classifier=gmm.classifier(), exact_model=gmm)
+        exact = build_estimator("exact").estimate(traj, ctx).curves(four, prior=ctx.prior).levels
+        print(f"\n### rollout on the {label}: {paths} forward paths, 40-point grid {float(grid[0]):.3g} -> 0.02\n")
+        print("Worst grid point of |mean(rollout - exact)| per level (its standard error; its sigma).\n")
+        print("| k | completions | level 1 | level 2 | denoiser calls / path | wall (s) |")
+        print("|---:|---|---|---|---:|---:|")
+        rows = [(k, "shipped (euler_maruyama, 32 points, rho 2)") for k in (4, 8, 16, 32)]
+        rows += [(k, "exact draws of x0 given x_sigma") for k in (8, 16)]
+        for k, kind in rows:
+            start = time.perf_counter()
+            if kind.startswith("exact"):
+                levels, calls = rollout_with_exact_completions(k, traj, ctx, gmm, seed + 1), 0
+            else:
+                out = build_estimator("rollout", k=k).estimate(traj, ctx, torch.Generator().manual_seed(seed + 1))
+                levels, calls = out.levels.numpy(), out.denoiser_calls // paths
+            wall = time.perf_counter() - start
+            diff = levels - exact
+            mean, se = diff.mean(0), diff.std(0, ddof=1) / math.sqrt(paths)
+            cells = []
+            for level in range(mean.shape[1]):
+                i = int(np.argmax(np.abs(mean[:, level])))
+                cells.append(f"{mean[i, level]:+.4f} ({se[i, level]:.4f}; sigma {float(grid[i]):.3g})")
+            print(f"| {k} | {kind} | {' | '.join(cells)} | {calls:,} | {wall:.1f} |")
+    print("\n### the jackknife's exact residual with a certain clean classifier (multinomial labels)\n")
+    print("Bias of the jackknifed leaf entropy at a uniform posterior and its range over the posteriors "
+          "on a 0.025 grid of the simplex.\n")
+    print("| leaves | k | at the uniform posterior | min over posteriors | max over posteriors |")
+    print("|---:|---:|---:|---:|---:|")
+    ticks = np.linspace(0.0, 1.0, 41)
+    for leaves in (2, 3, 4):
+        corner = np.array([p for p in itertools.product(ticks, repeat=leaves - 1) if sum(p) <= 1 + 1e-12])
+        simplex = np.concatenate([corner, np.clip(1 - corner.sum(1, keepdims=True), 0, None)], 1)
+        for k in (4, 8, 12, 16, 32):
+            bias = jackknife_multinomial_bias(k, simplex)
+            uniform = float(jackknife_multinomial_bias(k, np.full((1, leaves), 1 / leaves))[0])
+            print(f"| {leaves} | {k} | {uniform:+.4f} | {bias.min():+.4f} | {bias.max():+.4f} |")
+
+
 # The single-setting modes: flag -> (what it runs, its default --paths, help).
 MODES = {
     "digits_rollout": (digits_rollout, 16, "time rollout on the digits model"),
     "leaf_conditional": (guided_and_prior, 4096, "guided band and non-uniform prior on a 1-D mixture"),
     "partial": (partial_taxonomy, 4096, "a taxonomy covering part of a mixture's world"),
     "digits_partial": (digits_partial, 128, "inside mass on the digits model under a three-digit taxonomy"),
+    "rollout_accuracy": (rollout_accuracy, 2048, "rollout's error per level and k on 4-leaf mixtures"),
 }
 
 

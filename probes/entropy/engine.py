@@ -55,6 +55,11 @@ _AUTO_CHUNK_ELEMENTS = 2**24  # float64 elements per chunk for the node table (~
 
 
 BOUND_KEYS = ("levels_lo", "levels_hi", "nodes_lo", "nodes_hi")
+# A band's ends are means over samples, each with its own sampling error. Each moves outward by
+# Bernstein's deviation for a mean of N values of range M at this z: z standard errors plus
+# z^2 / 3 * M / N (with the true standard deviation, exceeded with probability at most
+# exp(-z^2 / 2) = 3.4e-4 per end and point; the sample's standard error stands in for it).
+BAND_Z = 4.0
 
 
 def _as_float64(a) -> np.ndarray:
@@ -188,18 +193,44 @@ class EntropyCurves:
             raise ProbesError(f"EntropyCurves: prior_nodes must have {K} entries")
 
     def level_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Mean lower and upper bounds of the level entropies, ``([S, D], [S, D])``, or None."""
-        if self.bounds is None:
-            return None
-        w = self.sample_weight()
-        return _nan_mean(self.bounds["levels_lo"], w), _nan_mean(self.bounds["levels_hi"], w)
+        """The band around the level entropies, ``([S, D], [S, D])``, or None (see :meth:`_band`)."""
+        return None if self.bounds is None else self._band("levels", self.level_mean())
 
     def node_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Mean lower and upper bounds of the node contributions, ``([S, K], [S, K])``, or None."""
-        if self.bounds is None:
-            return None
+        """The band around the node contributions, ``([S, K], [S, K])``, or None (see :meth:`_band`)."""
+        return None if self.bounds is None else self._band("nodes", self.node_mean())
+
+    def _band(self, kind: str, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)``: the mean of each per-sample bound moved outward by
+        ``BAND_Z * stderr + BAND_Z**2 / 3 * M / N``, then widened to hold ``point``.
+
+        Each end is a sample mean with its own noise, so the plain means can cross or miss the
+        truth. The first term is the usual standard-error widening; the second (Bernstein's range
+        term, ``M = log`` of the number of cells of the level or children of the node, ``N`` the
+        samples) covers what a standard error cannot see: where a small entropy rests on a few
+        rare samples, a run that drew fewer of them has both a low mean and a low standard error.
+        With fewer than two samples there is no standard error and only the range term applies.
+        """
         w = self.sample_weight()
-        return _nan_mean(self.bounds["nodes_lo"], w), _nan_mean(self.bounds["nodes_hi"], w)
+        ranges = self._ranges(kind)
+        ends = []
+        for key, sign in ((f"{kind}_lo", -1.0), (f"{kind}_hi", 1.0)):
+            values = self.bounds[key]
+            count = np.maximum(np.isfinite(values).sum(axis=0), 1)
+            se = np.nan_to_num(_nan_stderr(values, w), nan=0.0)
+            ends.append(_nan_mean(values, w) + sign * (BAND_Z * se + BAND_Z**2 / 3 * ranges[None, :] / count))
+        return np.fmin(ends[0], point), np.fmax(ends[1], point)
+
+    def _ranges(self, kind: str) -> np.ndarray:
+        """The range ``M`` of each level's or node's entropy: log of its number of cells (children);
+        without the taxonomy's index, the largest per-sample lower bound of the curve."""
+        if self._index is None:
+            values = self.bounds[f"{kind}_lo"]
+            largest = np.max(np.where(np.isfinite(values), values, -np.inf), axis=(0, 1), initial=-np.inf)
+            return np.where(np.isfinite(largest), largest, 0.0)
+        if kind == "levels":
+            return np.log([len(cells) for cells in self._index.level_cells])
+        return np.log([len(self._index.children[n]) for n in self.node_names])
 
     @classmethod
     def from_per_sample(cls, sigmas, taxonomy, levels, nodes, prior=None, bounds=None, inside=None,

@@ -10,20 +10,24 @@ always available in leaf-conditional runs:
   guided chain is not the reversal of a noising process, so the path knows more than the state).
   ``p_w(y | path)`` is exact: the Bayes filter with the run's *guided* per-leaf kernels
   (``a x + (1 - a) D_w(x; s, y)``, variance ``(1 - a) t^2``), the chain's own transition.
-* **upper**: for any ``q``, ``H_w(Y | x) <= E[-log q(y | x)]`` with y the true conditioning leaf.
+* **upper**: for any ``q``, ``H_w(Y | x) <= E[-log q(Y | x)]``, Y the conditioning leaf.
   ``q`` is fitted per sigma, a temperature and a bias on a reference posterior of the state
   (the mixture's exact posterior, else the plug-in classifier posterior), on one half of the batch
-  and scored on the other (two-fold cross-fitting, so the fit cannot overfit the scored samples).
+  with the true leaves and scored on the other (two-fold cross-fitting, so the fit cannot overfit
+  the scored samples). Each sample is scored by the expectation of ``-log q(Y | x_i)`` given its
+  path, ``sum_y p_w(y | path) (-log q(y | x_i))`` (Y given the path has the filter's law): the same
+  mean as scoring the drawn leaf, without the rare large scores of misclassified samples, and per
+  sample the lower bound plus ``KL(p_w(. | path) || q(. | x_i)) >= 0``.
 
 Both bounds hold for every level cut and, per node n with children c, for ``C_n``: the lower one
 because ``C_n = H(Z_n | x, [Y in n])`` with ``Z_n`` the child on Y's path; the upper one because
 ``E[[Y in n] (-log q(c(Y) | n, x))] >= C_n`` (the cross-entropy chain rule along Y's path). The
-point estimate is the middle of the band.
+point estimate is the middle of the two bounds; the band reported around it
+(:meth:`probes.entropy.EntropyCurves.level_bounds`) widens each bound's mean for its own sampling
+error.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 
@@ -82,7 +86,7 @@ class GuidedEstimator(Estimator):
         ref, calls, classifier_calls = self._reference(states, traj.sigmas, idx, ctx)
         leaf = torch.as_tensor(traj.leaf).long().cpu()
         log_q = cross_fitted_log_q(ref, leaf, self.folds, generator)
-        hi_levels, hi_nodes = cross_entropy_terms(log_q, leaf, ctx.taxonomy)
+        hi_levels, hi_nodes = expected_cross_entropy_terms(log_q, lo_lp, ctx.taxonomy)
 
         lo_levels, lo_nodes = torch.as_tensor(lo.levels), torch.as_tensor(lo.nodes)
         bounds = {"levels_lo": lo_levels, "levels_hi": hi_levels, "nodes_lo": lo_nodes, "nodes_hi": hi_nodes}
@@ -178,9 +182,17 @@ def _fit(z: torch.Tensor, y: torch.Tensor, iterations: int = 30,
     return alpha, beta
 
 
-def cross_entropy_terms(log_q: torch.Tensor, leaf: torch.Tensor, taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample cross-entropies of the true leaf under ``q``: levels ``[B, S, D]``
-    (``-log q(cell_l(y) | x)``) and nodes ``[B, S, K]`` (``[y in n] * -log q(c(y) | n, x)``)."""
+def expected_cross_entropy_terms(log_q: torch.Tensor, log_post: torch.Tensor,
+                                 taxonomy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropies of ``q`` under the posterior given the path, ``p = p(y | x_0..x_i)``:
+    levels ``[B, S, D]`` (``-sum_cells p(cell) log q(cell | x)``) and nodes ``[B, S, K]``
+    (``sum_{c child of n} p(c) (log q(n | x) - log q(c | x))``).
+
+    Each is the expectation, given the path, of the term the true leaf y would score
+    (``-log q(cell_l(y) | x)``; ``[y in n] * -log q(c(y) | n, x)``), since y given the path has law
+    p: the same mean as scoring y, without the rare large scores of misclassified samples. Per
+    sample it is the entropy of p plus ``KL(p || q) >= 0``, so it never falls below the lower bound.
+    """
     leaves = list(taxonomy.leaves)
     names = [*taxonomy.internal_nodes, *leaves]
     row = {n: r for r, n in enumerate(names)}
@@ -189,20 +201,17 @@ def cross_entropy_terms(log_q: torch.Tensor, leaf: torch.Tensor, taxonomy) -> tu
         for leaf_name in ([n] if n in leaves else taxonomy.leaves_under(n)):
             member[row[n], leaves.index(leaf_name)] = 1.0
     top = log_q.amax(-1, keepdim=True)
-    log_mass = torch.log(torch.exp(log_q - top) @ member.T) + top  # [B, S, V]: log q(node | x)
-    y = leaf.tolist()
-    # the node on y's path at each depth (the leaf itself below its own depth)
-    depth_of = {n: taxonomy.depth(n) for n in names}
-    path = [[*taxonomy.ancestors(leaves[v]), leaves[v]] for v in y]
-    D = taxonomy.max_depth
+    log_q_mass = torch.log(torch.exp(log_q - top) @ member.T) + top  # [B, S, V]: log q(node | x)
+    log_post = log_post.double()
+    p_mass = torch.softmax(log_post, -1) @ member.T  # [B, S, V]: p(node | path), renormalised
     B, S = log_q.shape[:2]
-    levels = torch.empty(B, S, D, dtype=torch.float64)
-    nodes = torch.zeros(B, S, len(taxonomy.internal_nodes), dtype=torch.float64)
-    node_col = {n: k for k, n in enumerate(taxonomy.internal_nodes)}
-    for b, p in enumerate(path):
-        for level in range(1, D + 1):
-            cell = next((n for n in p if depth_of[n] == level), p[-1])
-            levels[b, :, level - 1] = -log_mass[b, :, row[cell]]
-        for parent, child in itertools.pairwise(p):
-            nodes[b, :, node_col[parent]] = log_mass[b, :, row[parent]] - log_mass[b, :, row[child]]
+    levels = torch.empty(B, S, taxonomy.max_depth, dtype=torch.float64)
+    for level in range(1, taxonomy.max_depth + 1):
+        cells = [row[n] for n in names
+                 if taxonomy.depth(n) == level or (n in leaves and taxonomy.depth(n) < level)]
+        levels[..., level - 1] = -(p_mass[..., cells] * log_q_mass[..., cells]).sum(-1)
+    nodes = torch.empty(B, S, len(taxonomy.internal_nodes), dtype=torch.float64)
+    for k, n in enumerate(taxonomy.internal_nodes):
+        children = [row[c] for c in taxonomy.children(n)]
+        nodes[..., k] = (p_mass[..., children] * (log_q_mass[..., row[n], None] - log_q_mass[..., children])).sum(-1)
     return levels, nodes
