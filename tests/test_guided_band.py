@@ -14,13 +14,13 @@ import torch
 import yaml
 from exact_oracles import Tree, guided_chain_curves
 
+import probes.runner as runner
 from probes.components import leaves_from_prior
 from probes.denoisers.base import GuidedDenoiser
 from probes.entropy.engine import EntropyCurves
 from probes.estimators import ProbeContext, build_estimator
 from probes.models.gmm import GaussianMixture
 from probes.noise import geometric_grid
-from probes.run import run_recipe
 from probes.sampling import sample
 from probes.taxonomy import from_nested
 
@@ -81,7 +81,7 @@ def guided_recipe(tmp_path, scale, four_leaves):
     model = ({"kind": "gmm", "std": 0.5, "means": {y: [m] for y, m in zip(LINE_LEAVES, LINE_MEANS)}}
              if four_leaves else {"kind": "gmm", "std": 0.5, "means": {"minus": [-1.5], "plus": [1.5]}})
     r = {"name": "band", "seed": 0,
-         "taxonomy": str(ROOT / "probes" / "taxonomies" / ("gmm-two-by-two.yaml" if four_leaves else
+         "taxonomy": str(ROOT / "taxonomies" / ("gmm-two-by-two.yaml" if four_leaves else
                                                            "gmm-two-class.yaml")),
          "model": model, "classifier": {"kind": "exact"},
          "sampling": {"samples": 256, "batch_size": 64, "steps": 32, "sigma_max": 40.0, "sigma_min": 0.05,
@@ -97,7 +97,7 @@ def test_every_guided_row_of_curves_csv_is_ordered(tmp_path, scale, four_leaves)
     """entropy_lo <= entropy <= entropy_hi on every level and node row, over 4 batches (guidance 1:
     both bounds are the entropy itself in expectation, where the means of the lower bound and of
     the upper bound scored on the drawn leaf crossed at 400 of 1280 points, docs/estimators.md)."""
-    run_recipe(guided_recipe(tmp_path, scale, four_leaves), tmp_path / "run", progress=False)
+    runner.run(guided_recipe(tmp_path, scale, four_leaves), tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "curves.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["estimator"] == "guided"]
     kinds = {r["kind"] for r in rows}
