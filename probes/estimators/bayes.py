@@ -8,6 +8,7 @@ import torch
 
 from probes.errors import ProbesError, UnsupportedCondition
 from probes.estimators.base import Counter, Estimator, EstimatorOutput, ProbeContext, chunks, needs_states
+from probes.estimators.evidence import EvidenceRecorder
 
 # Trajectories whose step i -> i+1 is (to first order) the Gaussian kernel N(mu_y, (1 - a) t^2 I).
 KERNEL_METHODS = ("ancestral", "forward")
@@ -69,6 +70,11 @@ class BayesEstimator(Estimator):
         move: with ``track``: how far (total variation of the leaf posterior) a stage may move
             before the kernels are evaluated again; ``0`` evaluates them at every step. Default
             ``0.02``.
+        evidence: also return per-position evidence maps (``EstimatorOutput.evidence``, an
+            :class:`~probes.estimators.evidence.EvidenceMaps`): for each sample and internal node
+            above its final leaf, where in the image the filter gathered the evidence for the
+            child the sample ends in. Needs image-shaped states ``[B, C, H, W]`` and the full
+            filter (no ``track``). Memory: ``4 H W`` bytes per sample, node and output sigma.
 
     Needs: ``ctx.cond_denoiser``, ``ctx.conditioner`` able to condition on every leaf, ``ctx.prior``.
     """
@@ -76,7 +82,7 @@ class BayesEstimator(Estimator):
     name = "bayes"
 
     def __init__(self, outside: str = "auto", sigma_stride: int = 1, track: int | None = None,
-                 tail: float | None = None, move: float | None = None):
+                 tail: float | None = None, move: float | None = None, evidence: bool = False):
         super().__init__(sigma_stride)
         if outside not in OUTSIDE_KERNELS:
             raise ProbesError(f"estimator 'bayes': outside must be one of {', '.join(OUTSIDE_KERNELS)}, "
@@ -92,7 +98,13 @@ class BayesEstimator(Estimator):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or not 0 <= value <= 1 or (option == "tail" and value == 1):
                 raise ProbesError(f"estimator 'bayes': {option} must be a number in {limit}, got {value!r}")
+        if not isinstance(evidence, bool):
+            raise ProbesError(f"estimator 'bayes': evidence must be true or false, got {evidence!r}")
+        if evidence and track is not None:
+            raise ProbesError("estimator 'bayes': evidence maps are drawn from the full filter's per-leaf kernels; "
+                              "drop track to have them")
         self.outside = outside
+        self.evidence = evidence
         self.track = track
         self.tail = DEFAULT_TAIL if tail is None else float(tail)
         self.move = DEFAULT_MOVE if move is None else float(move)
@@ -110,22 +122,34 @@ class BayesEstimator(Estimator):
         denoiser = Counter(ctx.require("cond_denoiser", self.name, "it needs class-conditional predictions"))
         conditioner = ctx.require("conditioner", self.name, "it conditions the denoiser on every leaf")
         idx = self.grid_index(len(traj.sigmas))
+        recorder = None
+        if self.evidence:
+            states = needs_states(traj, self.name)
+            if states.ndim != 5:
+                raise ProbesError(f"estimator 'bayes': evidence maps need image-shaped states [B, C, H, W]; "
+                                  f"these are {list(states.shape[2:])}")
+            recorder = EvidenceRecorder(ctx.taxonomy, states.shape[2:], idx, traj.sigmas, states.shape[1],
+                                        leaf=traj.leaf)
         if self.track is None:
-            out = filter_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name, outside=self.outside)
+            out = filter_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name, outside=self.outside,
+                                       recorder=recorder)
         else:
             out = tracked_log_posterior(traj, denoiser, conditioner, ctx, idx, self.name, self.track, self.tail,
                                         self.move)
-        return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=out, denoiser_calls=denoiser.calls)
+        return EstimatorOutput(self.name, traj.sigmas[idx], log_probs=out, denoiser_calls=denoiser.calls,
+                               evidence=None if recorder is None else recorder.result())
 
 
 def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: list[int], name: str,
-                         outside: str = "auto") -> torch.Tensor:
+                         outside: str = "auto", recorder=None) -> torch.Tensor:
     """``log p(leaf | x_0..x_i)`` ``[B, len(idx), L]`` along the trajectory, from ``ctx.prior`` at
     ``sigmas[0]``, with the per-leaf Gaussian kernels of ``denoiser(x, s, conditioner(leaf))``
     (plus an outside cell when ``ctx.outside_mass > 0``, see :class:`BayesEstimator`).
 
     With the plain conditional denoiser this is :class:`BayesEstimator`; with the guided denoiser
     of a guided run it is the exact posterior given the whole path of that run's own chain.
+    ``recorder`` (an :class:`~probes.estimators.evidence.EvidenceRecorder`, states ``[S, B, C, H, W]``)
+    is given each step's per-position increments before the update and each chunk's end.
     """
     states = needs_states(traj, name)
     leaves = list(ctx.taxonomy.leaves)
@@ -165,9 +189,14 @@ def filter_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: li
                         d_out = (d_out.double() - inside) / q[:, n_leaves:].clamp_min(_MIN_OUTSIDE)
                     d = torch.cat([d, d_out.to(work).reshape(1, b, -1)])
             score = _kernel_scores(x.to(work).reshape(b, -1), states[i + 1, rows].to(work).reshape(b, -1), d, a)
+            if recorder is not None:
+                parts = _position_scores(x.to(work), states[i + 1, rows].to(work), d, a)
+                recorder.step(rows, i, -parts.double() / (2 * var), lp)
             lp = torch.log_softmax(lp - score.double().T / (2 * var), dim=-1)
             if i + 1 in col:
                 out[rows, col[i + 1]] = lp[:, :n_leaves].float().cpu()
+        if recorder is not None:
+            recorder.chunk_done(rows, lp)
     return out
 
 
@@ -186,6 +215,19 @@ def _kernel_scores(x: torch.Tensor, x_next: torch.Tensor, d: torch.Tensor, a: fl
     delta = d - d_bar
     e = x_next - (a * x + (1 - a) * d_bar)
     return -2 * (1 - a) * (e * delta).sum(-1) + (1 - a) ** 2 * (delta * delta).sum(-1)
+
+
+def _position_scores(x: torch.Tensor, x_next: torch.Tensor, d: torch.Tensor, a: float) -> torch.Tensor:
+    """:func:`_kernel_scores` with the channels summed and the positions kept: ``[cells, b, H W]`` for
+    states ``x``, ``x_next`` ``[b, C, H, W]`` and predictions ``d`` ``[cells, b, C H W]``. The term
+    dropped at each position is shared by every cell, so differences between cells are exact
+    per-position parts of the filter's log-likelihood ratios."""
+    b, channels = x.shape[0], x.shape[1]
+    d = d.reshape(d.shape[0], b, channels, -1)
+    d_bar = d.mean(0)
+    delta = d - d_bar
+    e = x_next.reshape(b, channels, -1) - (a * x.reshape(b, channels, -1) + (1 - a) * d_bar)
+    return -2 * (1 - a) * (e * delta).sum(2) + (1 - a) ** 2 * (delta * delta).sum(2)
 
 
 def _outside_cond(conditioner, n: int, outside: str):
