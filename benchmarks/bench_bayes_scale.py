@@ -17,6 +17,14 @@ the largest error of the mean level entropies over the grid (per level, coarse t
 the mean node contributions, and the wall time (one torch thread).
 
     .venv/bin/python benchmarks/bench_bayes_scale.py [--paths 256] [--digits-paths 128] [--seed 0]
+    .venv/bin/python benchmarks/bench_bayes_scale.py --evidence [--digits-paths 128]
+
+``--evidence`` measures the evidence maps (``bayes`` with ``evidence``, ``docs/evidence.md``): for
+each internal node, how far the spatial sum of its map is from the filter's log-odds of the child
+the sample ends in (zero for two leaf children; a first-order split for groups), on the digits
+model and on a mixture of 8 x 8 images over the digits-shape tree whose levels overlap in the
+whole image (so no level's evidence is separate); and the cost in time and memory of the maps on
+the digits model next to a run without them.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import numpy as np
 import torch
 
 from probes.estimators import ProbeContext, build_estimator
+from probes.estimators.bayes import filter_log_posterior
+from probes.estimators.evidence import EvidenceRecorder
 from probes.models import digits
 from probes.models.gmm import GaussianMixture
 from probes.noise import geometric_grid
@@ -108,13 +118,93 @@ def digits_model(paths: int, seed: int) -> None:
     rows(traj, ctx, tax, (full.level_mean(), full.node_mean()), "full filter", settings)
 
 
+def log_odds_gap(log_probs, ev, tax):
+    """Per internal node: (samples on the node's path, median and largest |gap| / |log-odds| at the last
+    sigma, largest |gap| over the grid in nats), gap = spatial sum of the map - the filter's log-odds
+    change of the final child against its siblings."""
+    lp = log_probs.double()
+    table = {}
+    for node in tax.internal_nodes:
+        maps = ev.maps[node].double()
+        mine = ~maps[:, 0, 0, 0].isnan()
+        span = tax.leaf_slice(node)
+        odds = []
+        for row, c in zip(lp[mine], ev.child[node][mine].tolist()):
+            inside = torch.zeros(lp.shape[-1], dtype=torch.bool)
+            inside[tax.leaf_slice(tax.children(node)[c])] = True
+            rest = torch.zeros_like(inside)
+            rest[span] = True
+            odds.append(row[:, inside].logsumexp(-1) - row[:, rest & ~inside].logsumexp(-1))
+        odds = torch.stack(odds)
+        odds = odds - odds[:, :1]
+        gap = maps[mine].sum((2, 3)) - odds
+        rel = gap[:, -1].abs() / odds[:, -1].abs().clamp(min=1e-12)
+        table[node] = (int(mine.sum()), float(rel.median()), float(rel.max()), float(gap.abs().max()))
+    return table
+
+
+def gap_tables(label, traj, ctx, tax):
+    """The log-odds gap of the maps with the exact split (the estimator's) and with the first-order one."""
+    idx = list(range(len(traj.sigmas)))
+    rows = {}
+    for split in ("exact", "before"):
+        recorder = EvidenceRecorder(tax, traj.states.shape[2:], idx, traj.sigmas, traj.states.shape[1], split=split)
+        log_probs = filter_log_posterior(traj, ctx.cond_denoiser, ctx.conditioner, ctx, idx, "bayes",
+                                         recorder=recorder)
+        rows[split] = log_odds_gap(log_probs, recorder.result(), tax)
+    print(f"\n#### spatial sum of the map against the node's log-odds: {label}\n")
+    print("| node | children | samples | exact split: max rel. gap | max abs. gap (nats) | first-order split: "
+          "median rel. gap (last sigma) | max rel. gap | max abs. gap (nats) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for node in tax.internal_nodes:
+        n, _, worst, gap = rows["exact"][node]
+        _, med_b, worst_b, gap_b = rows["before"][node]
+        print(f"| {node} | {', '.join(tax.children(node))} | {n} | {worst:.1e} | {gap:.1e} | {med_b:.4f} | "
+              f"{worst_b:.4f} | {gap_b:.3f} |")
+
+
+def evidence(paths: int, seed: int) -> None:
+    tax = load_taxonomy("digits-shape")
+    grid = geometric_grid(20.0, 0.05, 24)
+    gen = torch.Generator().manual_seed(seed)
+    denoiser = digits.load_digits_denoiser()
+    traj = sample(denoiser, torch.randn(paths, 1, 8, 8, generator=gen) * grid[0], grid, "ancestral", generator=gen)
+    ctx = ProbeContext(tax, sigmas=grid, denoiser=denoiser, conditioner=digits.digits_conditioner(tax))
+    walls = {}
+    for flag in (False, True, False, True):  # twice each, interleaved: the machine's load moves
+        start = time.perf_counter()
+        out = build_estimator("bayes", evidence=flag).estimate(traj, ctx)
+        walls.setdefault(flag, []).append(time.perf_counter() - start)
+    ev = out.evidence
+    print(f"\n### evidence maps on the digits model: {paths} unconditional samples, 24 ancestral steps, "
+          "final leaf = argmax of the last posterior\n")
+    print("| bayes | wall (s), best of 2 | map memory | per sample, node and sigma |")
+    print("|---|---:|---:|---:|")
+    print(f"| without maps | {min(walls[False]):.1f} | | |")
+    print(f"| with maps | {min(walls[True]):.1f} | {ev.nbytes / 2**20:.2f} MiB ({len(ev.maps)} nodes x "
+          f"{len(ev.sigmas)} sigmas) | {4 * 8 * 8} bytes (float32, 8 x 8) |")
+    gap_tables(f"digits model, {paths} samples, 24 steps", traj, ctx, tax)
+    whole = torch.ones(8, 8, dtype=torch.bool)
+    gmm = GaussianMixture.on_regions(tax, [1, 8, 8], [whole] * 3, [4.0, 2.0, 1.0], std=0.5, seed=seed)
+    mgrid = geometric_grid(60.0, 0.02, 64)
+    x0, y = gmm.sample(paths, gen)
+    mtraj = forward_path(x0.float().reshape(paths, 1, 8, 8), mgrid, gen, leaf=y)
+    mctx = ProbeContext(tax, sigmas=mgrid, denoiser=gmm.denoiser(), conditioner=gmm.conditioner(tax))
+    gap_tables(f"mixture of 8 x 8 images on the same tree (separations 4, 2, 1; std 0.5; levels overlapping), "
+               f"{paths} data paths, 64 steps", mtraj, mctx, tax)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=256, help="forward paths of the 256-leaf mixture")
     parser.add_argument("--digits-paths", type=int, default=128, help="samples of the digits model (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--evidence", action="store_true", help="measure the evidence maps instead")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small tensors; a second thread only adds contention on a shared machine
+    if args.evidence:
+        evidence(args.digits_paths or 128, args.seed)
+        return
     mixture(args.paths, args.seed)
     if args.digits_paths:
         digits_model(args.digits_paths, args.seed)

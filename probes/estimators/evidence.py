@@ -9,13 +9,18 @@ For an internal node n on the path of a sample's final leaf, with c the child th
 the **evidence map** is cumulative along the grid::
 
     E_n(sigma_k, p) = sum_{i < k} [ lbar_{i,c}(p) - lbar_{i,n \\ c}(p) ],
-    lbar_{i,S}(p) = sum_{y in S} p(y | x_0..x_i, Y in S) l_{i,y}(p)
+    lbar_{i,S}(p) = sum_{y in S} omega_{i,y|S} l_{i,y}(p)
 
-the within-set posterior-weighted average of the leaves' parts, for the child's leaves against all
-its siblings' leaves taken together. When c and n \\ c are single leaves (a node of two leaf
-children) it is their exact per-position log-likelihood ratio. Otherwise it is a first-order split
-of the node's log-odds increment ``log sum_S w e^{l}``: the weighted average is below the
-log-sum-exp by a Jensen gap (``docs/evidence.md`` measures it).
+for the child's leaves against all its siblings' leaves taken together: a within-set
+posterior-weighted average of the leaves' parts. The weights ``omega_{i,.|S}`` are the set's
+posterior ``p(y | x_0..x_i, Y in S)`` before the step mixed with the one after it,
+``alpha w + (1 - alpha) w'``, with the one ``alpha`` in [0, 1] that makes the parts sum to the set's
+log-likelihood increment ``log sum_S w_y e^{l_y}`` (the ``w``-average of ``l`` is below it, the
+``w'``-average above). So the spatial sum of every map is the filter's log-odds of the final
+child against its siblings, ``log p(c | ., Y in n) - log p(n \\ c | ., Y in n)`` minus its prior
+value, exactly; when c and n \\ c are single leaves the map is their exact per-position
+log-likelihood ratio. The weights before the step alone (``split="before"``) give the first-order
+split; ``docs/evidence.md`` measures how far its spatial sum falls from the log-odds.
 
 The sample's final leaf is its conditioning leaf when the trajectory knows it (``traj.leaf``),
 else the leaf with the largest filtered posterior at the last grid point.
@@ -96,8 +101,10 @@ class EvidenceRecorder:
     """
 
     def __init__(self, taxonomy, shape, idx: list[int], sigmas: torch.Tensor, batch: int,
-                 leaf: torch.Tensor | None = None):
-        self.taxonomy = taxonomy
+                 leaf: torch.Tensor | None = None, split: str = "exact"):
+        if split not in ("exact", "before"):
+            raise ProbesError(f"evidence maps: split must be 'exact' or 'before', got {split!r}")
+        self.taxonomy, self.split = taxonomy, split
         self.height, self.width = int(shape[-2]), int(shape[-1])
         self.idx = list(idx)
         self.sigmas = torch.as_tensor(sigmas)[self.idx]
@@ -143,8 +150,8 @@ class EvidenceRecorder:
                 others = torch.zeros(self.n_leaves, dtype=torch.bool)
                 others[span] = True
                 others &= ~chosen
-                delta = (_set_part(inc[:, :, mine], lp[:, mine], chosen)
-                         - _set_part(inc[:, :, mine], lp[:, mine], others))  # [S - 1, b', P]
+                delta = (_set_part(inc[:, :, mine], lp[:, mine], chosen, self.split)
+                         - _set_part(inc[:, :, mine], lp[:, mine], others, self.split))  # [S - 1, b', P]
                 cumulative = torch.cat([torch.zeros_like(delta[:1]), delta.cumsum(0)])  # [S, b', P]
                 maps = cumulative[take].transpose(0, 1).reshape(len(mine), len(take), self.height, self.width)
                 self.maps[node][rows.start + mine] = maps.float()
@@ -154,9 +161,28 @@ class EvidenceRecorder:
                             final_from="condition" if self.leaf is not None else "posterior", child=self.child)
 
 
-def _set_part(inc: torch.Tensor, log_post: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """``sum_{y in S} p(y | x_0..x_i, Y in S) l_{i,y}(p)``: ``inc`` ``[S - 1, L, b, P]``, ``log_post``
-    ``[S - 1, b, L]`` before each step, ``members`` ``[L]`` the set. Returns ``[S - 1, b, P]`` (float64)."""
-    weights = torch.softmax(log_post.masked_fill(~members, -math.inf), dim=-1)  # [S - 1, b, L]
-    weights = weights.nan_to_num(0.0)
-    return torch.einsum("sbl,slbp->sbp", weights, inc.double())
+def _set_part(inc: torch.Tensor, log_post: torch.Tensor, members: torch.Tensor, split: str = "exact") -> torch.Tensor:
+    """``sum_{y in S} omega_{i,y} l_{i,y}(p)`` for the set ``members`` ``[L]``: ``inc`` ``[S - 1, L, b, P]``,
+    ``log_post`` ``[S - 1, b, L]`` before each step. Returns ``[S - 1, b, P]`` (float64).
+
+    ``omega`` is the within-set posterior, before the step (``split="before"``: a first-order split)
+    or (``"exact"``) mixed with the one after it in the proportion that makes the parts sum to the
+    set's log-likelihood increment ``log sum_S w_y e^{l_y}`` (the weighted mean of ``l`` is below it
+    with the weights before, above it with the weights after).
+    """
+    inside = log_post.masked_fill(~members, -math.inf)
+    before = torch.softmax(inside, dim=-1).nan_to_num(0.0)  # [S - 1, b, L]
+    inc = inc.double()
+    if split == "before":
+        return torch.einsum("sbl,slbp->sbp", before, inc)
+    total = inc.sum(-1).transpose(1, 2)  # each leaf's increment [S - 1, b, L]
+    moved = inside + total
+    after = torch.softmax(moved, dim=-1).nan_to_num(0.0)
+    gain = torch.logsumexp(moved, -1) - torch.logsumexp(inside, -1)  # the set's log-likelihood increment
+    total = total.masked_fill(~members, 0.0)
+    low, high = (before * total).sum(-1), (after * total).sum(-1)
+    span = high - low
+    alpha = torch.where(span.abs() > 1e-12 * (high.abs() + low.abs() + 1), (high - gain) / span, 0.5)
+    alpha = alpha.nan_to_num(0.5).clamp(0, 1)[..., None]  # (nan: an empty set, whose part is 0 anyway)
+    weights = alpha * before + (1 - alpha) * after
+    return torch.einsum("sbl,slbp->sbp", weights, inc)
