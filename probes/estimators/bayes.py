@@ -19,8 +19,10 @@ _MIN_OUTSIDE = 1e-4
 # 1e-4 froze leaves the network's posterior later revived (0.006 nats off the full filter), 1e-6 none.
 DEFAULT_TAIL = 1e-6
 DEFAULT_MOVE = 0.02
-# Most steps one stage of the tracked filter looks ahead (bounds its memory: units x steps x D).
+# Most steps one stage of the tracked filter looks ahead, and most state values (units x steps x D)
+# one piece of a stage's look-ahead holds (64 MB in float32).
 _HORIZON = 64
+_STAGE_ELEMENTS = 1 << 24
 
 
 class BayesEstimator(Estimator):
@@ -492,22 +494,27 @@ class _Filters:
         return torch.cat(parts)
 
 
-def _stage_evidence(kernels, mask, rows: list[int], states, j: int, sig, horizon: int, work) -> torch.Tensor:
+def _stage_evidence(kernels, mask, rows, states, j: int, sig, horizon: int, work) -> torch.Tensor:
     """``log N(x_t; a x_j + (1 - a) D_c, (1 - a) t^2)``, ``a = t^2 / sigma_j^2``, up to terms shared by a
     unit's cells, for the ``horizon`` states after ``x_j``: ``[U, horizon, C]`` (``kernels`` ``[U, C, D]``
     predicted at ``x_j``, ``mask`` ``[U, C]`` the real cells, ``rows`` each unit's sample). Centred on
-    the cells' mean prediction, as :func:`_kernel_scores`."""
-    n_units = len(rows)
-    x = states[j][rows].to(work).reshape(n_units, -1)
-    future = states[j + 1:j + 1 + horizon][:, rows].to(work).reshape(horizon, n_units, -1).transpose(0, 1)
-    weight = mask.to(work)[..., None]
-    d_bar = (kernels * weight).sum(1) / weight.sum(1)
-    delta = (kernels - d_bar[:, None]) * weight
+    the cells' mean prediction, as :func:`_kernel_scores`; units in chunks of at most
+    ``_STAGE_ELEMENTS`` states' values."""
     t = sig[j + 1:j + 1 + horizon]
     a = t**2 / sig[j] ** 2
     a_w = a.to(work)[None, :, None]
-    e = future - a_w * x[:, None] - (1 - a_w) * d_bar[:, None]
-    dot = torch.bmm(e, delta.transpose(1, 2)).double()  # [U, T, C]
-    sq = (delta * delta).sum(-1).double()[:, None]  # [U, 1, C]
-    score = -2 * (1 - a)[None, :, None] * dot + ((1 - a) ** 2)[None, :, None] * sq
-    return -score / (2 * (1 - a) * t**2)[None, :, None]
+    parts = []
+    per_chunk = max(1, _STAGE_ELEMENTS // (horizon * kernels.shape[-1]))
+    for units in chunks(len(rows), per_chunk):
+        r = rows[units]
+        x = states[j][r].to(work).reshape(len(r), -1)
+        future = states[j + 1:j + 1 + horizon][:, r].to(work).reshape(horizon, len(r), -1).transpose(0, 1)
+        weight = mask[units].to(work)[..., None]
+        d_bar = (kernels[units] * weight).sum(1) / weight.sum(1)
+        delta = (kernels[units] - d_bar[:, None]) * weight
+        e = future - a_w * x[:, None] - (1 - a_w) * d_bar[:, None]
+        dot = torch.bmm(e, delta.transpose(1, 2)).double()  # [u, T, C]
+        sq = (delta * delta).sum(-1).double()[:, None]  # [u, 1, C]
+        parts.append(-(-2 * (1 - a)[None, :, None] * dot + ((1 - a) ** 2)[None, :, None] * sq)
+                     / (2 * (1 - a) * t**2)[None, :, None])
+    return torch.cat(parts)
