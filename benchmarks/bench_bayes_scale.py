@@ -54,6 +54,9 @@ SETTINGS = [  # (label, options of bayes)
     ("track 16, move 0 (a kernel every step)", {"track": 16, "move": 0.0}),
     ("track 8", {"track": 8}),
 ]
+DIGITS_SETTINGS = [s for s in SETTINGS if s[1].get("track", 16) == 16] + [
+    ("track 16, tail 1e-4, move 0", {"track": 16, "tail": 1e-4, "move": 0.0}),
+]
 
 
 def two_level(groups: int = 16, per_group: int = 16) -> Taxonomy:
@@ -114,8 +117,7 @@ def digits_model(paths: int, seed: int) -> None:
           "24 ancestral steps 20 -> 0.05\n")
     print("| bayes | denoiser calls | of full | max err vs full, level 1 / 2 / 3 (nats) | nodes vs full | wall (s) |")
     print("|---|---:|---:|---:|---:|---:|")
-    settings = [s for s in SETTINGS if s[1].get("track", 16) == 16]
-    rows(traj, ctx, tax, (full.level_mean(), full.node_mean()), "full filter", settings)
+    rows(traj, ctx, tax, (full.level_mean(), full.node_mean()), "full filter", DIGITS_SETTINGS)
 
 
 def log_odds_gap(log_probs, ev, tax):
@@ -196,7 +198,7 @@ def evidence(paths: int, seed: int) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", type=int, default=256, help="forward paths of the 256-leaf mixture")
+    parser.add_argument("--paths", type=int, default=256, help="forward paths of the 256-leaf mixture (0: skip)")
     parser.add_argument("--digits-paths", type=int, default=128, help="samples of the digits model (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evidence", action="store_true", help="measure the evidence maps instead")
@@ -205,7 +207,8 @@ def main():
     if args.evidence:
         evidence(args.digits_paths or 128, args.seed)
         return
-    mixture(args.paths, args.seed)
+    if args.paths:
+        mixture(args.paths, args.seed)
     if args.digits_paths:
         digits_model(args.digits_paths, args.seed)
 
