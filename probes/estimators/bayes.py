@@ -276,7 +276,7 @@ def tracked_log_posterior(traj, denoiser, conditioner, ctx: ProbeContext, idx: l
     states = needs_states(traj, name)
     nodes = _Nodes(ctx.taxonomy, conditioner, ctx.partial_taxonomy)
     n_leaves, n_sigmas, batch = len(ctx.taxonomy.leaves), len(traj.sigmas), states.shape[1]
-    sig = torch.as_tensor(traj.sigmas, dtype=torch.float64)
+    sig = torch.as_tensor(traj.sigmas, dtype=torch.float64).cpu()
     work = states.dtype if states.dtype in (torch.float32, torch.float64) else torch.float32
     filters = _Filters(nodes, states, sig, ctx.prior.double(), denoiser, track, tail, move, ctx.batch_size, work,
                        name)
@@ -423,7 +423,7 @@ class _Filters:
         pairs = {node: (slot >= 0) & (slot < n_direct[:, None]) for node, (_, slot, n_direct, _) in plans.items()}
         pair_row = torch.cat([who[m.nonzero()[:, 0]] for (who, *_), m in zip(plans.values(), pairs.values())])
         pair_kid = [self.nodes.children[node][c] for node, m in pairs.items() for c in m.nonzero()[:, 1].tolist()]
-        d = self._call(x_j[row0 + pair_row], s, lambda sl: self.nodes.cond(pair_kid[sl]))
+        d = self._call(x_j[(row0 + pair_row).to(x_j.device)], s, lambda sl: self.nodes.cond(pair_kid[sl]))
         at = 0
         for node, (who, slot, n_direct, lump) in plans.items():
             m = pairs[node]
@@ -474,7 +474,8 @@ class _Filters:
                               "and the cell for the rest is solved from the model's prediction for the whole "
                               "taxonomy, which a model with classes beyond it does not give: raise track")
         units = lump.nonzero()[:, 0]
-        own = self._call(self.states[j][row0 + who[units]], float(self.sig[j]),
+        x_j = self.states[j]
+        own = self._call(x_j[(row0 + who[units]).to(x_j.device)], float(self.sig[j]),
                          lambda sl: self.nodes.own_cond(node, sl.stop - sl.start)).double()
         r = self.track - 1
         q = log_q[units, :r].exp()  # the direct cells' shares
@@ -485,12 +486,12 @@ class _Filters:
 
     def _call(self, x, s: float, cond_of) -> torch.Tensor:
         """The denoiser on rows ``x`` ``[P, ...]`` in chunks; ``cond_of(slice)`` gives a chunk's condition.
-        Returns ``[P, D]`` in the working precision."""
+        Returns ``[P, D]`` in the working precision, on the CPU (where the stages' bookkeeping is)."""
         parts = []
         for rows in chunks(x.shape[0], self.batch_size):
             with torch.no_grad():
-                parts.append(self.denoiser(x[rows], s, cond_of(rows)).to(self.work).reshape(rows.stop - rows.start,
-                                                                                            -1))
+                d = self.denoiser(x[rows], s, cond_of(rows))
+            parts.append(d.to(self.work).reshape(rows.stop - rows.start, -1).cpu())
         return torch.cat(parts)
 
 
@@ -500,21 +501,23 @@ def _stage_evidence(kernels, mask, rows, states, j: int, sig, horizon: int, work
     predicted at ``x_j``, ``mask`` ``[U, C]`` the real cells, ``rows`` each unit's sample). Centred on
     the cells' mean prediction, as :func:`_kernel_scores`; units in chunks of at most
     ``_STAGE_ELEMENTS`` states' values."""
+    device = states.device
     t = sig[j + 1:j + 1 + horizon]
     a = t**2 / sig[j] ** 2
-    a_w = a.to(work)[None, :, None]
+    a_w = a.to(device=device, dtype=work)[None, :, None]
     parts = []
     per_chunk = max(1, _STAGE_ELEMENTS // (horizon * kernels.shape[-1]))
     for units in chunks(len(rows), per_chunk):
-        r = rows[units]
+        r = rows[units].to(device)
         x = states[j][r].to(work).reshape(len(r), -1)
         future = states[j + 1:j + 1 + horizon][:, r].to(work).reshape(horizon, len(r), -1).transpose(0, 1)
-        weight = mask[units].to(work)[..., None]
-        d_bar = (kernels[units] * weight).sum(1) / weight.sum(1)
-        delta = (kernels[units] - d_bar[:, None]) * weight
+        weight = mask[units].to(device=device, dtype=work)[..., None]
+        cells = kernels[units].to(device)
+        d_bar = (cells * weight).sum(1) / weight.sum(1)
+        delta = (cells - d_bar[:, None]) * weight
         e = future - a_w * x[:, None] - (1 - a_w) * d_bar[:, None]
-        dot = torch.bmm(e, delta.transpose(1, 2)).double()  # [u, T, C]
-        sq = (delta * delta).sum(-1).double()[:, None]  # [u, 1, C]
+        dot = torch.bmm(e, delta.transpose(1, 2)).double().cpu()  # [u, T, C]
+        sq = (delta * delta).sum(-1).double().cpu()[:, None]  # [u, 1, C]
         parts.append(-(-2 * (1 - a)[None, :, None] * dot + ((1 - a) ** 2)[None, :, None] * sq)
                      / (2 * (1 - a) * t**2)[None, :, None])
     return torch.cat(parts)
