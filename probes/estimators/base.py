@@ -158,6 +158,7 @@ class EstimatorOutput:
     prior_levels: torch.Tensor | None = None
     prior_nodes: torch.Tensor | None = None
     bounds: dict | None = None  # per-sample lower/upper bounds (``guided``): levels_lo/hi, nodes_lo/hi
+    evidence: Any = None  # per-position evidence maps (``bayes`` with ``evidence``): an ``EvidenceMaps``
 
     def curves(self, taxonomy, prior=None, inside_weighted: bool = True):
         """The estimates as :class:`probes.entropy.engine.EntropyCurves` over ``taxonomy``.

@@ -141,6 +141,52 @@ class GaussianMixture:
         leaves = list(taxonomy.leaves)
         return cls(torch.stack([mean[leaf] for leaf in leaves]), std, leaves=leaves)
 
+    @classmethod
+    def on_regions(cls, taxonomy, shape: Sequence[int], regions, separations: Sequence[float], std: float = 1.0,
+                   seed: int = 0) -> GaussianMixture:
+        """A mixture over images of ``shape`` ``[C, H, W]`` whose decisions sit in chosen regions.
+
+        ``regions``: one bool mask per depth 1..max_depth (``[H, W]``, all channels, or ``[C, H, W]``).
+        A node's ``K`` children are the vertices of a regular simplex around the node's mean at
+        distance ``separations[depth(child) - 1]``, spanned by ``K - 1`` orthonormal directions that
+        are zero outside the children's depth's region (random inside it, seeded; the same
+        directions for every node of one depth). So children differ only inside their region,
+        and (for equal branching per depth) every node's children carry the same lower
+        structure: two groups differ only in the region of their own depth. Means are flattened
+        to ``C H W`` (row-major), as :class:`GaussianMixtureDenoiser` flattens image-shaped inputs.
+        """
+        shape = tuple(int(v) for v in shape)
+        depth = taxonomy.max_depth
+        if len(shape) != 3 or min(shape) < 1:
+            raise ProbesError(f"mixture on regions: shape must be [C, H, W], got {list(shape)}")
+        if len(regions) != depth or len(separations) != depth:
+            raise ProbesError(f"mixture on regions: need one region and one separation per depth 1..{depth}, "
+                              f"got {len(regions)} and {len(separations)}")
+        dim = math.prod(shape)
+        gen = torch.Generator().manual_seed(seed)
+        bases = []
+        for k, region in enumerate(regions, start=1):
+            inside = torch.as_tensor(region, dtype=torch.bool).expand(shape).reshape(-1).nonzero()[:, 0]
+            width = max((len(taxonomy.children(n)) - 1 for n in taxonomy.internal_nodes
+                         if taxonomy.depth(n) == k - 1), default=0)
+            if width > len(inside):
+                raise ProbesError(f"mixture on regions: the region of depth {k} has {len(inside)} values, "
+                                  f"fewer than the {width} directions its nodes' children need")
+            basis = torch.zeros(width, dim, dtype=torch.float64)
+            if width:
+                q, _ = torch.linalg.qr(torch.randn(len(inside), width, generator=gen, dtype=torch.float64))
+                basis[:, inside] = q.T
+            bases.append(basis)
+        mean = {taxonomy.root: torch.zeros(dim, dtype=torch.float64)}
+        for node in taxonomy.internal_nodes:  # pre-order: a parent is placed before its children
+            children = list(taxonomy.children(node))
+            k = taxonomy.depth(node)
+            offsets = _simplex(len(children)) @ bases[k][:len(children) - 1]
+            for child, offset in zip(children, offsets):
+                mean[child] = mean[node] + float(separations[k]) * offset
+        leaves = list(taxonomy.leaves)
+        return cls(torch.stack([mean[leaf] for leaf in leaves]), std, leaves=leaves)
+
     # ---- basic properties ---------------------------------------------------------------------
 
     @property
@@ -349,7 +395,8 @@ class GaussianMixtureDenoiser(Denoiser):
         self.sigma_min = 0.002 * mixture.std
 
     def forward(self, x, sigma, cond=None):
-        return self.mixture.denoise(x, sigma, cond).to(x.dtype)
+        # image-shaped inputs [B, C, H, W] are the mixture's vectors, flattened row-major
+        return self.mixture.denoise(x.reshape(x.shape[0], -1), sigma, cond).reshape(x.shape).to(x.dtype)
 
 
 class GaussianMixtureClassifier(Classifier):
