@@ -31,7 +31,7 @@ sys.path.insert(0, str(TESTS))
 
 from exact_oracles import Tree, guided_chain_curves  # noqa: E402
 
-from probes.components import leaves_from_prior  # noqa: E402
+from probes.build import leaves_from_prior  # noqa: E402
 from probes.denoisers.base import GuidedDenoiser  # noqa: E402
 from probes.estimators import ProbeContext, build_estimator  # noqa: E402
 from probes.estimators.guided import cross_fitted_log_q, expected_cross_entropy_terms  # noqa: E402

@@ -15,7 +15,7 @@ import yaml
 from exact_oracles import Tree, guided_chain_curves
 
 import probes.runner as runner
-from probes.components import leaves_from_prior
+from probes.build import leaves_from_prior
 from probes.denoisers.base import GuidedDenoiser
 from probes.entropy.engine import EntropyCurves
 from probes.estimators import ProbeContext, build_estimator
