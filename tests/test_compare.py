@@ -201,8 +201,8 @@ def test_the_cli_writes_the_intervals_and_says_how_it_paired(runs, capsys):
     assert root["ratio_interval"][0] < root["ratio_interval"][1] and root["n_boot"] == 50
     row = next(r for r in shifts if r["node"] == "root" and r["axis"] == "log_sigma")
     # the same float64 numbers in two files, both in round-trip form: isclose's relative 1e-9
-    assert math.isclose(float(row["shift"]), root["log_shift"]) and math.isclose(float(row["shift_lo"]),
-                                                                                 root["log_shift_interval"][0])
+    assert math.isclose(float(row["shift"]), root["log_shift"], rel_tol=1e-9) and math.isclose(
+        float(row["shift_lo"]), root["log_shift_interval"][0], rel_tol=1e-9)
     assert set(root["axes"]) == {"log_sigma", "vp_time", "log_snr"}
     assert summary["pairing"] == "paired" and summary["n_boot"] == 50
     assert set(summary["levels"]) == {"1", "2"} and summary["levels"]["1"]["peak_interval"] is not None

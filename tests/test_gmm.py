@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import quad
-from tolerances import F32, scale
+from tolerances import F32, magnitude
 
 from probes.classifiers import Classifier
 from probes.denoisers import Denoiser, GuidedDenoiser
@@ -71,7 +71,7 @@ def noisy(mixture, n, sigma, seed):
 
 @pytest.mark.parametrize("r", [0.05, 0.5, 1.0, 1.5, 2.5, 4.0])
 def test_quadrature_matches_adaptive_integration(r):
-    # Tolerance 1e-12 of the integrand's magnitude (h <= log 2, so scale 1): 801 Gauss-Hermite nodes
+    # Tolerance 1e-12 of the integrand's magnitude (h <= log 2, so magnitude 1): 801 Gauss-Hermite nodes
     # reach ~1e-15; scipy's adaptive quad on the unshifted formula is independent, good to ~1e-13.
     def integrand(xi):
         z = 2 * r * r + 2 * r * xi
@@ -80,7 +80,7 @@ def test_quadrature_matches_adaptive_integration(r):
         return h * math.exp(-xi * xi / 2) / math.sqrt(2 * math.pi)
 
     expected, _ = quad(integrand, -np.inf, np.inf, epsabs=1e-14, epsrel=1e-13, limit=500)
-    assert abs(two_class_entropy(r) - expected) < 1e-12 * scale(expected)
+    assert abs(two_class_entropy(r) - expected) < 1e-12 * magnitude(expected)
 
 
 def test_entropy_limits_and_rate_derivative():
@@ -93,7 +93,7 @@ def test_entropy_limits_and_rate_derivative():
     r = np.array([0.3, 0.8, 1.23, 2.0, 3.5])
     eps = 1e-5
     fd = -(two_class_entropy(r * math.exp(eps)) - two_class_entropy(r * math.exp(-eps))) / (2 * eps)
-    np.testing.assert_allclose(two_class_rate(r), fd, rtol=0, atol=1e-8 * scale(fd))
+    np.testing.assert_allclose(two_class_rate(r), fd, rtol=0, atol=1e-8 * magnitude(fd))
 
 
 def test_rate_peak_r2():
@@ -149,7 +149,7 @@ def test_product_hierarchy_entropies_add_per_sample():
     h_leaf = entropy(mixture.log_posterior(x, sigma))
     h_coarse = binary_entropy_of_logit(2 * a * x[:, 0] / s2)
     h_fine = binary_entropy_of_logit(2 * b * x[:, 1] / s2)
-    assert (h_leaf - h_coarse - h_fine).abs().max() < 1e-10 * scale(h_leaf)
+    assert (h_leaf - h_coarse - h_fine).abs().max() < 1e-10 * magnitude(h_leaf)
 
     s = math.sqrt(s2)
     se = h_leaf.std().item() / math.sqrt(n)
@@ -172,7 +172,7 @@ def test_hierarchical_shared_level_axes_entropies_add_per_sample():
     h_leaf = entropy(mixture.log_posterior(x, sigma))
     h_coarse = binary_entropy_of_logit(2 * a * x[:, 0] / s2)
     h_fine = binary_entropy_of_logit(2 * b * x[:, 1] / s2)
-    assert (h_leaf - h_coarse - h_fine).abs().max() < 1e-10 * scale(h_leaf)
+    assert (h_leaf - h_coarse - h_fine).abs().max() < 1e-10 * magnitude(h_leaf)
 
 
 def test_hierarchical_own_axes_make_node_decisions_local():
@@ -195,7 +195,7 @@ def test_hierarchical_own_axes_make_node_decisions_local():
     in_a = torch.tensor([[True, True, False, False]]).expand(len(x), 4)
     fine = mixture.log_posterior(x, sigma, in_a).exp()
     p_a1 = torch.sigmoid(2 * got[0, 1] * x[:, 1] / s2)  # A1 at A + got[0,1] e2, A2 at A - got[0,1] e2
-    assert (fine[:, 0] - p_a1).abs().max() < 1e-10 * scale(p_a1)
+    assert (fine[:, 0] - p_a1).abs().max() < 1e-10 * magnitude(p_a1)
     assert (fine[:, 2:] == 0).all()
 
 
@@ -212,14 +212,14 @@ def test_hierarchical_geometry():
         kids = tax.children(node)
         parent = torch.stack([mean[k] for k in kids]).mean(0)
         for k in kids:
-            assert abs((mean[k] - parent).norm().item() - seps[1]) < 1e-10 * scale(seps)
+            assert abs((mean[k] - parent).norm().item() - seps[1]) < 1e-10 * magnitude(seps)
         mean[node] = parent
     root_offsets = torch.stack([mean[c] for c in ("A", "B", "C")])
-    assert root_offsets.sum(0).abs().max() < 1e-10 * scale(root_offsets)
-    assert ((root_offsets.norm(dim=1) - seps[0]).abs() < 1e-10 * scale(seps)).all()
+    assert root_offsets.sum(0).abs().max() < 1e-10 * magnitude(root_offsets)
+    assert ((root_offsets.norm(dim=1) - seps[0]).abs() < 1e-10 * magnitude(seps)).all()
     off_a = torch.stack([mean[k] - mean["A"] for k in ("A1", "A2", "A3")])
     off_b = torch.stack([mean[k] - mean["B"] for k in ("B1", "B2")])
-    dot_tol = 1e-10 * scale(root_offsets) * scale(off_a, off_b)
+    dot_tol = 1e-10 * magnitude(root_offsets) * magnitude(off_a, off_b)
     assert (off_a @ off_b.T).abs().max() < dot_tol
     assert (off_a @ root_offsets.T).abs().max() < dot_tol and (off_b @ root_offsets.T).abs().max() < dot_tol
 
@@ -246,7 +246,7 @@ def test_log_posterior_matches_bayes_rule_in_numpy():
     sq = ((x.numpy()[:, None, :] - mixture.means.numpy()[None]) ** 2).sum(-1)
     logits = np.log(mixture.weights.numpy()) - sq / (2 * s2)
     expected = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * scale(expected))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * magnitude(expected))
 
 
 def test_log_posterior_chunks_and_path_agree():
@@ -258,14 +258,14 @@ def test_log_posterior_chunks_and_path_agree():
     x = torch.randn(5000, 4, generator=gen, dtype=torch.float64)
     logits = (x @ mixture.means.T - 0.5 * (mixture.means**2).sum(-1)) / (0.25 + 0.49) + mixture.weights.log()
     direct = torch.log_softmax(logits, -1)
-    assert (mixture.log_posterior(x, 0.7) - direct).abs().max() < 1e-10 * scale(direct)
+    assert (mixture.log_posterior(x, 0.7) - direct).abs().max() < 1e-10 * magnitude(direct)
 
     x0, noise = x[:50], torch.randn(50, 4, generator=gen, dtype=torch.float64)
     sigmas = torch.tensor([3.0, 1.0, 0.1], dtype=torch.float64)
     path = mixture.log_posterior_path(x0, noise, sigmas)
     assert path.shape == (50, 3, 1000)
     for j, s in enumerate(sigmas):
-        assert (path[:, j] - mixture.log_posterior(x0 + s * noise, s)).abs().max() < 1e-10 * scale(path[:, j])
+        assert (path[:, j] - mixture.log_posterior(x0 + s * noise, s)).abs().max() < 1e-10 * magnitude(path[:, j])
 
 
 def test_log_posterior_mask_is_conditioning():
@@ -278,7 +278,7 @@ def test_log_posterior_mask_is_conditioning():
     full = mixture.log_posterior(x, 1.0).exp()
     cell = mixture.log_posterior(x, 1.0, mask).exp()
     expected = full * mask / (full * mask).sum(1, keepdim=True)
-    assert (cell - expected).abs().max() < 1e-12 * scale(expected)
+    assert (cell - expected).abs().max() < 1e-12 * magnitude(expected)
     with pytest.raises(ValueError, match="at least one leaf"):
         mixture.log_posterior(x, 1.0, torch.zeros(32, 5, dtype=torch.bool))
 
@@ -296,7 +296,7 @@ def test_denoiser_is_tweedie(sigma):
     x = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(mixture.log_density(x, sigma).sum(), x)
     tweedie = x.detach() + sigma**2 * grad
-    assert (mixture.denoise(x.detach(), sigma) - tweedie).abs().max() < 1e-10 * scale(x.detach(), tweedie)
+    assert (mixture.denoise(x.detach(), sigma) - tweedie).abs().max() < 1e-10 * magnitude(x.detach(), tweedie)
 
 
 def test_log_density_is_normalised_in_one_dimension():
@@ -316,7 +316,7 @@ def test_conditional_denoisers_are_consistent():
     x, _ = noisy(mixture, n, sigma, seed=9)
     per_class = torch.stack([mixture.denoise(x, sigma, torch.full((n,), y)) for y in range(L)], 1)  # [n, L, d]
     c = mixture.std**2 / (mixture.std**2 + sigma**2)
-    tol = 1e-12 * scale(x, per_class)
+    tol = 1e-12 * magnitude(x, per_class)
     assert (per_class - (mixture.means + c * (x[:, None] - mixture.means))).abs().max() < tol
 
     post = mixture.log_posterior(x, sigma).exp()
@@ -350,7 +350,7 @@ def test_denoiser_wrapper():
     guided = GuidedDenoiser(den, scale=3.0)(x, torch.full((8,), 2.0, dtype=torch.float64), mask)
     d_u, d_c = mixture.denoise(x, 2.0), mixture.denoise(x, 2.0, mask)
     # float64 rounding, 1e-12 of the magnitudes combined (the guided difference is 3 times larger)
-    assert (guided - (d_u + 3.0 * (d_c - d_u))).abs().max() < 1e-12 * 3 * scale(d_u, d_c)
+    assert (guided - (d_u + 3.0 * (d_c - d_u))).abs().max() < 1e-12 * 3 * magnitude(d_u, d_c)
 
 
 # ---- (e) classifier and conditioner ---------------------------------------------------------------
@@ -407,7 +407,7 @@ def test_largest_eigenvalue_matches_dense(n_leaves, dim):
     mixture = random_mixture(n_leaves, dim)
     cov = mixture.covariance().numpy()
     # symmetric up to float64 rounding of the Gram's sums (1e-12 of its magnitude)
-    np.testing.assert_allclose(cov, cov.T, rtol=0, atol=1e-12 * scale(cov))
+    np.testing.assert_allclose(cov, cov.T, rtol=0, atol=1e-12 * magnitude(cov))
     n = 200_000
     x0, _ = mixture.sample(n, torch.Generator().manual_seed(12))
     # The formula itself, by Monte Carlo: each sample covariance within 5 of its own standard errors,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_entropy_trees import make_taxonomy
-from tolerances import scale
+from tolerances import magnitude
 
 from probes import noise
 from probes.entropy import decide, tree_entropy
@@ -81,7 +81,7 @@ def test_curves_csv(tmp_path, run):
     assert float(first[0][2]) == pytest.approx(noise.vp_time(50.0), rel=1e-12)
     assert float(first[0][3]) == pytest.approx(-2 * math.log(50.0), rel=1e-12)
     mutual_info = c.prior_levels[0] - c.level_mean()[0, 0]
-    assert float(first[0][8]) == pytest.approx(mutual_info, rel=1e-12, abs=1e-12 * scale(c.prior_levels))
+    assert float(first[0][8]) == pytest.approx(mutual_info, rel=1e-12, abs=1e-12 * magnitude(c.prior_levels))
     assert first[0][9] == str(c.n_samples)
 
 
@@ -138,8 +138,8 @@ def test_write_tree(tmp_path, run):
     assert data["graph"]["leaf_sigma"] == pytest.approx(float(sigmas.min()), rel=1e-12)
     h = tree_heights(tax, decisions, float(sigmas.min()))
     # log10 of the same float64 numbers: 1e-12 of the heights' magnitude (|log10 sigma| < 2)
-    assert h["terrier"] == pytest.approx(math.log10(float(sigmas.min())), rel=0, abs=1e-12 * scale(h["terrier"]))
-    assert h["root"] == pytest.approx(math.log10(d.decision_sigma), rel=0, abs=1e-12 * scale(h["root"]))
+    assert h["terrier"] == pytest.approx(math.log10(float(sigmas.min())), rel=0, abs=1e-12 * magnitude(h["terrier"]))
+    assert h["root"] == pytest.approx(math.log10(d.decision_sigma), rel=0, abs=1e-12 * magnitude(h["root"]))
 
 
 def test_run_json_and_atomic_write(tmp_path):
@@ -202,7 +202,7 @@ def test_child_deciding_before_parent_gives_no_negative_branch(tmp_path, run):
     # Newick, JSON and the height table hold float64 numbers in round-trip form; what separates
     # them is the rounding of log10 and of sums of branch lengths: 1e-12 of the heights' magnitude
     # (|log10 sigma| < 2), and 1e-12 relatively for sigmas
-    tol = 1e-12 * scale(list(h.values()))
+    tol = 1e-12 * magnitude(list(h.values()))
     assert parsed.graph.edges["animal", "dog"]["branch_length"] == pytest.approx(0.0, abs=tol)
     g = nx.node_link_graph(json.loads((tmp_path / "tree.json").read_text()), edges="edges")
     assert g.nodes["dog"]["decision_sigma"] == pytest.approx(nodes["dog"].decision_sigma, rel=1e-12)  # kept
