@@ -4,6 +4,7 @@ import networkx as nx
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import F32, magnitude
 
 from probes.classifiers import clip as clip_mod
 from probes.classifiers.clip import (
@@ -66,19 +67,23 @@ def test_imagenet_leaves_use_curated_names():
 def test_scores_shapes_normalisation_and_temperature(tiny, tax):
     clf = ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None)
     assert clf.leaves == tax.leaves
-    torch.testing.assert_close(clf.text_features.norm(dim=-1), torch.ones(3))
+    # Float32 throughout: 32 float32 units of the magnitude compared (norms, probabilities: 1; logits
+    # and log-probabilities: their own), for reductions summed in another order (measured <= 4 units).
+    torch.testing.assert_close(clf.text_features.norm(dim=-1), torch.ones(3), rtol=0, atol=32 * F32)
     x = torch.rand(4, 3, 50, 70) * 2 - 1
     with torch.no_grad():
         logits = clf.logits(x)
         lp = clf(x)
         img = clf.image_features(x)
     assert logits.shape == lp.shape == (4, 3)
-    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(4))
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(4), rtol=0, atol=32 * F32)
     scale = clf.model.logit_scale.exp()
-    torch.testing.assert_close(logits, scale * img @ clf.text_features.t())
+    ref = scale * img @ clf.text_features.t()
+    torch.testing.assert_close(logits, ref, rtol=0, atol=32 * F32 * magnitude(ref))
     clf.temperature = 0.25
     with torch.no_grad():
-        torch.testing.assert_close(clf(x), torch.log_softmax(logits / 0.25, -1))
+        ref = torch.log_softmax(logits / 0.25, -1)
+        torch.testing.assert_close(clf(x), ref, rtol=0, atol=32 * F32 * magnitude(ref))
     sharp = ClipZeroShotClassifier.create(tax, tiny, templates="photo", temperature=0.5, cache_dir=None)
     assert sharp.temperature == 0.5
 
@@ -89,7 +94,9 @@ def test_text_embeddings_are_per_leaf_means(tiny, tax):
     assert len(texts) == 4
     with torch.no_grad():
         emb = F.normalize(clf.model.encode_text(clf.tokenizer(texts)), dim=-1).mean(0)
-    torch.testing.assert_close(clf.text_features[clf.leaves.index("kitty")], F.normalize(emb, dim=0))
+    # unit vectors in float32: 32 units
+    torch.testing.assert_close(clf.text_features[clf.leaves.index("kitty")], F.normalize(emb, dim=0),
+                               rtol=0, atol=32 * F32)
 
 
 def test_preprocessing_resizes_crops_and_normalises(tiny, tax):
@@ -98,11 +105,15 @@ def test_preprocessing_resizes_crops_and_normalises(tiny, tax):
     out = clf.preprocess(grey)
     assert out.shape == (2, 3, 32, 32)
     expected = (0.5 - clf.mean) / clf.std
-    torch.testing.assert_close(out, expected.expand_as(out))
+    # float32 resampling of a constant image (weights summing to 1) then normalisation: 64 units of the
+    # values' magnitude (measured 4)
+    torch.testing.assert_close(out, expected.expand_as(out), rtol=0, atol=64 * F32 * magnitude(expected))
     # centre crop keeps the middle of a wide image
     wide = -torch.ones(1, 3, 32, 96)
     wide[..., 32:64] = 1
-    torch.testing.assert_close(clf.preprocess(wide), ((1 - clf.mean) / clf.std).expand(1, 3, 32, 32))
+    expected = (1 - clf.mean) / clf.std
+    torch.testing.assert_close(clf.preprocess(wide), expected.expand(1, 3, 32, 32), rtol=0,
+                               atol=64 * F32 * magnitude(expected))
 
 
 def test_text_encoder_runs_once(tiny, tax, checkpoint, tmp_path, monkeypatch):
@@ -120,14 +131,15 @@ def test_text_encoder_runs_once(tiny, tax, checkpoint, tmp_path, monkeypatch):
     # the loaded weights are the checkpoint's
     with torch.no_grad():
         pixels = first.preprocess(x)
-        torch.testing.assert_close(first.model.encode_image(pixels), reference.encode_image(pixels))
+        ref = reference.encode_image(pixels)  # the same float32 weights: 32 units of the features' magnitude
+        torch.testing.assert_close(first.model.encode_image(pixels), ref, rtol=0, atol=32 * F32 * magnitude(ref))
     # same model and texts: memory cache, then disk cache
     again = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
     assert again.text_encoder_calls == 0
     monkeypatch.setattr(clip_mod, "_TEXT_CACHE", {})
     from_disk = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="simple", cache_dir=tmp_path)
     assert from_disk.text_encoder_calls == 0 and len(list(tmp_path.glob("clip-text-*.pt"))) == 1
-    torch.testing.assert_close(from_disk.text_features, first.text_features)
+    torch.testing.assert_close(from_disk.text_features, first.text_features, rtol=0, atol=32 * F32)  # unit vectors
     # different texts: computed anew
     other = ClipZeroShotClassifier.create(tax, tiny, pretrained=str(path), templates="photo", cache_dir=tmp_path)
     assert other.text_encoder_calls == 1
@@ -156,7 +168,8 @@ def test_a_universe_puts_mass_outside_the_taxonomy(tiny, tax):
     with torch.no_grad():
         lp, logits = clf(x), clf.logits(x)
     assert logits.shape == (4, 5)
-    torch.testing.assert_close(lp, torch.log_softmax(logits, -1)[:, :3])
+    ref = torch.log_softmax(logits, -1)[:, :3]  # float32: 32 units of the log-probabilities' magnitude
+    torch.testing.assert_close(lp, ref, rtol=0, atol=32 * F32 * magnitude(ref))
     assert (lp.exp().sum(-1) < 1).all()
     with pytest.raises(ProbesError, match="classifier.universe"):
         ClipZeroShotClassifier.create(tax, tiny, templates="photo", cache_dir=None, universe="everything")
@@ -178,4 +191,5 @@ def test_imagenet_universe_gives_leaves_their_imagenet_classes(tiny):
         lp, logits = clf(x), clf.logits(x)
     p = torch.softmax(logits, -1)
     tabby = clf.native.index("imagenet:n02123045")
-    torch.testing.assert_close(lp.exp(), torch.stack([p[:, tabby], p[:, -1]], -1))
+    # float32 probabilities: 32 units
+    torch.testing.assert_close(lp.exp(), torch.stack([p[:, tabby], p[:, -1]], -1), rtol=0, atol=32 * F32)

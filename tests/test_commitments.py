@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tolerances import magnitude
 
 from probes.entropy.commitments import (
     ORDER_KINDS,
@@ -92,6 +93,7 @@ def brute_force(log_probs, sigmas, taxonomy, final, theta):
             flips, leader = 0, None
             for k in descending:
                 ranked = sorted(kids, key=lambda c: -q[c][k])
+                # the toolkit's tie rule (TIE_TOL: log q within 1e-6, float32 resolution of order-one logs)
                 if math.log(q[ranked[0]][k]) - math.log(q[ranked[1]][k]) <= 1e-6:
                     continue  # a tie: no leader, the previous one holds
                 if leader is not None and ranked[0] != leader:
@@ -182,6 +184,7 @@ def test_summaries_against_their_definitions():
                  "together": sum(p == c > -math.inf for p, c in pairs),
                  "neither": sum(p == c == -math.inf for p, c in pairs)}
         assert order.parent == parent and order.n_samples == len(pairs)
+        # fractions of one whole (magnitude 1), each one float64 division: 1e-12
         for kind in ORDER_KINDS:
             assert order.fractions[kind] == pytest.approx(count[kind] / len(pairs), abs=1e-12)
         assert sum(order.fractions.values()) == pytest.approx(1.0, abs=1e-12)
@@ -223,9 +226,10 @@ def test_bayes_per_sample_entropies_average_to_the_level_entropy(mixture_paths):
     level1 = entropy("root")
     leaf = level1 + sum(np.exp(mass[g]) * entropy(g) for g in ("left", "right"))
     per_sample = np.stack([level1, leaf], axis=-1).mean(0)  # [S, 2]
-    # The engine computes levels from the cells directly: the same numbers up to float64 rounding.
+    # The engine computes levels from the cells directly: the same numbers up to float64 rounding of
+    # float32 inputs (1e-9 of the entropies' magnitude).
     np.testing.assert_allclose(per_sample, tree_entropy(bayes.log_probs, tax, bayes.sigmas).level_mean(),
-                               rtol=0, atol=1e-9)
+                               rtol=0, atol=1e-9 * magnitude(per_sample))
     # Along the reverse chain the path carries no more about the class than the state, so the
     # filter's mean per-sample entropy is the level entropy of the exact posterior on these paths.
     # Tolerance: the filter's class kernels are exact in the small-step limit; at 64 steps its mean

@@ -114,11 +114,13 @@ def test_decision_shifts_across_grids_match_the_theory(comparison):
         assert shift.interval is not None and shift.interval[0] <= shift.shift <= shift.interval[1]
         assert shift.n_boot == 100
         # the shift on log-SNR is the shift of the decision sigmas each run placed on its own grid
+        # (float64 logs of the same numbers: relative 1e-9)
         assert shift.shift == pytest.approx(-2 * math.log(shift.sigma_b / shift.sigma_a), rel=1e-9)
 
 
 def test_decisions_are_placed_on_each_runs_own_grid(comparison):
-    """The decision sigmas in the comparison are those of each result decided alone."""
+    """The decision sigmas in the comparison are those of each result decided alone (the same float64
+    arithmetic: relative 1e-12)."""
     a, b = _symmetric_result("A", seed=1), _symmetric_result("B", seed=2)
     for node in ("root", "left", "right"):
         shift = comparison.curves.shifts[node]["log_sigma"]
@@ -129,11 +131,11 @@ def test_decisions_are_placed_on_each_runs_own_grid(comparison):
 def test_information_gap_on_the_common_grid_matches_the_theory(comparison):
     alignment = comparison.curves.alignment
     lo, hi = alignment.log_snr_range
-    # the overlap of the two grids: sigma 40 to 0.05 (A's range, inside B's)
+    # the overlap of the two grids: sigma 40 to 0.05 (A's range, inside B's); float64 logs, relative 1e-9
     assert lo == pytest.approx(-2 * math.log(40.0), rel=1e-9) and hi == pytest.approx(-2 * math.log(0.05), rel=1e-9)
     for kind, name, level in (("level", 1, 0), ("node", "root", 0), ("node", "left", 1)):
         d = (comparison.levels if kind == "level" else comparison.nodes)[name]
-        np.testing.assert_allclose(d.sigmas, alignment.sigmas)
+        np.testing.assert_allclose(d.sigmas, alignment.sigmas, rtol=1e-12)  # the common grid itself
         a, b = SEPARATIONS["A"][level], SEPARATIONS["B"][level]
         exact = two_class_entropy_curve(d.sigmas, a, STD) - two_class_entropy_curve(d.sigmas, b, STD)
         if kind == "node" and name == "left":
@@ -165,6 +167,7 @@ def test_interpolation_commutes_with_resampling():
                                nodes=levels, prior_levels=np.array([math.log(2), math.log(4)]), inside=inside,
                                inside_weighted=weighted)
         moved = interpolate_curves(curves, target)
+        # float64 interpolations and weighted sums of positive numbers: relative 1e-12
         np.testing.assert_allclose(moved.inside, np.array([interp(r) for r in inside]), rtol=1e-12)
         u_moved = moved.inside if weighted else np.ones_like(moved.inside)
         u = inside if weighted else np.ones_like(inside)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from edm2_tiny import StandardRGBEncoder, TinyLatentEncoder, TinyPrecond, write_pickle
+from tolerances import F32, magnitude
 
 import probes.runner as runner
 from probes.classifiers.imagenet import imagenet_wnids
@@ -57,10 +58,15 @@ def test_denoiser_matches_the_network_with_one_hot_labels(pickles):
     labels = torch.zeros(3, 1000)
     labels[0, 7] = labels[1, 0] = labels[2, 999] = 1
     assert torch.equal(d.one_hot(ids), labels)
-    torch.testing.assert_close(d(x, sigma, ids), net(x, sigma, labels))
-    torch.testing.assert_close(d(x, 2.0, ids), net(x, torch.full((3,), 2.0), labels))  # scalar sigma
+    # One float32 network on the same numbers: 32 float32 units of the output's magnitude, room for a
+    # CPU whose kernels round differently (here they agree bit for bit).
+    ref = net(x, sigma, labels)
+    torch.testing.assert_close(d(x, sigma, ids), ref, rtol=0, atol=32 * F32 * magnitude(ref))
+    ref = net(x, torch.full((3,), 2.0), labels)
+    torch.testing.assert_close(d(x, 2.0, ids), ref, rtol=0, atol=32 * F32 * magnitude(ref))  # scalar sigma
     assert d(x.double(), sigma, ids).dtype == torch.float64
-    assert not torch.allclose(d(x, sigma, ids), d(x, sigma, torch.tensor([8, 0, 999])))
+    other = d(x, sigma, torch.tensor([8, 0, 999]))  # another label changes the output far beyond rounding
+    assert not torch.allclose(d(x, sigma, ids), other, rtol=0, atol=32 * F32 * magnitude(other))
 
 
 def test_unconditional_calls_need_the_unconditional_network(pickles):
@@ -78,15 +84,20 @@ def test_unconditional_network_answers_unconditional_rows(pickles):
     uncond, _ = load_edm2(pickles[1])
     d = EDM2Denoiser(net, uncond)
     x, sigma = torch.randn(4, 3, 8, 8), torch.tensor([0.3, 1.0, 3.0, 30.0])
-    torch.testing.assert_close(d(x, sigma, None), uncond(x, sigma))
+    # The same float32 networks on the same rows, batched otherwise: 32 float32 units of the
+    # outputs' magnitude (kernels may round differently with the batch size or CPU)
+    tol = 32 * F32 * magnitude(uncond(x, sigma), net(x, sigma, d.one_hot(torch.tensor([5, 6, 7, 8]))))
+    torch.testing.assert_close(d(x, sigma, None), uncond(x, sigma), rtol=0, atol=tol)
     mixed = d(x, sigma, torch.tensor([5, -1, 6, -1]))
-    torch.testing.assert_close(mixed[[1, 3]], uncond(x[[1, 3]], sigma[[1, 3]]))
-    torch.testing.assert_close(mixed[[0, 2]], net(x[[0, 2]], sigma[[0, 2]], d.one_hot(torch.tensor([5, 6]))))
-    # Classifier-free guidance as EDM2 does it: ref.lerp(D, w) with the unconditional reference.
+    torch.testing.assert_close(mixed[[1, 3]], uncond(x[[1, 3]], sigma[[1, 3]]), rtol=0, atol=tol)
+    torch.testing.assert_close(mixed[[0, 2]], net(x[[0, 2]], sigma[[0, 2]], d.one_hot(torch.tensor([5, 6]))),
+                               rtol=0, atol=tol)
+    # Classifier-free guidance as EDM2 does it: ref.lerp(D, w) with the unconditional reference
+    # (lerp weights the inputs by up to w = 1.7, hence the tolerance times w).
     w = 1.7
     ids = torch.tensor([5, 6, 7, 8])
     guided = GuidedDenoiser(d, w)(x, sigma, ids)
-    torch.testing.assert_close(guided, uncond(x, sigma).lerp(d(x, sigma, ids), w))
+    torch.testing.assert_close(guided, uncond(x, sigma).lerp(d(x, sigma, ids), w), rtol=0, atol=w * tol)
     with pytest.raises(ProbesError, match="autoguidance"):
         EDM2Denoiser(net, net)
 
@@ -140,7 +151,8 @@ def test_latent_decoding_with_the_encoder_and_with_a_vae():
     encoder = TinyLatentEncoder()
     images = EDM2LatentDecoder(encoder)(z)
     assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32
-    torch.testing.assert_close(images, encoder.decode(z).float() / 127.5 - 1)
+    # the same float32 arithmetic on images in [-1, 1]: 32 float32 units
+    torch.testing.assert_close(images, encoder.decode(z).float() / 127.5 - 1, rtol=0, atol=32 * F32)
     assert EDM2LatentDecoder(encoder, decode_size=4)(z).shape == (2, 3, 8, 8)
 
     from diffusers import AutoencoderKL
@@ -151,14 +163,17 @@ def test_latent_decoding_with_the_encoder_and_with_a_vae():
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
     decoder = EDM2LatentDecoder.from_vae(vae)
     scale, bias = latent_normalisation()
-    # EDM2's StabilityVAEEncoder constants: scale = 0.5 / raw_std, bias = -raw_mean * scale.
-    torch.testing.assert_close(torch.from_numpy(scale), 0.5 / torch.tensor([4.17, 4.62, 3.71, 3.28]))
+    # EDM2's StabilityVAEEncoder constants: scale = 0.5 / raw_std, bias = -raw_mean * scale: the
+    # same float32 operations, or float64 ones rounded once; relative 4 float32 units
+    torch.testing.assert_close(torch.from_numpy(scale), 0.5 / torch.tensor([4.17, 4.62, 3.71, 3.28]),
+                               rtol=4 * F32, atol=0)
     torch.testing.assert_close(torch.from_numpy(bias), -torch.tensor([5.81, 3.25, 0.12, -2.15]) * 0.5
-                               / torch.tensor([4.17, 4.62, 3.71, 3.28]))
+                               / torch.tensor([4.17, 4.62, 3.71, 3.28]), rtol=4 * F32, atol=0)
     with torch.no_grad():
         raw = (z - torch.from_numpy(bias).view(1, 4, 1, 1)) / torch.from_numpy(scale).view(1, 4, 1, 1)
         expected = vae.decode(raw).sample.clamp(0, 1) * 2 - 1
-        torch.testing.assert_close(decoder(z), expected)
+        # the same float32 VAE on the same latents, images clamped to [-1, 1]: 32 float32 units
+        torch.testing.assert_close(decoder(z), expected, rtol=0, atol=32 * F32)
 
 
 def _recipe(tmp_path, pickles, **model):
@@ -189,7 +204,9 @@ def test_run_end_to_end_on_a_tiny_pickle(tmp_path, pickles):
         assert (tmp_path / "run" / name).stat().st_size > 0, name
     payload = json.loads((tmp_path / "run" / "run.json").read_text())
     assert payload["recipe"]["model"]["kind"] == "edm2"
-    assert payload["sigmas"][0] == pytest.approx(80.0) and payload["sigmas"][-1] == pytest.approx(0.002)
+    # the grid's float64 end points, in round-trip form: relative 1e-12
+    assert payload["sigmas"][0] == pytest.approx(80.0, rel=1e-12)
+    assert payload["sigmas"][-1] == pytest.approx(0.002, rel=1e-12)
     assert state["estimators"]["bayes"]["denoiser_calls"] == 8 * 13 * 7  # per sample, leaf and step
 
 
@@ -232,7 +249,9 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     recipe.write_text(yaml.safe_dump(data))
     parts = build(resolve(load_recipe(recipe)))
     assert parts.shape == (4, 8, 8) and isinstance(parts.classifier.inner, DecodedClassifier)
-    torch.testing.assert_close(parts.classifier.decoder.scale.flatten(), torch.from_numpy(encoder.scale))
+    # the encoder's constants, at most rounded once to float32
+    torch.testing.assert_close(parts.classifier.decoder.scale.flatten(), torch.from_numpy(encoder.scale),
+                               rtol=F32, atol=0)
     lp = parts.classifier(torch.randn(2, 4, 8, 8))
     # 13 leaves of ImageNet's 1000 classes: the rest of the classifier's mass is outside the taxonomy
     assert lp.shape == (2, 13) and (lp.exp().sum(-1) < 1).all()
@@ -242,7 +261,7 @@ def test_latent_pickle_decodes_through_a_local_vae(tmp_path):
     plan = resolve(load_recipe(recipe))
     model = plan.family.build(BuildSpec(model=plan.model, classifier=plan.classifier, taxonomy=plan.taxonomy,
                                         device=plan.device))
-    assert model.outside_mass == pytest.approx(1 - 13 / 1000)
+    assert model.outside_mass == pytest.approx(1 - 13 / 1000, rel=1e-12)  # float64 arithmetic
     # Without model.vae the pickle's encoder decodes (and is initialised when the run is built).
     data["model"].pop("vae")
     recipe.write_text(yaml.safe_dump(data))

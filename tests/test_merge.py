@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tiny_pipelines as tp
 import torch
+from tolerances import F32, magnitude
 
 import probes
 from probes.errors import ProbesError
@@ -45,10 +46,14 @@ def test_two_halves_merge_to_the_whole(whole_and_halves):
     assert merged.n_samples == 4 and merged.meta["merged_from"] == 2
     assert torch.equal(merged.sigmas(), whole.sigmas())
     # The UNet runs on batches of 2 instead of 4: float32 kernels may round differently per batch
-    # size (~1e-6 relative), so the posteriors are compared at 1e-5 rather than bit for bit.
-    assert torch.allclose(merged.log_posteriors(), whole.log_posteriors(), atol=1e-5, rtol=0)
+    # size (a few float32 units per layer), through four guided steps, so the posteriors are compared
+    # at 32 float32 units of their magnitude (measured 3) rather than bit for bit, and the entropies
+    # (at most log 13) at 16 units of theirs (measured 0.1).
+    lp = whole.log_posteriors()
+    assert torch.allclose(merged.log_posteriors(), lp, rtol=0, atol=32 * F32 * magnitude(lp))
     assert merged.estimates["plugin"].classifier_calls == whole.estimates["plugin"].classifier_calls
-    assert np.allclose(merged.entropy().level_mean(), whole.entropy().level_mean(), atol=1e-5)
+    levels = whole.entropy().level_mean()
+    assert np.allclose(merged.entropy().level_mean(), levels, rtol=0, atol=16 * F32 * magnitude(levels))
     # A merged result merges again (three shards), and saves like any result.
     again = probes.merge_results([a, probes.merge_results([b])])
     assert again.meta["merged_from"] == 2 and torch.equal(again.log_posteriors(), merged.log_posteriors())

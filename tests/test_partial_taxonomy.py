@@ -155,10 +155,11 @@ def test_engine_weights_means_by_inside_mass():
     tax = make_taxonomy({"a": None, "b": None})
     lp = torch.log(torch.tensor([[[0.2, 0.0]], [[0.5, 0.5]]], dtype=torch.float64))
     weighted = tree_entropy(lp, tax, [1.0], prior=[0.5, 0.5])
-    assert weighted.inside[:, 0].tolist() == pytest.approx([0.2, 1.0])
-    assert weighted.level_mean()[0, 0] == pytest.approx(np.log(2) / 1.2, abs=1e-12)
+    # float64 sums of two terms: relative 1e-12
+    assert weighted.inside[:, 0].tolist() == pytest.approx([0.2, 1.0], rel=1e-12)
+    assert weighted.level_mean()[0, 0] == pytest.approx(np.log(2) / 1.2, rel=1e-12)
     plain = tree_entropy(lp, tax, [1.0], prior=[0.5, 0.5], inside_weighted=False)
-    assert plain.level_mean()[0, 0] == pytest.approx(np.log(2) / 2, abs=1e-12)
+    assert plain.level_mean()[0, 0] == pytest.approx(np.log(2) / 2, rel=1e-12)
     # a taxonomy that covers the model's world has no inside mass to report
     assert tree_entropy(lp[1:], tax, [1.0]).inside is None
     with pytest.raises(ProbesError, match="more than 1"):
@@ -179,8 +180,9 @@ def test_mixture_recipes_with_outside_components_say_what_is_wrong(tmp_path):
         return build(resolve(load_recipe(path)))
 
     parts = parts_of(weights={"minus": 1, "plus": 1, "far": 2})
-    assert parts.partial_taxonomy and parts.outside_mass == pytest.approx(0.5)
-    assert parts.prior.tolist() == pytest.approx([0.5, 0.5])
+    # normalised float64 weights: relative 1e-12
+    assert parts.partial_taxonomy and parts.outside_mass == pytest.approx(0.5, rel=1e-12)
+    assert parts.prior.tolist() == pytest.approx([0.5, 0.5], rel=1e-12)
     with pytest.raises(ProbesError, match="model.weights: 'nowhere' is not a leaf of the taxonomy or a component"):
         parts_of(weights={"minus": 1, "nowhere": 1})
     with pytest.raises(ProbesError, match="model.weights: the taxonomy's leaves have no weight"):

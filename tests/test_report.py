@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_entropy_trees import make_taxonomy
+from tolerances import magnitude
 
 from probes import noise
 from probes.entropy import decide, tree_entropy
@@ -72,12 +73,15 @@ def test_curves_csv(tmp_path, run):
     assert [r[4] for r in first[: D * S]] == ["level"] * (D * S)
     assert first[0][5] == "1" and first[D * S][5] == tax.root
     sig = [float(r[1]) for r in first[:S]]
-    assert sig == sorted(sig, reverse=True) and sig[0] == pytest.approx(50.0)
+    # CSV floats round-trip exactly; what separates the two sides is float64 rounding of the grid,
+    # the axis conversions and one subtraction: relative 1e-12 (1e-12 of 1 for a difference near 0)
+    assert sig == sorted(sig, reverse=True) and sig[0] == pytest.approx(50.0, rel=1e-12)
     c = by_est["exact"]
     assert float(first[0][6]) == c.level_mean()[0, 0]  # exact round trip
-    assert float(first[0][2]) == pytest.approx(noise.vp_time(50.0))
-    assert float(first[0][3]) == pytest.approx(-2 * math.log(50.0))
-    assert float(first[0][8]) == pytest.approx(c.prior_levels[0] - c.level_mean()[0, 0])
+    assert float(first[0][2]) == pytest.approx(noise.vp_time(50.0), rel=1e-12)
+    assert float(first[0][3]) == pytest.approx(-2 * math.log(50.0), rel=1e-12)
+    mutual_info = c.prior_levels[0] - c.level_mean()[0, 0]
+    assert float(first[0][8]) == pytest.approx(mutual_info, rel=1e-12, abs=1e-12 * magnitude(c.prior_levels))
     assert first[0][9] == str(c.n_samples)
 
 
@@ -118,11 +122,12 @@ def test_write_tree(tmp_path, run):
     assert set(g.nodes) == set(tax.graph.nodes)
     root = g.nodes["root"]
     d = decisions["nodes"]["root"]
-    assert root["decision_sigma"] == pytest.approx(d.decision_sigma)
-    assert list(root["window"]) == pytest.approx(list(d.window))
-    assert list(root["interval"]) == pytest.approx(list(d.interval))
-    assert root["decision_vp_time"] == pytest.approx(d.vp_time)
-    assert root["decision_log_snr"] == pytest.approx(d.log_snr)
+    # JSON holds floats in round-trip form: the same numbers, to 1e-12 of each
+    assert root["decision_sigma"] == pytest.approx(d.decision_sigma, rel=1e-12)
+    assert list(root["window"]) == pytest.approx(list(d.window), rel=1e-12)
+    assert list(root["interval"]) == pytest.approx(list(d.interval), rel=1e-12)
+    assert root["decision_vp_time"] == pytest.approx(d.vp_time, rel=1e-12)
+    assert root["decision_log_snr"] == pytest.approx(d.log_snr, rel=1e-12, abs=1e-12)
     assert "decision_sigma" not in g.nodes["terrier"]
     assert tax.graph.nodes["root"].get("decision_sigma") is None  # the input is not modified
     newick = (tmp_path / "tree.nwk").read_text().strip()
@@ -130,10 +135,11 @@ def test_write_tree(tmp_path, run):
     # without sigma_min, leaves sit at the grid's smallest sigma recorded in the decisions
     write_tree(tmp_path / "default", tax, decisions)
     data = json.loads((tmp_path / "default" / "tree.json").read_text())
-    assert data["graph"]["leaf_sigma"] == pytest.approx(float(sigmas.min()))
+    assert data["graph"]["leaf_sigma"] == pytest.approx(float(sigmas.min()), rel=1e-12)
     h = tree_heights(tax, decisions, float(sigmas.min()))
-    assert h["terrier"] == pytest.approx(math.log10(float(sigmas.min())))
-    assert h["root"] == pytest.approx(math.log10(d.decision_sigma))
+    # log10 of the same float64 numbers: 1e-12 of the heights' magnitude (|log10 sigma| < 2)
+    assert h["terrier"] == pytest.approx(math.log10(float(sigmas.min())), rel=0, abs=1e-12 * magnitude(h["terrier"]))
+    assert h["root"] == pytest.approx(math.log10(d.decision_sigma), rel=0, abs=1e-12 * magnitude(h["root"]))
 
 
 def test_run_json_and_atomic_write(tmp_path):
@@ -201,8 +207,11 @@ def test_child_deciding_before_parent_gives_no_negative_branch(tmp_path, run):
         assert math.log10(g.nodes[n]["tree_sigma"]) == pytest.approx(drawn[n])
     h = newick_heights(tax, early, float(sigmas.min()))
     assert h["dog"] == pytest.approx(h["animal"]) and h["dog"] < drawn["dog"]
+    # Newick holds float64 numbers in round-trip form; sums of branch lengths round: 1e-12 of the
+    # heights' magnitude (|log10 sigma| < 2)
+    tol = 1e-12 * magnitude(list(h.values()))
     # path lengths root -> leaf all equal the root's height above the leaves (an ultrametric tree)
     depth = nx.shortest_path_length(parsed.graph, "root", weight="branch_length")
     for leaf in tax.leaves:
-        assert depth[leaf] == pytest.approx(h["root"] - math.log10(float(sigmas.min())))
+        assert depth[leaf] == pytest.approx(h["root"] - math.log10(float(sigmas.min())), rel=0, abs=tol)
 

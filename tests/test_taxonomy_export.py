@@ -134,8 +134,9 @@ def test_newick_branch_lengths(decided, tmp_path):
     assert text.startswith("((") and "dog:" in text
     back = read_taxonomy(path)
     assert_same_tree(decided, back)
+    # Newick holds the float64 length in round-trip form: relative 1e-12
     assert back.graph.edges["animal", "dog"]["branch_length"] == pytest.approx(
-        sigma["animal"] - sigma["dog"])
+        sigma["animal"] - sigma["dog"], rel=1e-12)
     with pytest.raises(ProbesError, match="newick format only"):
         write_taxonomy(decided, tmp_path / "t.json", branch_length=lambda p, c: 1.0)
 
@@ -145,7 +146,7 @@ def test_newick_from_other_tools():
     assert tax.root == "the root"
     assert tax.leaves == ["A", "B", "C D", "E F"]  # unquoted underscores are blanks
     assert tax.children("the root") == ["node1", "CD"]
-    assert tax.graph.edges["CD", "E F"]["branch_length"] == pytest.approx(0.1)
+    assert tax.graph.edges["CD", "E F"]["branch_length"] == pytest.approx(0.1, rel=1e-12)  # "1e-1" parsed
 
 
 @pytest.mark.parametrize("text, expected", [
