@@ -119,7 +119,7 @@ def resolve(recipe: Recipe | str | Path, overrides: list[str] | None = None) -> 
         raise ProbesError("sampling.condition: prompt lists need a text-conditional model")
     if s.condition == "none" and s.guidance.guides:
         raise ProbesError("sampling.guidance: guidance needs conditional sampling (sampling.condition)")
-    estimators = tuple(build_estimator(spec.name, **spec.options) for spec in recipe.estimators)
+    estimators = tuple(build_estimator(spec.name, **_options(spec, recipe)) for spec in recipe.estimators)
     for est in estimators:  # every grid has sampling.steps sigmas: checked before the model is loaded
         est.check_grid(s.steps)
     grid = s.grid
@@ -161,6 +161,17 @@ def _with_paths(recipe: Recipe, section: str, value):
         if isinstance(current, str):
             update[name] = recipe.resolve_path(current)
     return value.model_copy(update=update) if update else value
+
+
+def _options(spec, recipe) -> dict:
+    """An estimator's options; ``analysis.evidence_maps`` turns on the Bayes filter's maps."""
+    options = spec.options
+    if spec.name == "bayes" and recipe.analysis.evidence_maps:
+        if options.get("track") is not None:
+            raise ProbesError("analysis.evidence_maps: the maps need the full Bayes filter; drop the bayes "
+                              "estimator's track option")
+        options["evidence"] = True
+    return options
 
 
 def _prior(prior, taxonomy: Taxonomy) -> torch.Tensor | None:

@@ -182,6 +182,8 @@ class Analysis(Strict):
     primary: str | None = Field(None, description="estimator whose decisions label tree.json")
     commit_threshold: float = Field(COMMIT_THRESHOLD, gt=0.5, lt=1,
                                     description="q(child | node) a sample must keep to the end to have committed")
+    evidence_maps: bool = Field(False, description="the bayes estimator's per-position evidence maps "
+                                "(evidence.safetensors; 4 H W bytes per sample, internal node and sigma)")
 
 
 class Quality(Strict):
@@ -224,6 +226,8 @@ class Recipe(Strict):
             raise ValueError(f"estimators are listed twice: {names}")
         if self.analysis.primary is not None and self.analysis.primary not in names:
             raise ValueError(f"analysis.primary {self.analysis.primary!r} is not among the estimators {names}")
+        if self.analysis.evidence_maps and "bayes" not in names:
+            raise ValueError("analysis.evidence_maps: the maps are the bayes estimator's; add bayes to estimators")
         if "bayes" in names and self.sampling.source == "model" and self.sampling.method != "ancestral":
             # The Bayes update scores each step with the ancestral (DDPM posterior) Gaussian kernel.
             raise ValueError(f"the bayes estimator needs sampling.method: ancestral (or sampling.source: data), "

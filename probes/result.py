@@ -25,9 +25,11 @@ from probes.entropy.commitments import COMMIT_THRESHOLD, Commitments, commitment
 from probes.entropy.decisions import AXES, check_n_boot, check_seed
 from probes.errors import ProbesError, os_errors_named
 from probes.estimators.base import EstimatorOutput
+from probes.estimators.evidence import EvidenceMaps
 from probes.fileio import read_text
 from probes.kept_samples import KeptSamples
 from probes.report import plots
+from probes.report.evidence_maps import EVIDENCE_FILE, read_evidence
 from probes.report.files import (
     CURVES_FILE,
     DECISIONS_FILE,
@@ -189,6 +191,16 @@ class ProbeResult:
         return commitments(log_probs, sigmas, self.taxonomy, final,
                            theta=self.commit_threshold if theta is None else theta)
 
+    def evidence_maps(self, estimator: str | None = None) -> tuple[str, EvidenceMaps] | None:
+        """``(estimator, maps)``: the Bayes filter's per-position evidence maps
+        (``analysis.evidence_maps``; :class:`~probes.estimators.evidence.EvidenceMaps`), of
+        ``estimator`` or of the first estimator that has them; None where none has."""
+        names = [self._pick(estimator)] if estimator is not None else list(self.estimates)
+        for name in names:
+            if self.estimates[name].evidence is not None:
+                return name, self.estimates[name].evidence
+        return None
+
     def compare(self, other: ProbeResult, estimator: str | None = None, pairing: str = "auto", n_boot: int = 200,
                 seed: int = 0, ci: float = 0.95) -> Comparison:
         """Where in sigma ``other`` (B) knows more than ``self`` (A): per level and per node,
@@ -299,6 +311,12 @@ def load(directory) -> ProbeResult:
     n = int((n.log_probs if n.log_probs is not None else n.levels).shape[0])
     if leaf is not None and (not isinstance(leaf, torch.Tensor) or leaf.shape != (n,) or leaf.is_floating_point()):
         raise ProbesError(f"{path / POSTERIORS_FILE}: leaf is not [{n}] leaf indices; not a probes result file")
+    if (path / EVIDENCE_FILE).is_file():
+        estimator, maps = read_evidence(path / EVIDENCE_FILE, taxonomy, n)
+        if estimator not in estimates:
+            raise ProbesError(f"{path / EVIDENCE_FILE}: holds the maps of estimator {estimator!r}, which this "
+                              "result does not have")
+        estimates[estimator].evidence = maps
     return ProbeResult(taxonomy=taxonomy, estimates=estimates, meta=meta, prior=prior, primary=primary,
                        inside_weighted=inside_weighted, samples=read_samples(path), leaf=leaf,
                        commit_threshold=analysis[2], record=record, n_boot=analysis[0], seed=analysis[1],
@@ -406,7 +424,7 @@ def _estimates_of(data, taxonomy, source: Path) -> tuple[dict, torch.Tensor | No
 
     if not isinstance(data, dict) or not isinstance(data.get("estimates"), dict) or not data["estimates"]:
         raise bad("no estimates")
-    known = {f.name for f in fields(EstimatorOutput)}
+    known = {f.name for f in fields(EstimatorOutput)} - {"evidence"}  # the maps have a file of their own
     estimates = {}
     for name, values in data["estimates"].items():
         if not isinstance(values, dict) or set(values) - known:

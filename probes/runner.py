@@ -29,6 +29,7 @@ from probes.entropy import decide
 from probes.errors import ProbesError, os_errors_named
 from probes.estimators import EstimatorOutput
 from probes.estimators.base import ProbeContext, check_posteriors
+from probes.estimators.evidence import EvidenceMaps
 from probes.kept_samples import keep_batch, kept_from_batches
 from probes.models.gmm import speciation_by_node
 from probes.noise import entropic_grid, make_grid
@@ -181,22 +182,33 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_memory(plan: Plan, ctx: ProbeContext) -> None:
-    """Refuse a batch whose recorded trajectory (states and predictions) cannot fit in memory."""
+    """Refuse a batch whose recorded trajectory (states and predictions) cannot fit in memory, and
+    evidence maps that cannot fit in the host's."""
     s = plan.sampling
     per_value = torch.finfo(ctx.state_dtype).bits // 8
     need = 2 * (s.steps + 1) * s.batch_size * math.prod(ctx.shape) * per_value
-    if ctx.device.type == "cuda":
-        have = torch.cuda.mem_get_info(ctx.device)[0]
-    else:
-        try:
-            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-    if need > 0.5 * have:
+    host = _host_memory()
+    have = torch.cuda.mem_get_info(ctx.device)[0] if ctx.device.type == "cuda" else host
+    if have is not None and need > 0.5 * have:
         raise ProbesError(f"sampling.batch_size: one batch records ~{need / 2**30:.1f} GiB of trajectory "
                           f"({s.steps} steps x {s.batch_size} samples x {math.prod(ctx.shape)} values), more than "
                           f"half of the {have / 2**30:.1f} GiB available; lower batch_size or steps")
+    if plan.recipe.analysis.evidence_maps and host is not None:  # float32, on the host, until the files are written
+        positions, nodes = math.prod(ctx.shape[-2:]), len(plan.taxonomy.internal_nodes)
+        maps = 4 * positions * s.samples * nodes * (s.steps + 1)
+        if maps > 0.5 * host:
+            raise ProbesError(f"analysis.evidence_maps: the maps take ~{maps / 2**30:.1f} GiB ({s.samples} samples x "
+                              f"{nodes} nodes x {s.steps + 1} sigmas x {positions} positions x 4 bytes), more than "
+                              f"half of the {host / 2**30:.1f} GiB of memory; lower sampling.samples or the bayes "
+                              "sigma_stride, or turn the maps off")
 
 
 def sampling_grid(plan: Plan, ctx: ProbeContext) -> torch.Tensor:
@@ -239,6 +251,9 @@ def _run(plan: Plan, out: Path, resume: bool, overwrite: bool, progress: bool, r
         plan = dataclasses.replace(plan, device=torch.device(f"cuda:{group.local_rank % torch.cuda.device_count()}"))
     ctx = build(plan)
     _set_threads(plan, ctx, group)
+    if plan.recipe.analysis.evidence_maps and len(ctx.shape) != 3:
+        raise ProbesError(f"analysis.evidence_maps: the maps are per image position; this model's samples are "
+                          f"{list(ctx.shape)}, not [C, H, W]")
     _check_memory(plan, ctx)
     s = plan.sampling
     fingerprint_parts = store.fingerprint_parts(plan.recipe, plan.taxonomy,
@@ -387,9 +402,29 @@ def batch_problem(record: dict, header: store.BatchHeader, plan: Plan, sigmas: t
                 return f"estimator {est.name!r}'s {key} is not {wanted} (samples, sigmas, leaves or levels)"
         if out.get("log_probs") is None and out.get("levels") is None:
             return f"estimator {est.name!r} has neither posteriors nor entropies"
+        if getattr(est, "evidence", False):
+            problem = _evidence_problem(out.get("evidence"), n, nodes)
+            if problem:
+                return f"estimator {est.name!r}'s evidence maps {problem}"
     x0 = record.get("x0")
     if x0 is not None and (not isinstance(x0, torch.Tensor) or x0.shape[0] != n):
         return "its final samples do not match its sample count"
+    return None
+
+
+def _evidence_problem(evidence, n: int, nodes: int) -> str | None:
+    if not isinstance(evidence, dict):
+        return "are missing"
+    maps, child, final = evidence.get("maps"), evidence.get("child"), evidence.get("final_leaf")
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 5 or maps.shape[:2] != (nodes, n):
+        return f"are not [{nodes} nodes, {n} samples, sigmas, H, W]"
+    if not isinstance(child, torch.Tensor) or child.shape != (nodes, n):
+        return f"name no child per node and sample ([{nodes}, {n}])"
+    if not isinstance(final, torch.Tensor) or final.shape != (n,):
+        return f"name no final leaf per sample ([{n}])"
+    sigmas = evidence.get("sigmas")
+    if not isinstance(sigmas, torch.Tensor) or sigmas.shape != (maps.shape[2],):
+        return "have no sigma per map"
     return None
 
 
@@ -406,7 +441,9 @@ def _result(plan: Plan, ctx: ProbeContext, batches: list[dict], payload: dict) -
         estimates[name] = EstimatorOutput(
             name, parts[0]["sigmas"], log_probs=cat("log_probs"), levels=cat("levels"), nodes=cat("nodes"),
             denoiser_calls=sum(p["denoiser_calls"] for p in parts),
-            classifier_calls=sum(p["classifier_calls"] for p in parts), bounds=bounds)
+            classifier_calls=sum(p["classifier_calls"] for p in parts), bounds=bounds,
+            evidence=None if parts[0].get("evidence") is None else EvidenceMaps.cat(
+                [EvidenceMaps.from_record(p["evidence"], plan.taxonomy.internal_nodes) for p in parts]))
     s = plan.sampling
     meta = {"kind": "run", "name": plan.name, "seed": plan.seed, "condition": s.condition,
             "guidance_scale": float(s.guidance.scale), "guidance_interval": s.guidance.interval,
@@ -546,6 +583,8 @@ def _probe_batch(plan: Plan, ctx: ProbeContext, b: int, idx: torch.Tensor, bar: 
             "classifier_calls": int(result.classifier_calls),
             "seconds": time.perf_counter() - t0,
         }
+        if result.evidence is not None:
+            record["estimators"][est.name]["evidence"] = result.evidence.to_record(ctx.taxonomy.internal_nodes)
     record["sampling_denoiser_calls"] = int(getattr(traj, "denoiser_calls", 0))  # guided steps count twice
     return record
 

@@ -93,6 +93,8 @@ def fingerprint_parts(recipe, taxonomy, model_paths: list[str], device_type: str
     data["sampling"].pop("samples", None)
     for key in ("analysis", "name", "device", "quality"):  # quality is scored after sampling
         data.pop(key, None)
+    if recipe.analysis.evidence_maps:  # the maps are made while filtering: batches hold them
+        data["evidence_maps"] = True
     seed = data.pop("seed", None)
     return {
         "format": str(FORMAT_VERSION),
@@ -239,20 +241,26 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def write_record(path: Path, record: dict, header: dict[str, str]) -> Path:
     """A nested mapping of tensors and JSON values as one safetensors file, atomically, with a
     SHA-256 of the tensors in its header (``header`` adds string fields)."""
+    tensors, values = _flatten(record)
+    return write_tensors(path, tensors, {**header, "values": json.dumps(values)})
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> Path:
+    """Flat named tensors (any names) as one safetensors file, atomically, with the probes format,
+    ``header``'s string fields and a SHA-256 of the tensors in its header."""
     from safetensors.torch import save
 
-    tensors, values = _flatten(record)
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), **header, "values": json.dumps(values),
-            "sha256": _tensor_digest(tensors)}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), **header, "sha256": _tensor_digest(tensors)}
     # One metadata key holding sorted JSON: safetensors writes several keys in no fixed order, and
     # identical runs must give identical bytes.
     atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}))
     return Path(path)
 
 
-def read_record(path: Path) -> tuple[dict, dict]:
-    """``(record, header)`` from :func:`write_record`'s file, or :class:`BatchInvalid` saying why not.
-    Nothing in the file is executed: safetensors holds tensors and a JSON header only."""
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, header)`` from :func:`write_tensors`'s file, or :class:`BatchInvalid` saying why
+    not. Nothing in the file is executed: safetensors holds tensors and a JSON header only."""
     from safetensors.torch import load
 
     try:
@@ -270,6 +278,12 @@ def read_record(path: Path) -> tuple[dict, dict]:
         raise BatchInvalid("not a probes file")
     if meta.get("sha256") != _tensor_digest(tensors):
         raise BatchInvalid("checksum mismatch (the file was changed or damaged)")
+    return tensors, meta
+
+
+def read_record(path: Path) -> tuple[dict, dict]:
+    """``(record, header)`` from :func:`write_record`'s file, or :class:`BatchInvalid` saying why not."""
+    tensors, meta = read_tensors(path)
     try:
         values = json.loads(meta.get("values", "{}"))
     except ValueError:

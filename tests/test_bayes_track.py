@@ -105,14 +105,14 @@ def test_remainder_cell_converges_to_exact_as_the_grid_is_refined(conditioner):
                 whole.append(x.shape[0])
             return denoiser(x, sigma, cond)
 
-        ctx.cond_denoiser = spy
+        ctx = ctx.replace(cond_denoiser=spy)
         traj = paths(gmm, grid, 256)
         exact = levels(build_estimator("exact").estimate(traj, ctx), ctx)
         tracked = build_estimator("bayes", track=3, tail=0.0, move=0.0).estimate(traj, ctx)
         assert sum(whole) > 256 * steps / 4  # the remainder cell is in use (until the lighter pair's mass underflows)
         errors.append(float(np.abs(levels(tracked, ctx) - exact).max()))
     assert errors[0] > 2.5 * errors[1] and errors[1] < 0.025, errors
-    ctx.partial_taxonomy = True  # the unconditional model is then not the taxonomy's mixture
+    ctx = ctx.replace(partial_taxonomy=True)  # the unconditional model is then not the taxonomy's mixture
     if conditioner == "labels":
         with pytest.raises(ProbesError, match="bayes.*more than track 3 leaves.*raise track"):
             build_estimator("bayes", track=3, tail=0.0).estimate(traj, ctx)
@@ -149,14 +149,15 @@ def test_tracking_256_leaves_is_within_002_nats_of_exact_at_a_fraction_of_the_ca
                                        share_level_axes=True)
     grid = geometric_grid(300.0, 0.05, 128)
     ctx = context(tax, gmm, grid)
-    ctx.denoiser = ctx.cond_denoiser = Counting(gmm.denoiser())
+    counting = Counting(gmm.denoiser())
+    ctx = ctx.replace(denoiser=counting, cond_denoiser=counting)
     traj = paths(gmm, grid, 32, dtype=torch.float32)
     exact = build_estimator("exact").estimate(traj, ctx).curves(tax, prior=ctx.prior)
     out = build_estimator("bayes", track=16).estimate(traj, ctx)
     got = out.curves(tax, prior=ctx.prior)
     assert np.abs(got.level_mean() - exact.level_mean()).max() < 0.02
     assert np.abs(got.node_mean() - exact.node_mean()).max() < 0.02
-    assert out.denoiser_calls == ctx.denoiser.calls  # the calls really made
+    assert out.denoiser_calls == counting.calls  # the calls really made
     assert out.denoiser_calls <= 0.15 * 256 * 127 * 32
 
 
@@ -197,7 +198,7 @@ def test_bad_options_are_one_line_naming_the_option(options, message):
 
 def test_tracking_refuses_an_outside_cell_before_any_call():
     ctx = context(TAX4, GMM4, GRID4, outside_mass=0.2)
-    ctx.cond_denoiser = Counting(GMM4.denoiser())
+    ctx = ctx.replace(cond_denoiser=Counting(GMM4.denoiser()))
     with pytest.raises(ProbesError, match="bayes.*track needs a taxonomy that covers.*outside_mass is 0.2"):
         build_estimator("bayes", track=4).estimate(paths(GMM4, GRID4, 4), ctx)
     assert ctx.cond_denoiser.calls == 0

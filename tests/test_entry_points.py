@@ -12,7 +12,7 @@ import torch
 
 import probes
 from probes.cli import main
-from probes.report.files import RESULT_FILES, SAMPLE_FILES
+from probes.report.files import EVIDENCE_FILES, RESULT_FILES, SAMPLE_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -42,13 +42,14 @@ def documented(section: str) -> set[str]:
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("entry") / "run"
     assert main(["run", "digits", "--out", str(out), "--quiet", "--set", "sampling.samples=12",
-                 "--set", "sampling.batch_size=6", "--set", "sampling.steps=8", "--set", "analysis.n_boot=10"]) == 0
+                 "--set", "sampling.batch_size=6", "--set", "sampling.steps=8", "--set", "analysis.n_boot=10",
+                 "--set", "analysis.evidence_maps=true"]) == 0
     return out
 
 
 def test_the_cli_run_writes_the_result_files_plus_its_batches(digits_run):
     names = listing(digits_run)
-    assert set(RESULT_FILES) | set(SAMPLE_FILES) | RUN_ONLY <= {n.split("/")[0] for n in names}
+    assert set(RESULT_FILES) | set(SAMPLE_FILES) | set(EVIDENCE_FILES) | RUN_ONLY <= {n.split("/")[0] for n in names}
     assert {n.split("/")[0] for n in names} - RUN_ONLY == documented("## A saved result")
 
 
@@ -92,7 +93,7 @@ def test_a_probe_of_a_pipeline_keeps_samples_and_saves_the_documented_files(tmp_
     assert result.samples.strips and result.samples.previews.shape[0] == 2
     result.save(tmp_path / "probe")
     names = {n.split("/")[0] for n in listing(tmp_path / "probe")}
-    assert names == documented("## A saved result")
+    assert names == documented("## A saved result") - set(EVIDENCE_FILES)  # a probe has no Bayes filter
     page = (tmp_path / "probe" / "report.html").read_text()
     assert "probes probe" in page and "seed 5" in page
 
@@ -140,7 +141,7 @@ def test_directories_written_by_earlier_versions_still_load_to_their_numbers(fix
 
 
 def test_the_documented_file_sets_name_only_real_files():
-    assert documented("## A saved result") >= set(RESULT_FILES) | set(SAMPLE_FILES)
+    assert documented("## A saved result") >= set(RESULT_FILES) | set(SAMPLE_FILES) | set(EVIDENCE_FILES)
     assert re.search(r"\bprobes plot RUN --format pdf\b", (ROOT / "docs" / "outputs.md").read_text())
 
 

@@ -64,6 +64,27 @@ class EvidenceMaps:
     def nbytes(self) -> int:
         return sum(m.numel() * m.element_size() for m in self.maps.values())
 
+    def to_record(self, nodes: list[str]) -> dict:
+        """The maps as a few stacked tensors, nodes in ``nodes`` order (a batch file's record:
+        node names never become keys there)."""
+        return {"sigmas": self.sigmas.double().cpu(), "final_leaf": self.final_leaf.cpu(),
+                "final_from": self.final_from, "maps": torch.stack([self.maps[n] for n in nodes]).float().cpu(),
+                "child": torch.stack([self.child[n] for n in nodes]).cpu()}
+
+    @classmethod
+    def from_record(cls, record: dict, nodes: list[str]) -> EvidenceMaps:
+        return cls(sigmas=record["sigmas"], maps=dict(zip(nodes, record["maps"].unbind(0))),
+                   final_leaf=record["final_leaf"].long(), final_from=str(record["final_from"]),
+                   child=dict(zip(nodes, record["child"].long().unbind(0))))
+
+    @classmethod
+    def cat(cls, parts: list[EvidenceMaps]) -> EvidenceMaps:
+        """The maps of consecutive batches as one (every part on the same grid)."""
+        first = parts[0]
+        return cls(sigmas=first.sigmas, maps={n: torch.cat([p.maps[n] for p in parts]) for n in first.maps},
+                   final_leaf=torch.cat([p.final_leaf for p in parts]),
+                   final_from=first.final_from, child={n: torch.cat([p.child[n] for p in parts]) for n in first.child})
+
 
 def commitment_sigma(maps: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Where each position's cumulative evidence first reaches half its final value: ``[B, H, W]``.

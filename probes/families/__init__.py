@@ -90,7 +90,8 @@ def family_of(pipe) -> Family:
             if cls.__name__ in family.pipelines:
                 return family
     served = sorted(p for f in FAMILIES.values() for p in f.pipelines)
-    raise ProbesError(f"no family serves {type(pipe).__name__}; supported pipelines: {', '.join(served)}")
+    raise ProbesError(f"pipe: {type(pipe).__name__} is not a pipeline any model family serves; supported: "
+                      f"{', '.join(served)} (a new family: docs/families.md)")
 
 
 def recipe_models() -> list[type]:

@@ -223,9 +223,13 @@ class GaussianMixture:
         return (self.std**2 + sigma**2)[:, None]
 
     def _check_x(self, x) -> torch.Tensor:
+        """``x`` as ``[batch, dim]`` float64; image-shaped ``[batch, C, H, W]`` is flattened row-major."""
         x = torch.as_tensor(x).to(torch.float64)
+        if x.ndim > 2 and math.prod(x.shape[1:]) == self.dim:
+            x = x.reshape(x.shape[0], self.dim)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape [batch, {self.dim}], got {tuple(x.shape)}")
+            raise ValueError(f"x must have shape [batch, {self.dim}] (or [batch, *shape] of {self.dim} values), "
+                             f"got {tuple(x.shape)}")
         return x
 
     def log_posterior(self, x, sigma, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -412,6 +416,10 @@ class GaussianMixtureClassifier(Classifier):
 
     def logits(self, x):
         return self.mixture.log_posterior(x, 0.0)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """A mixture's samples are their own features (image-shaped ones flattened row-major)."""
+        return x.reshape(x.shape[0], -1).double()
 
 
 class GaussianMixtureConditioner(Conditioner):

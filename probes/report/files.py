@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from probes.report import plots
+from probes.report.evidence_maps import EVIDENCE_FILE, plot_evidence, write_evidence
 from probes.report.html import write_run_report
 from probes.report.rundir import (
     atomic_write_text,
@@ -37,6 +38,8 @@ DECISIONS_FILE = "decisions.csv"
 RESULT_FILES = ("run.json", "summary.txt", "curves.csv", "decisions.csv", "commitments.csv", "tree.json",
                 "tree.graphml", "tree.nwk", "curves.png", "curves.pdf", "rates.png", "rates.pdf", "tree.png",
                 "tree.pdf", POSTERIORS_FILE, TAXONOMY_FILE, "report.html")
+#: Files written where the result holds evidence maps (``analysis.evidence_maps``).
+EVIDENCE_FILES = (EVIDENCE_FILE, "evidence.png", "evidence.pdf")
 #: Files written where the result kept samples (image models: previews; x0 strips where predictions were kept).
 SAMPLE_FILES = ("samples.csv", "previews", "strips")
 
@@ -60,12 +63,20 @@ def write_result_files(result, out: Path, status: str = "complete") -> list[str]
     plots.write_figures(out, result.taxonomy, curves, decisions[primary], primary=primary)
     atomic_write_text(out / TAXONOMY_FILE, json.dumps(to_node_link(result.taxonomy), indent=1) + "\n")
     # safetensors, not pickle: loading a result directory can never run code.
-    write_record(out / POSTERIORS_FILE, {"estimates": {n: vars(e) for n, e in result.estimates.items()},
+    estimates = {n: {k: v for k, v in vars(e).items() if k != "evidence"} for n, e in result.estimates.items()}
+    write_record(out / POSTERIORS_FILE, {"estimates": estimates,
                                          "prior": result.prior, "primary": primary, "leaf": result.leaf,
                                          "inside_weighted": result.inside_weighted}, {"kind": "posteriors"})
     commits = {n: result.commitments(n) for n, e in result.estimates.items() if e.log_probs is not None}
     write_commitments_csv(out / "commitments.csv", {names[n]: c for n, c in commits.items()})
     written = [*RESULT_FILES, *write_samples(out, result.samples)]
+    evidence = result.evidence_maps()
+    if evidence is not None:
+        estimator, maps = evidence
+        write_evidence(out / EVIDENCE_FILE, estimator, maps, result.taxonomy)
+        pictures = result.samples.previews if result.samples is not None else None
+        plot_evidence(out / "evidence", maps, result.taxonomy, pictures)
+        written += EVIDENCE_FILES
     atomic_write_text(out / "summary.txt", result.summary(decisions[primary]) + "\n")
     write_run_report(out / "report.html", result, curves, decisions, commits.get(primary))
     write_run_json(out / "run.json", run_json(result, decisions, status, commits))

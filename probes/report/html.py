@@ -20,6 +20,7 @@ import yaml
 
 from probes.entropy.decisions import rates
 from probes.report.commitment_plots import plot_commitment_ecdf, plot_commitment_pairs
+from probes.report.evidence_maps import plot_evidence
 from probes.report.layout import (
     EDGE_NODE_COLOR,
     INVERSION_COLOR,
@@ -394,6 +395,20 @@ def _commitments(commits) -> str:
     return "".join(parts)
 
 
+def _evidence(result, estimator: str, maps) -> str:
+    """Where in the image, and when, the first samples' decisions were made (the filter's maps)."""
+    pictures = result.samples.previews if result.samples is not None else None
+    source = ("its conditioning leaf" if maps.final_from == "condition"
+              else "the leaf of largest posterior at the last σ")
+    uri = _figure_uri(lambda path: plot_evidence(path, maps, result.taxonomy, pictures, formats=("png",)))
+    return (f"<p>The {html.escape(estimator)} filter's evidence, position by position, for the child each sample "
+            f"ends in (its final leaf: {source}) against the child's siblings, summed along σ; and where each "
+            f"position's evidence was half in (its commitment σ). {len(maps.sigmas)} σ, maps of "
+            f"{maps.maps[next(iter(maps.maps))].shape[-2]} × {maps.maps[next(iter(maps.maps))].shape[-1]} "
+            "positions; every sample's maps are in evidence.safetensors.</p>"
+            f'<img class="figure" alt="evidence maps" src="{uri}">')
+
+
 def render_run_report(result, curves: dict | None = None, decisions: dict | None = None, commits=None) -> str:
     """The page of a result (``curves``/``decisions``: per estimator, when already computed;
     ``commits``: the primary estimator's commitments)."""
@@ -423,6 +438,9 @@ def render_run_report(result, curves: dict | None = None, decisions: dict | None
     if commits is None and result.estimates[primary].log_probs is not None:
         commits = result.commitments(primary)
     body.append("<h2>For whom: per-sample commitment</h2><section>" + _commitments(commits) + "</section>")
+    evidence = result.evidence_maps()
+    if evidence is not None:
+        body.append("<h2>Where: evidence maps</h2><section>" + _evidence(result, *evidence) + "</section>")
     body.append("<h2>Sample quality</h2><section>" + _quality_table(record) + "</section>")
     body.append("<h2>Samples</h2><section>" + _samples(result.samples) + "</section>")
     provenance = record.get("recipe") if isinstance(record.get("recipe"), dict) else meta

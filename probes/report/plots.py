@@ -86,7 +86,7 @@ def check_formats(formats) -> tuple[str, ...]:
     return out
 
 
-def _save(fig, path, formats=FORMATS):
+def save_figure(fig, path, formats=FORMATS):
     """Write ``fig`` once per format beside ``path`` (atomically: a reader never sees half an image)
     and close it; returns the first file's path. With ``path=None`` return the figure instead.
 
@@ -191,7 +191,7 @@ def plot_curves(path, curves_by_estimator: Mapping[str, EntropyCurves], formats=
         right = 1.25 if any(curves_by_estimator[e].inside is not None for e in names) else 1.03  # past a twin axis
         axes.flat[n - 1].legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 1.0), borderaxespad=0,
                                 title="band: ±1 s.e.\ndotted: prior entropy", title_fontsize=6, frameon=False)
-        return _save(fig, path, formats)
+        return save_figure(fig, path, formats)
 
 
 def _label(taxonomy, n) -> str:
@@ -219,7 +219,7 @@ def plot_tree(path, taxonomy, decisions, sigma_min: float | None = None, title: 
     grid: the bottom row ("leaves") is not a sigma (the legend gives the grid's end, ``sigma_min``).
     """
     with plt.rc_context(RC):
-        return _save(_tree_figure(taxonomy, decisions, sigma_min, title), path, formats)
+        return save_figure(_tree_figure(taxonomy, decisions, sigma_min, title), path, formats)
 
 
 def _tree_figure(taxonomy, decisions, sigma_min, title):
@@ -407,7 +407,7 @@ def plot_rates(path, curves: EntropyCurves, decisions, max_nodes: int = 12, titl
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
                       ncol=2 if len(shown) > 12 else 1, fontsize=6.5, title_fontsize=6.5,
                       title="node: decision σ [half-peak window]\n● peak    ├─┤ window, at half the peak")
-        return _save(fig, path, formats)
+        return save_figure(fig, path, formats)
 
 
 def plot_strip(path, frames, sigmas, caption: str, formats=FORMATS):
@@ -439,7 +439,7 @@ def plot_strip(path, frames, sigmas, caption: str, formats=FORMATS):
         fig.suptitle(literal(caption), fontsize=7.5, x=0.01, ha="left")
         fig.supxlabel(r"predicted clean image $D(x;\sigma)$, noise $\rightarrow$ clean", fontsize=6.5)
         fig.tight_layout(pad=0.2, w_pad=0.15)
-        return _save(fig, path, formats)
+        return save_figure(fig, path, formats)
 
 
 def write_figures(out_dir, taxonomy, curves_by_estimator: Mapping[str, EntropyCurves], decisions: Mapping,
@@ -481,4 +481,4 @@ def plot_comparison(path, comparison, formats=FORMATS) -> Path:
         ax.set_title(f"information gained by B over A ({comparison.estimator}; {band})", loc="left", fontsize=8)
         ax.legend(frameon=False)
         fig.tight_layout()
-        return _save(fig, path, formats)
+        return save_figure(fig, path, formats)
